@@ -1,0 +1,301 @@
+"""The contract between the server core and the vendor modules.
+
+This package never imports tornado: everything here is pure data in, data out, so
+every translation is tested without a network.
+
+The pivot
+=========
+Every request travels through the gateway as an **OpenAI Chat Completions**
+request dict (the *pivot*), and every answer comes back as a Chat Completions
+response dict or a sequence of ``chat.completion.chunk`` dicts.  A client format
+(``ClientFormat``) turns its own request into the pivot and the pivot answer back
+into its own shape; an upstream format (``Provider``) turns the pivot request into
+the upstream's request and the upstream's answer into the pivot.  Same-format
+routes (OpenAI client -> ``openai`` upstream, Anthropic client -> ``anthropic``
+upstream, ...) skip the pivot and pass bytes through.
+
+Pivot extensions (documented in README, "Reasoning state"); these are the fields a
+plain OpenAI Chat Completions message does not have:
+
+* assistant message / delta ``reasoning_content: str``: visible reasoning text.
+* assistant message ``thinking_blocks: list`` (and in a stream, a delta with
+  ``thinking_blocks`` holding *complete* blocks, emitted when a block ends):
+  ``{"type": "thinking", "thinking": str, "signature": str}`` or
+  ``{"type": "redacted_thinking", "data": str}``.  Anthropic and Bedrock
+  thinking map here 1:1.  OpenAI Responses reasoning items map here too as
+  ``{"type": "thinking", "thinking": <summary text>, "signature":
+  <encrypted_content>, "id": <rs_ id>}``.  A client sends the blocks back
+  on the assistant message of the next turn and the provider restores them.
+* tool call ``extra_content: {"google": {"thought_signature": str}}``: Gemini's
+  ``thoughtSignature`` of a ``functionCall`` part (the same field Google's own
+  OpenAI-compatible endpoint uses).
+* usage: ``prompt_tokens``, ``completion_tokens``, ``total_tokens``,
+  ``prompt_tokens_details: {"cached_tokens": int}`` and, where the upstream
+  reports it, ``prompt_tokens_details.cache_creation_tokens`` and
+  ``completion_tokens_details: {"reasoning_tokens": int}``.  ``prompt_tokens``
+  always *includes* cached and cache-creation tokens (OpenAI's convention), so
+  a translator from Anthropic adds ``input_tokens + cache_read_input_tokens +
+  cache_creation_input_tokens``.
+* finish_reason: ``stop`` | ``length`` | ``tool_calls`` | ``content_filter``.
+
+Streams in the pivot: the first chunk carries ``delta.role = "assistant"``; tool
+call deltas carry ``index`` (0-based, in order of the tool calls, not of content
+blocks), ``id``/``type``/``function.name`` on the first delta of a call and
+``function.arguments`` fragments after; the last content chunk carries
+``finish_reason``; then a chunk with ``choices: []`` and ``usage`` (always emitted
+when the upstream reported usage; the OpenAI client encoder drops it unless the
+client asked with ``stream_options.include_usage``).
+
+Errors are :class:`tornado_proxy.errors.ProxyError` (this package may import
+``tornado_proxy.errors`` and ``tornado_proxy.jsonutil``, which do not import tornado).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from tornado_proxy.errors import ErrorKind, ProxyError, from_status
+
+
+@dataclass
+class StreamContext:
+    """What a translator needs that it must not make up itself.
+
+    Translators read no clock and draw no random ids: everything that would make
+    their output differ between two runs comes in here.
+    """
+
+    id: str                      # "chatcmpl-..." / "msg_..." / "resp_..." as the client format wants
+    created: int                 # unix seconds
+    model: str                   # the model name the client asked for (echoed back)
+    include_usage: bool = False  # OpenAI clients: stream_options.include_usage
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UpstreamRequest:
+    """An HTTP request to send upstream, fully built (headers include auth)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+    stream: bool = False
+
+
+@dataclass
+class Account:
+    """One credential of a provider, as the scheduler hands it out."""
+
+    id: str
+    api_key: str | None = None
+    weight: float = 1.0
+    # Anything else from the account's config entry (aws keys, region, oauth fields...)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Phase(enum.Enum):
+    """The phases of a stream translator; each translator documents which events it accepts in each."""
+
+    START = "start"
+    CONTENT = "content"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class StreamTranslator:
+    """Upstream stream events -> pivot chunks.  One per request.  No I/O, no clock.
+
+    ``feed(event)`` takes one decoded upstream event (an ``SSEEvent`` or, for
+    Bedrock, one event-stream message) and returns the pivot chunk dicts it
+    completes.  ``finish()`` is called when the upstream transfer ended normally:
+    it returns any last chunks, or raises ``ProxyError(UPSTREAM_STREAM_CUT)`` if
+    the stream ended before its terminal event.  ``fail(err)`` is called when the
+    transfer failed; it returns chunks to emit before the error frame (usually none).
+    An ``error`` event in the stream raises ``ProxyError``.
+    """
+
+    def feed(self, event: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def finish(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def fail(self, err: ProxyError) -> list[dict[str, Any]]:
+        return []
+
+
+class StreamEncoder:
+    """Pivot chunks -> the bytes of the client's stream format.  One per request.
+
+    ``feed(chunk)`` returns bytes to write (maybe ``b""``); ``finish()`` the closing
+    bytes (``data: [DONE]``, ``message_stop``, ``response.completed``...);
+    ``fail(err)`` the error frame in the client's format.
+    """
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        raise NotImplementedError
+
+    def fail(self, err: ProxyError) -> bytes:
+        raise NotImplementedError
+
+
+class ClientFormat:
+    """A format clients speak to us: parse its requests, render our answers in it."""
+
+    name = "openai"          # "openai" | "anthropic" | "responses" | "gemini"
+
+    def parse_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Client request -> pivot request.  Raises ProxyError(INVALID_REQUEST, param=...)."""
+        raise NotImplementedError
+
+    def render_response(self, pivot: dict[str, Any], ctx: StreamContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def new_encoder(self, ctx: StreamContext) -> StreamEncoder:
+        raise NotImplementedError
+
+    def error_body(self, err: ProxyError) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def context_id(self, rand_hex: str) -> str:
+        """The response id for this format, from random hex the handler draws."""
+        return "chatcmpl-" + rand_hex
+
+
+class Provider:
+    """An upstream API.  One instance per configured provider entry.
+
+    ``conf`` is the provider's config entry (``name``, ``type``, ``base_url``,
+    ``headers``, ``timeouts``, ``accounts``, ``options``...).  ``model`` arguments
+    are a model's config entry (``id``, ``provider``, ``upstream_model``,
+    ``reasoning``, ``max_tokens``, ``system_prompt``, ``headers``, ``options``...).
+    """
+
+    type_name = ""
+    # The client format this upstream speaks natively ("openai", "anthropic",
+    # "responses", "gemini"), for byte pass-through; None if none.
+    native_format: str | None = None
+    default_base_url = ""
+    # "sse" or "eventstream": which decoder the core feeds the upstream bytes to.
+    stream_decoder = "sse"
+    # Does this provider answer locally (no HTTP)? See EchoProvider.
+    local = False
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self.conf = conf
+        self.name: str = conf["name"]
+        self.base_url: str = (conf.get("base_url") or self.default_base_url).rstrip("/")
+        self.extra_headers: dict[str, str] = dict(conf.get("headers") or {})
+
+    # -- configuration -------------------------------------------------------
+    def validate(self, models: list[dict[str, Any]]) -> list[str]:
+        """Problems with this provider's config or its models' options (checked at start)."""
+        return []
+
+    # -- the four jobs ---------------------------------------------------------
+    def build_request(self, req: dict[str, Any], model: dict[str, Any], account: Account,
+                      stream: bool) -> UpstreamRequest:
+        """Pivot request (model already resolved) -> the upstream HTTP request."""
+        raise NotImplementedError
+
+    def translate_response(self, body: bytes, ctx: StreamContext) -> dict[str, Any]:
+        """The upstream's whole (non-streaming) 2xx body -> a pivot chat.completion dict."""
+        raise NotImplementedError
+
+    def new_stream(self, ctx: StreamContext) -> StreamTranslator:
+        raise NotImplementedError
+
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ProxyError:
+        """A non-2xx upstream answer -> ProxyError (with retry_after from headers/body)."""
+        return default_classify(status, headers, body)
+
+    # -- native pass-through -------------------------------------------------
+    def build_native_request(self, body: dict[str, Any], raw: bytes, model: dict[str, Any],
+                             account: Account, stream: bool, client_headers: dict[str, str],
+                             path: str = "") -> UpstreamRequest:
+        """Same-format route: forward the client's body with only the model mapped."""
+        raise NotImplementedError
+
+    def stream_complete_marker(self) -> bytes | None:
+        """Bytes whose presence near the end of a passed-through stream means it finished."""
+        return None
+
+
+def error_message_from_body(body: bytes) -> str:
+    """Best effort at the human message in an upstream error body of any vendor."""
+    from tornado_proxy import jsonutil
+
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        obj = jsonutil.loads(text)
+    except Exception:
+        return text[:500] or "upstream error"
+    if isinstance(obj, list) and obj:
+        obj = obj[0]
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("Message")
+            if isinstance(msg, str):
+                return msg
+        elif isinstance(err, str):
+            return err
+        msg = obj.get("message") or obj.get("Message")
+        if isinstance(msg, str):
+            return msg
+    return text[:500]
+
+
+def parse_retry_after(headers: dict[str, str]) -> float | None:
+    """``Retry-After`` in seconds (delta seconds or an HTTP date); None if absent or bad."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+    import time
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    # An HTTP date needs the clock; this runs on the error path only.
+    return max(0.0, when.timestamp() - time.time())
+
+
+def default_classify(status: int, headers: dict[str, str], body: bytes) -> ProxyError:
+    msg = error_message_from_body(body)
+    return from_status(status, f"upstream returned {status}: {msg}",
+                       retry_after=parse_retry_after(headers), headers=headers)
+
+
+def stream_cut(detail: str = "") -> ProxyError:
+    return ProxyError(ErrorKind.UPSTREAM_STREAM_CUT,
+                      "upstream stream ended before it finished" + (f" ({detail})" if detail else ""))
+
+
+def bad_request(message: str, param: str | None = None) -> ProxyError:
+    return ProxyError(ErrorKind.INVALID_REQUEST, message, param=param)
+
+
+def unsupported(param: str, why: str) -> ProxyError:
+    return ProxyError(ErrorKind.UNSUPPORTED, f"'{param}' is not supported here: {why}", param=param)
+
+
+def iter_text_parts(content: Any) -> Iterable[str]:
+    """Text of a Chat Completions ``content`` (a string or a list of parts)."""
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text":
+                yield part.get("text", "")

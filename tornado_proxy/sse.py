@@ -1,0 +1,123 @@
+"""A push-fed Server-Sent Events decoder and the encoders we need.
+
+``SSEDecoder.feed(bytes)`` takes bytes exactly as curl delivers them and returns
+the events completed by them.  It follows the WHATWG event-stream rules: lines end
+in CR, LF or CRLF (a CR at the end of one read and an LF at the start of the next
+are one line end), ``:`` starts a comment, a field without a colon has an empty
+value, one space after the colon is dropped, ``data`` lines are joined with LF and
+a blank line dispatches.  Lines are decoded as UTF-8 only once complete, so a
+multi-byte character split across reads is never mangled.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import jsonutil
+
+
+class SSEEvent:
+    __slots__ = ("event", "data", "id", "retry")
+
+    def __init__(self, event: str | None, data: str, id: str | None = None, retry: int | None = None) -> None:
+        self.event = event
+        self.data = data
+        self.id = id
+        self.retry = retry
+
+    def json(self) -> Any:
+        return jsonutil.loads(self.data)
+
+    def __repr__(self) -> str:
+        return f"SSEEvent(event={self.event!r}, data={self.data!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SSEEvent) and self.event == other.event and self.data == other.data
+                and self.id == other.id and self.retry == other.retry)
+
+
+class SSEDecoder:
+    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[str] = []
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._seen = False  # any field seen since the last dispatch
+        self._skip_lf = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._skip_lf:
+            # The previous read ended in CR, which already ended a line: an LF
+            # that starts this read is the second half of that CRLF.
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            self._skip_lf = buf.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()
+        return self._lines(lines) if lines else []
+
+    def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
+        for raw in lines:
+            if not raw:
+                if self._seen:
+                    out.append(SSEEvent(self._event, "\n".join(self._data), self._id, self._retry))
+                    self._data = []
+                    self._event = None
+                    self._retry = None
+                    self._seen = False
+                continue
+            if raw[0] == 58:  # b":" comment
+                continue
+            line = raw.decode("utf-8", "replace")
+            field, sep, value = line.partition(":")
+            if sep and value.startswith(" "):
+                value = value[1:]
+            if field == "data":
+                self._data.append(value)
+                self._seen = True
+            elif field == "event":
+                self._event = value
+                self._seen = True
+            elif field == "id":
+                if "\0" not in value:
+                    self._id = value
+                self._seen = True
+            elif field == "retry":
+                if value.isdigit():
+                    self._retry = int(value)
+                self._seen = True
+        return out
+
+    def finish(self) -> list[SSEEvent]:
+        """End of stream: a last event not followed by a blank line is still delivered.
+
+        Strict SSE would drop it; upstreams that forget the final blank line are
+        common enough that losing their last event would be worse.
+        """
+        rest = self._buf
+        self._buf = b""
+        out = self._lines([rest]) if rest else []
+        out.extend(self._lines([b""]))
+        return out
+
+
+def encode_event(data: str, event: str | None = None) -> bytes:
+    if event is None:
+        return b"data: " + data.encode("utf-8") + b"\n\n"
+    return b"event: " + event.encode("utf-8") + b"\ndata: " + data.encode("utf-8") + b"\n\n"
+
+
+def encode_json(obj: Any, event: str | None = None) -> bytes:
+    if event is None:
+        return b"data: " + jsonutil.dumpb(obj) + b"\n\n"
+    return b"event: " + event.encode("utf-8") + b"\ndata: " + jsonutil.dumpb(obj) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
