@@ -299,3 +299,11 @@ def iter_text_parts(content: Any) -> Iterable[str]:
         for part in content:
             if isinstance(part, dict) and part.get("type") == "text":
                 yield part.get("text", "")
+
+
+def estimate_tokens(text: str) -> int:
+    """A local token estimate (about four characters a token for English text).
+
+    Used where no upstream counts for us: the echo model and local count_tokens.
+    """
+    return (len(text.encode("utf-8")) + 3) // 4 if text else 0

@@ -1,0 +1,130 @@
+"""The gateway object and the one route table."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import tornado.web
+
+from providers import PROVIDER_TYPES
+from providers.base import Provider
+
+from . import jsonutil
+from .config import Config, Router
+from .handlers.base import NotFoundHandler
+from .handlers.chat_completions import ChatCompletionsHandler
+from .handlers.health import (HealthHandler, MetricsHandler, ModelsHandler, OpenAPIHandler,
+                              ReadyHandler)
+from .metrics import Metrics
+from .scheduler import Scheduler
+from .upstream import Upstream
+
+access_log = logging.getLogger("tornado_proxy.access")
+
+
+@dataclass
+class Route:
+    pattern: str                      # Tornado URL regex
+    handler: type[tornado.web.RequestHandler]
+    openapi_path: str                 # the same path in OpenAPI template form
+    # method -> {"summary", "request_schema", "response_schema", "stream_schema", "tags"}
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+CHAT = {"summary": "Create a chat completion (OpenAI Chat Completions)", "tags": ["openai"],
+        "request_schema": "chat_completions.request.v1", "response_schema": "chat_completions.response.v1",
+        "stream_schema": "chat_completions.chunk.v1"}
+
+# The one route table.  Order matters only for overlapping patterns.
+ROUTES: list[Route] = [
+    Route(r"/v1/chat/completions", ChatCompletionsHandler, "/v1/chat/completions", {"post": CHAT}),
+    Route(r"/chat/completions", ChatCompletionsHandler, "/chat/completions", {"post": CHAT}),
+    Route(r"/v1/models", ModelsHandler, "/v1/models",
+          {"get": {"summary": "List models", "tags": ["openai"], "response_schema": "models.list.v1"}}),
+    Route(r"/v1/models/([^/]+)", ModelsHandler, "/v1/models/{model}",
+          {"get": {"summary": "Retrieve a model", "tags": ["openai"]}}),
+    Route(r"/health", HealthHandler, "/health", {"get": {"summary": "Liveness", "tags": ["operations"]},
+                                                 "head": {"summary": "Liveness", "tags": ["operations"]}}),
+    Route(r"/health/ready", ReadyHandler, "/health/ready",
+          {"get": {"summary": "Readiness: 503 while draining or with no usable account", "tags": ["operations"]}}),
+    Route(r"/metrics", MetricsHandler, "/metrics",
+          {"get": {"summary": "Prometheus metrics", "tags": ["operations"]}}),
+    Route(r"/openapi.json", OpenAPIHandler, "/openapi.json",
+          {"get": {"summary": "This document", "tags": ["operations"]}}),
+]
+
+
+class Gateway:
+    """Everything a handler needs, built once from the config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        s = config.server
+        self.access_keys: list[bytes] = [k.encode("utf-8") for k in s["access_keys"]]
+        self.access_key_header: str = s["access_key_header"]
+        self.admin_token: str = s.get("admin_token") or ""
+        self.cors_origins: list[str] = list(s["cors_origins"])
+        self.max_body_bytes: int = s["max_body_bytes"]
+        types = dict(PROVIDER_TYPES)
+        self.providers: dict[str, Provider] = {p["name"]: types[p["type"]](p) for p in config.providers}
+        self.router = Router(config.models, self.providers)
+        self.scheduler = Scheduler(config.providers)
+        self.upstream = Upstream(max_clients=s["max_clients"])
+        self.metrics = Metrics()
+        self.metrics.init_providers(self.providers)
+        self.draining = False
+        self.active_requests = 0
+        self.started = time.time()
+        self._openapi: dict[str, Any] | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        if self._openapi is None:
+            from . import __version__
+            from .openapi import build_openapi
+
+            entries = [(r.openapi_path, m, meta) for r in ROUTES for m, meta in r.methods.items()]
+            doc = build_openapi(entries)
+            doc.setdefault("info", {})["version"] = __version__
+            self._openapi = doc
+        return self._openapi
+
+    def close(self) -> None:
+        self.upstream.close()
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One line per request; never headers or bodies (they carry keys)."""
+    req = handler.request
+    status = 499 if getattr(handler, "_gone", False) else handler.get_status()
+    kind = getattr(handler, "error_kind", None)
+    fields = {
+        "method": req.method, "path": req.path, "status": status,
+        "ms": round(1000.0 * req.request_time(), 2),
+        "model": getattr(handler, "model_id", "") or None,
+        "provider": getattr(handler, "provider_name", "") or None,
+        "account": getattr(handler, "account_id", "") or None,
+        "error": kind.value if kind is not None else None,
+        "remote": req.remote_ip,
+    }
+    ttfb = getattr(handler, "_ttfb", None)
+    if ttfb is not None:
+        fields["ttfb_ms"] = round(1000.0 * ttfb, 2)
+    gw = getattr(handler, "gw", None)
+    if gw is not None and gw.config.server.get("log_format") == "json":
+        access_log.info(jsonutil.dumps({k: v for k, v in fields.items() if v is not None}))
+    else:
+        access_log.info(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+
+
+def make_app(gw: Gateway) -> tornado.web.Application:
+    handlers = [(r.pattern, r.handler, {"gw": gw}) for r in ROUTES]
+    return tornado.web.Application(
+        handlers,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"gw": gw},
+        log_function=log_request,
+        compress_response=False,   # SSE must not be buffered by a compressor
+        xheaders=True,
+    )

@@ -1,0 +1,146 @@
+"""The base handler: access keys, CORS, request bodies, errors in the client's format.
+
+Every error a handler raises is a ``ProxyError`` rendered by ``write_error`` in the
+route's client format (OpenAI JSON by default; Anthropic's shape on
+``/v1/messages``).  Anything else is a bug: it is logged with its stack trace and
+the client gets a plain 500 in its own format, never the trace.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+from tornado import httputil
+
+from providers.base import ClientFormat
+from providers.openai_chat import OpenAIChatFormat
+
+from .. import jsonutil
+from ..errors import ErrorKind, ProxyError, retry_after_header
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+
+log = logging.getLogger("tornado_proxy")
+
+OPENAI_FORMAT = OpenAIChatFormat()
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    gw: "Gateway"
+    client_format: ClientFormat = OPENAI_FORMAT
+    route_name = "other"
+    public = False           # no access key needed (health, metrics, openapi)
+    # The error, if any, for the access log and metrics.
+    error_kind: ErrorKind | None = None
+
+    def initialize(self, gw: "Gateway") -> None:  # type: ignore[override]
+        self.gw = gw
+        self.log_fields: dict[str, Any] = {}
+        # Tornado calls set_default_headers() before initialize(); now gw is known.
+        self.set_default_headers()
+
+    # -- CORS ----------------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        gw = self.__dict__.get("gw")
+        origins = gw.cors_origins if gw is not None else None
+        if not origins:
+            return
+        origin = self.request.headers.get("Origin")
+        if origin and ("*" in origins or origin in origins):
+            self.set_header("Access-Control-Allow-Origin", "*" if "*" in origins else origin)
+            self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Expose-Headers", "Retry-After, X-Request-Id")
+
+    async def options(self, *args: Any, **kwargs: Any) -> None:
+        # Preflight: no access key (browsers never send credentials on it).
+        if self.gw.cors_origins:
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+            self.set_header("Access-Control-Allow-Headers",
+                            self.request.headers.get("Access-Control-Request-Headers",
+                                                     "Authorization, Content-Type, X-Api-Key"))
+            self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+    # -- access keys ---------------------------------------------------------------
+    def prepare(self) -> None:
+        if self.request.method == "OPTIONS" or self.public:
+            return
+        self.check_access()
+
+    def presented_key(self) -> str | None:
+        h = self.request.headers
+        auth = h.get("Authorization")
+        if auth and auth[:7].lower() == "bearer ":
+            return auth[7:].strip()
+        return h.get(self.gw.access_key_header) or h.get("x-api-key")
+
+    def check_access(self) -> None:
+        keys = self.gw.access_keys
+        if not keys:
+            return
+        given = self.presented_key()
+        if not given:
+            raise ProxyError(ErrorKind.AUTH_MISSING,
+                             f"missing access key: send 'Authorization: Bearer <key>', "
+                             f"'{self.gw.access_key_header}' or 'x-api-key'")
+        g = given.encode("utf-8", "surrogateescape")
+        ok = False
+        for k in keys:  # every key is compared: the time does not tell which one nearly matched
+            ok |= hmac.compare_digest(g, k)
+        if not ok:
+            raise ProxyError(ErrorKind.AUTH_INVALID, "invalid access key")
+
+    # -- bodies --------------------------------------------------------------------
+    def json_body(self, raw: bytes | None = None) -> Any:
+        raw = self.request.body if raw is None else raw
+        if not raw:
+            raise ProxyError(ErrorKind.INVALID_JSON, "request body is empty; expected a JSON object")
+        try:
+            return jsonutil.loads(raw)
+        except ValueError as exc:
+            raise ProxyError(ErrorKind.INVALID_JSON, f"request body is not valid JSON: {exc}") from None
+
+    # -- errors --------------------------------------------------------------------
+    def send_proxy_error(self, err: ProxyError) -> None:
+        self.error_kind = err.kind
+        self.clear()
+        self.set_status(err.status)
+        ra = retry_after_header(err)
+        if ra:
+            self.set_header("Retry-After", ra)
+        self.set_header("Content-Type", "application/json")
+        self.finish(jsonutil.dumpb(self.client_format.error_body(err)))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ProxyError):
+            err = exc
+        elif isinstance(exc, tornado.web.HTTPError):
+            kind = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED,
+                    413: ErrorKind.BODY_TOO_LARGE}.get(exc.status_code, ErrorKind.INVALID_REQUEST)
+            if exc.status_code >= 500:
+                kind = ErrorKind.INTERNAL
+            err = ProxyError(kind, exc.log_message or httputil.responses.get(exc.status_code, "error"))
+        else:
+            err = ProxyError(ErrorKind.INTERNAL, "internal error in the gateway; see its log")
+        if self._headers_written:
+            return
+        self.send_proxy_error(err)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ProxyError):
+            return  # expected; the access line says what happened
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(BaseHandler):
+    public = True
+
+    def prepare(self) -> None:
+        raise ProxyError(ErrorKind.NOT_FOUND, f"no route for {self.request.method} {self.request.path}")

@@ -1,0 +1,9 @@
+"""POST /v1/chat/completions: the OpenAI Chat Completions route."""
+from __future__ import annotations
+
+from ..pipeline import LLMHandler
+
+
+class ChatCompletionsHandler(LLMHandler):
+    schema_name = "chat_completions.request.v1"
+    route_name = "chat_completions"

@@ -1,0 +1,434 @@
+"""The one request pipeline every LLM route runs through.
+
+    client body --ClientFormat.parse_request--> pivot --Router--> (model, provider)
+      same format as the upstream?  bytes pass through, only the model mapped
+      otherwise:  Provider.build_request -> curl -> decoder -> StreamTranslator
+                  -> pivot chunks -> ClientFormat encoder -> write() + flush()
+
+Accounts: each attempt leases an account from the scheduler.  A failure before the
+first byte reaches the client is retried on another account within the provider's
+failover budget; after it, the client gets an error frame in its own format and
+the stream ends (a stream cut short is never reported as a normal finish).
+
+Everything between curl's write callback and ``flush()`` is synchronous (see
+``upstream.py``).  When the client goes away the transfer is aborted at once.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import tornado.web
+from tornado.ioloop import IOLoop
+
+from providers.base import Account, Provider, StreamContext, UpstreamRequest
+
+from . import jsonutil
+from .errors import ErrorKind, ProxyError
+from .handlers.base import BaseHandler
+from .sse import SSEDecoder
+from .upstream import Transfer
+
+TAIL_BYTES = 4096
+
+SSE_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),  # tell nginx-style proxies in front of us not to buffer
+)
+
+
+def usage_of(obj: Any) -> dict[str, Any] | None:
+    """Usage in pivot terms from an OpenAI or Anthropic object (passed-through bodies)."""
+    if not isinstance(obj, dict):
+        return None
+    u = obj.get("usage")
+    if not isinstance(u, dict):
+        msg = obj.get("message")
+        u = msg.get("usage") if isinstance(msg, dict) else None
+        if not isinstance(u, dict):
+            resp = obj.get("response")
+            u = resp.get("usage") if isinstance(resp, dict) else None
+            if not isinstance(u, dict):
+                return None
+    if "prompt_tokens" in u or "completion_tokens" in u:
+        return u
+    if "input_tokens" in u or "output_tokens" in u:
+        i = (u.get("input_tokens") or 0) + (u.get("cache_read_input_tokens") or 0) \
+            + (u.get("cache_creation_input_tokens") or 0)
+        return {"prompt_tokens": i, "completion_tokens": u.get("output_tokens") or 0}
+    return None
+
+
+def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
+    """The last usage in the final bytes of a passed-through SSE stream (for metrics)."""
+    best: dict[str, Any] | None = None
+    for line in tail.split(b"\n"):
+        if line.startswith(b"data:") and b'"usage"' in line:
+            try:
+                u = usage_of(jsonutil.loads(line[5:]))
+            except ValueError:
+                continue
+            if u:
+                best = {**(best or {}), **{k: v for k, v in u.items() if v}}
+    return best
+
+
+@tornado.web.stream_request_body
+class LLMHandler(BaseHandler):
+    """Base of every model-serving route; subclasses set the client format and schema."""
+
+    schema_name: str | None = "chat_completions.request.v1"
+    route_name = "chat_completions"
+
+    def initialize(self, gw: Any) -> None:  # type: ignore[override]
+        super().initialize(gw)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        self._gone = False
+        self._first_sent = False
+        self._transfer: Transfer | None = None
+        self._decoder: Any = None
+        self._translator: Any = None
+        self._encoder: Any = None
+        self._usage: dict[str, Any] | None = None
+        self._tail_parts: list[bytes] = []
+        self._tail_len = 0
+        self._t0 = 0.0
+        self._ttfb: float | None = None
+        self._streaming = False
+        self.model_id = ""
+        self.provider_name = ""
+        self.account_id = ""
+
+    # -- body ------------------------------------------------------------------------
+    def prepare(self) -> None:
+        self._t0 = IOLoop.current().time()
+        self.gw.active_requests += 1
+        self._counted = True
+        super().prepare()
+        limit = self.gw.max_body_bytes
+        cl = self.request.headers.get("Content-Length")
+        if cl and cl.isdigit() and int(cl) > limit:
+            raise ProxyError(ErrorKind.BODY_TOO_LARGE, f"request body is larger than {limit} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.gw.max_body_bytes:
+            self._too_large = True
+            self._chunks = []
+            return
+        self._chunks.append(chunk)
+
+    def read_body(self) -> Any:
+        if self._too_large:
+            raise ProxyError(ErrorKind.BODY_TOO_LARGE, f"request body is larger than {self.gw.max_body_bytes} bytes")
+        raw = b"".join(self._chunks)
+        self._chunks = []
+        self._raw = raw
+        ctype = self.request.headers.get("Content-Type", "")
+        if ctype.startswith("multipart/form-data"):
+            return self.multipart_body(raw, ctype)
+        body = self.json_body(raw)
+        if not isinstance(body, dict):
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
+        return body
+
+    def multipart_body(self, raw: bytes, ctype: str) -> Any:
+        from tornado.httputil import parse_body_arguments
+
+        from .multipart import payload_from_multipart
+
+        args: dict[str, list[bytes]] = {}
+        files: dict[str, Any] = {}
+        parse_body_arguments(ctype, raw, args, files)
+        flat = {k: [(f.filename, f.content_type, f.body) for f in v] for k, v in files.items()}
+        body = payload_from_multipart(args, flat)
+        self._raw = jsonutil.dumpb(body)
+        return body
+
+    # -- serving ---------------------------------------------------------------------
+    async def post(self, *args: Any) -> None:
+        try:
+            body = self.read_body()
+            await self.serve(body)
+        finally:
+            self._done()
+
+    def validate(self, body: dict[str, Any]) -> None:
+        if self.schema_name:
+            from .validation import validate_body
+
+            validate_body(self.schema_name, body)
+
+    async def serve(self, body: dict[str, Any]) -> None:
+        self.validate(body)
+        fmt = self.client_format
+        pivot = fmt.parse_request(body)
+        name = pivot.get("model")
+        if not isinstance(name, str) or not name:
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "'model' is required", param="model")
+        hit = self.gw.router.resolve(name)
+        if hit is None:
+            raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{name}' does not exist", param="model")
+        model, provider = hit
+        self.model_id = model["id"]
+        self.provider_name = provider.name
+        stream = bool(pivot.get("stream"))
+        so = pivot.get("stream_options")
+        ctx = StreamContext(id=fmt.context_id(os.urandom(12).hex()), created=int(time.time()), model=name,
+                            include_usage=bool(so.get("include_usage")) if isinstance(so, dict) else False)
+        if provider.local:
+            await self.serve_local(provider, pivot, ctx, stream)
+            return
+        if provider.native_format == fmt.name:
+            raw = self._raw
+
+            def build(acct: Account) -> UpstreamRequest:
+                return provider.build_native_request(body, raw, model, acct, stream, self.request.headers)
+        else:
+            def build(acct: Account) -> UpstreamRequest:
+                return provider.build_request(pivot, model, acct, stream)
+        await self.with_accounts(provider, build, ctx, passthrough=provider.native_format == fmt.name)
+
+    async def serve_local(self, provider: Any, pivot: dict[str, Any], ctx: StreamContext, stream: bool) -> None:
+        fmt = self.client_format
+        if not stream:
+            resp = provider.respond(pivot, ctx)
+            self._usage = resp.get("usage")
+            self.set_header("Content-Type", "application/json")
+            self._mark_first()
+            self.finish(jsonutil.dumpb(fmt.render_response(resp, ctx)))
+            return
+        enc = fmt.new_encoder(ctx)
+        self._start_stream()
+        for chunk in provider.stream_chunks(pivot, ctx):
+            if self._gone:
+                return
+            if chunk.get("usage"):
+                self._usage = chunk["usage"]
+            data = enc.feed(chunk)
+            if data:
+                self._send(data)
+                await self.flush()
+        self.finish(enc.finish())
+
+    async def with_accounts(self, provider: Provider, build: Callable[[Account], UpstreamRequest],
+                            ctx: StreamContext, passthrough: bool) -> None:
+        sched = self.gw.scheduler
+        policy = sched.policy(provider.name)
+        loop = IOLoop.current()
+        deadline = loop.time() + policy.max_seconds
+        tried: list[str] = []
+        last: ProxyError | None = None
+        for attempt in range(max(1, policy.max_tries)):
+            try:
+                lease = sched.acquire(provider.name, headers=self.request.headers, exclude=tried)
+            except ProxyError as exc:
+                if last is None:
+                    raise
+                if last.retry_after is None and exc.retry_after is not None:
+                    last.retry_after = exc.retry_after
+                raise last from None
+            tried.append(lease.account.id)
+            self.account_id = lease.account.id
+            if attempt:
+                self.gw.metrics.failovers.labels(provider.name).inc()
+            try:
+                await lease.prepare()
+                up = build(lease.account)
+                await self.attempt(provider, up, lease, ctx, passthrough)
+                return
+            except ProxyError as err:
+                last = err
+                if err.kind is not ErrorKind.INTERNAL:
+                    lease.failure(err)
+                if err.upstream_status is not None or err.info.retryable:
+                    self.gw.metrics.upstream_errors.labels(provider.name, err.kind.value).inc()
+                if self._first_sent or self._gone or not err.info.retryable or loop.time() >= deadline:
+                    raise
+            finally:
+                lease.release()
+        assert last is not None
+        raise last
+
+    async def attempt(self, provider: Provider, up: UpstreamRequest, lease: Any, ctx: StreamContext,
+                      passthrough: bool) -> None:
+        timeouts = provider.conf["timeouts"]
+        proxy = lease.proxy or provider.conf.get("proxy")
+        fmt = self.client_format
+        if up.stream:
+            if passthrough:
+                on_data = self._on_passthrough
+                self._encoder = fmt.new_encoder(ctx)  # for the error frame only
+            else:
+                self._decoder = provider.new_decoder() if provider.stream_decoder != "sse" else SSEDecoder()  # type: ignore[attr-defined]
+                self._translator = provider.new_stream(ctx)
+                self._encoder = fmt.new_encoder(ctx)
+                on_data = self._on_translated
+            t = self.gw.upstream.start(up, on_data=on_data, connect_timeout=timeouts["connect"],
+                                       first_byte=timeouts["first_byte"], idle=timeouts["idle"], proxy=proxy)
+            self._transfer = t
+            res = await self.gw.upstream.wait(t)
+            self._transfer = None
+            self.gw.metrics.upstream_ttfb.labels(provider.name).observe(res.ttfb or 0.0)
+            if self._gone:
+                return
+            if res.error is None and not (200 <= res.status < 300):
+                raise provider.classify_error(res.status, res.headers, res.body)
+            if res.error is not None:
+                if not self._first_sent:
+                    raise res.error
+                self._fail_stream(res.error)
+                return
+            lease.success(res.ttfb or 0.0, res.headers)
+            try:
+                if passthrough:
+                    marker = provider.stream_complete_marker()
+                    tail = b"".join(self._tail_parts)
+                    if marker is not None and marker not in tail:
+                        raise ProxyError(ErrorKind.UPSTREAM_STREAM_CUT, "upstream stream ended before it finished")
+                    self._usage = usage_from_tail(tail)
+                    if not self._first_sent:
+                        self._start_stream()
+                    self.finish()
+                    return
+                out = [self._encoder.feed(c) for c in self._finish_translator()]
+                out.append(self._encoder.finish())
+            except ProxyError as err:
+                if not self._first_sent:
+                    raise
+                self._fail_stream(err)
+                return
+            if not self._first_sent:
+                self._start_stream()
+            self.finish(b"".join(out))
+            return
+
+        t = self.gw.upstream.start(up, connect_timeout=timeouts["connect"], first_byte=timeouts["first_byte"],
+                                   idle=timeouts["idle"], proxy=proxy)
+        self._transfer = t
+        res = await self.gw.upstream.wait(t)
+        self._transfer = None
+        self.gw.metrics.upstream_ttfb.labels(provider.name).observe(res.ttfb or 0.0)
+        if self._gone:
+            return
+        if res.error is not None:
+            raise res.error
+        if not (200 <= res.status < 300):
+            raise provider.classify_error(res.status, res.headers, res.body)
+        lease.success(res.ttfb or 0.0, res.headers)
+        if passthrough:
+            try:
+                self._usage = usage_of(jsonutil.loads(res.body))
+            except ValueError:
+                raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
+            self.set_header("Content-Type", res.headers.get("content-type", "application/json"))
+            self._mark_first()
+            self.finish(res.body)
+            return
+        pivot = provider.translate_response(res.body, ctx)
+        self._usage = pivot.get("usage")
+        out = fmt.render_response(pivot, ctx)
+        self.set_header("Content-Type", "application/json")
+        self._mark_first()
+        self.finish(jsonutil.dumpb(out))
+
+    def _finish_translator(self) -> list[dict[str, Any]]:
+        chunks = []
+        if self._decoder is not None:
+            for ev in self._decoder.finish():
+                chunks.extend(self._translator.feed(ev))
+        chunks.extend(self._translator.finish())
+        for c in chunks:
+            u = c.get("usage")
+            if u:
+                self._usage = u
+        return chunks
+
+    # -- the synchronous stream path (inside curl's write callback) ------------------
+    def _on_translated(self, data: bytes) -> bool:
+        if self._gone:
+            return False
+        out = []
+        translator = self._translator
+        encoder = self._encoder
+        for ev in self._decoder.feed(data):
+            for chunk in translator.feed(ev):
+                if "usage" in chunk and chunk["usage"]:
+                    self._usage = chunk["usage"]
+                b = encoder.feed(chunk)
+                if b:
+                    out.append(b)
+        if out:
+            self._send(out[0] if len(out) == 1 else b"".join(out))
+        return True
+
+    def _on_passthrough(self, data: bytes) -> bool:
+        if self._gone:
+            return False
+        # Keep the last ~4 KiB: the end marker and the usage event live there.
+        tail = self._tail_parts
+        tail.append(data)
+        self._tail_len += len(data)
+        while self._tail_len - len(tail[0]) >= TAIL_BYTES:
+            self._tail_len -= len(tail.pop(0))
+        self._send(data)
+        return True
+
+    def _start_stream(self) -> None:
+        self._streaming = True
+        self.gw.metrics.active_streams.labels(self.route_name).inc()
+        for k, v in SSE_HEADERS:
+            self.set_header(k, v)
+
+    def _mark_first(self) -> None:
+        if not self._first_sent:
+            self._first_sent = True
+            self._ttfb = IOLoop.current().time() - self._t0
+
+    def _send(self, data: bytes) -> None:
+        if not self._first_sent:
+            if not self._streaming:
+                self._start_stream()
+            self._mark_first()
+        self.write(data)
+        self.flush()
+
+    def _fail_stream(self, err: ProxyError) -> None:
+        """After the first byte: the error becomes a frame in the client's format."""
+        self.error_kind = err.kind
+        extra = b""
+        if self._translator is not None:
+            try:
+                extra = b"".join(self._encoder.feed(c) for c in self._translator.fail(err))
+            except ProxyError:
+                extra = b""
+        if not self._first_sent:
+            self._start_stream()
+            self._mark_first()
+        self.finish(extra + self._encoder.fail(err))
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        t = self._transfer
+        if t is not None:
+            t.abort(ErrorKind.INTERNAL)
+
+    # -- accounting ----------------------------------------------------------------
+    def _done(self) -> None:
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.gw.active_requests -= 1
+            if self._streaming:
+                self.gw.metrics.active_streams.labels(self.route_name).dec()
+            if self._usage:
+                self.gw.metrics.observe_tokens(self.provider_name, self.model_id, self._usage)
+
+    def on_finish(self) -> None:
+        self._done()
+        status = 499 if self._gone else self.get_status()
+        self.gw.metrics.observe_request(self.route_name, self.model_id, self.provider_name, status,
+                                        self.error_kind, IOLoop.current().time() - self._t0, self._ttfb)

@@ -1,0 +1,102 @@
+"""Run the gateway: listen, serve, drain on SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+
+from .app import Gateway, make_app
+from .config import Config
+
+log = logging.getLogger("tornado_proxy")
+
+
+def setup_logging(config: Config) -> None:
+    level = getattr(logging, str(config.server.get("log_level", "info")).upper(), logging.INFO)
+    fmt = "%(message)s" if config.server.get("log_format") == "json" else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    # Tornado's own access log would print a second line per request.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+class Server:
+    """One gateway process: app, HTTP server, and the drain sequence."""
+
+    def __init__(self, config: Config, host: str | None = None, port: int | None = None) -> None:
+        self.config = config
+        self.host = host if host is not None else config.server["host"]
+        self.port = port if port is not None else config.server["port"]
+        self.gw = Gateway(config)
+        self.app = make_app(self.gw)
+        # Bodies are size-checked by the handlers (413 in the client's format); the
+        # server's own limit only stops absurd uploads before a handler sees them.
+        self.http = HTTPServer(self.app, xheaders=True,
+                               max_body_size=max(config.server["max_body_bytes"] * 2, 1 << 20),
+                               idle_connection_timeout=75)
+        self._stopped: asyncio.Event | None = None
+
+    def listen(self, sockets: Any = None) -> int:
+        if sockets is not None:
+            self.http.add_sockets(sockets)
+        else:
+            self.http.listen(self.port, self.host)
+        port = next(iter(self.http._sockets.values())).getsockname()[1]
+        self.port = port
+        return port
+
+    def warn_open(self) -> None:
+        if not self.gw.access_keys:
+            log.warning("no access_keys configured: the gateway is open to anyone who can reach %s:%s",
+                        self.host, self.port)
+
+    async def drain(self) -> None:
+        """Readiness goes 503, new connections stop, streams in flight finish within drain_seconds."""
+        if self.gw.draining:
+            return
+        self.gw.draining = True
+        self.gw.metrics.draining.set(1)
+        self.http.stop()  # stop accepting; open connections keep going
+        loop = IOLoop.current()
+        deadline = loop.time() + float(self.config.server["drain_seconds"])
+        log.info("draining: %d request(s) in flight, up to %ss", self.gw.active_requests,
+                 self.config.server["drain_seconds"])
+        while self.gw.active_requests > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.gw.active_requests:
+            log.warning("drain timeout: closing %d request(s) still in flight", self.gw.active_requests)
+        await self.http.close_all_connections()
+        self.gw.close()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.drain()))
+
+    async def run_forever(self) -> None:
+        self._stopped = asyncio.Event()
+        self.install_signals()
+        await self._stopped.wait()
+
+
+def serve(config: Config, host: str | None = None, port: int | None = None, sockets: Any = None) -> int:
+    setup_logging(config)
+
+    async def main() -> None:
+        server = Server(config, host, port)
+        server.listen(sockets)
+        server.warn_open()
+        log.info("tornado-proxy listening on http://%s:%s (%d provider(s), %d model route(s))",
+                 server.host, server.port, len(server.gw.providers), len(config.models))
+        await server.run_forever()
+        log.info("drained; exiting")
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,281 @@
+"""Upstream HTTP: one curl-backed AsyncHTTPClient, streaming and abortable.
+
+Why not plain ``fetch(streaming_callback=...)``: Tornado's curl client hands
+chunks to the streaming callback through ``add_callback``, one IOLoop turn later,
+and cannot stop a transfer once started.  We install our own ``WRITEFUNCTION``
+and ``HEADERFUNCTION`` in ``prepare_curl_callback`` so that decode -> translate ->
+``write()`` -> ``flush()`` runs synchronously inside curl's callback, and the write
+function returns 0 once the client has gone, which makes libcurl abort the
+transfer at once.  A transfer that is idle (no bytes to hand us) is aborted from
+outside through :meth:`GatewayCurlClient.abort`.
+
+The status is only known for sure at the first body byte: a proxy's ``CONNECT``
+answer and ``100 Continue`` come with header blocks of their own, and the last
+status line before the body is the one that counts.  So the first body byte
+decides whether the transfer streams to the client (2xx) or is buffered as an
+error body for the provider's ``classify_error``.
+
+Timeouts: ``connect`` is curl's own.  ``first_byte`` and ``idle`` are enforced by
+one shared sweeper that ticks four times a second; a transfer records the tick at
+which it last received bytes (an int copy per chunk, no clock read on the hot path).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from providers.base import UpstreamRequest
+
+from .errors import ErrorKind, ProxyError
+
+log = logging.getLogger("tornado_proxy.upstream")
+
+TICKS_PER_SECOND = 4
+
+# curl error numbers we give a meaning to
+_E_COULDNT_RESOLVE = (5, 6)        # proxy, host
+_E_COULDNT_CONNECT = 7
+_E_OPERATION_TIMEDOUT = 28
+_E_WRITE_ERROR = 23                # our write function returned 0 (client gone / translator error)
+_E_ABORTED = 42                    # CURLE_ABORTED_BY_CALLBACK: GatewayCurlClient.abort
+_E_SSL = (35, 51, 53, 54, 58, 59, 60, 77, 80, 82, 83, 90, 91)
+_E_CUT = (18, 52, 55, 56, 92)      # partial file, empty reply, send/recv error, HTTP/2 stream error
+
+
+class GatewayCurlClient(CurlAsyncHTTPClient):
+    """The curl client with a public way to stop a transfer."""
+
+    def abort(self, curl: pycurl.Curl | None, request: HTTPRequest) -> None:
+        info = getattr(curl, "info", None) if curl is not None else None
+        if info is not None and _same(info["request"], request):
+            # Not called from inside a curl callback (those return 0 instead), so
+            # finishing the handle here is safe; _finish removes it from the multi.
+            self._finish(curl, _E_ABORTED, "aborted by the gateway")
+            self._process_queue()
+            return
+        # Still queued for a free handle: take it out of the queue.
+        for item in list(self._requests):
+            if _same(item[0], request):
+                self._requests.remove(item)
+                item[1](HTTPResponse(request, 599, error=ProxyError(ErrorKind.INTERNAL, "aborted")))
+                return
+
+
+def _same(queued: object, request: HTTPRequest) -> bool:
+    # fetch() wraps requests in a _RequestProxy that keeps the original as .request
+    return queued is request or getattr(queued, "request", None) is request
+
+
+class Transfer:
+    """One upstream request in flight."""
+
+    __slots__ = ("req", "http_request", "curl", "status", "headers", "on_data", "body", "streaming",
+                 "started", "first_tick", "last_tick", "abort_kind", "abort_err", "first_byte",
+                 "idle", "client", "client_proxy", "_header_status", "future", "started_at")
+
+    def __init__(self, client: "Upstream", req: UpstreamRequest, on_data: Callable[[bytes], bool] | None,
+                 first_byte: float, idle: float) -> None:
+        self.client = client
+        self.req = req
+        self.curl: pycurl.Curl | None = None
+        self.status = 0
+        self._header_status = 0
+        self.headers: dict[str, str] = {}
+        self.on_data = on_data
+        self.body: list[bytes] = []
+        self.streaming = False        # decided at the first body byte
+        self.started = False          # any body byte seen
+        tick = client.tick
+        self.first_tick = tick
+        self.last_tick = tick
+        self.abort_kind: ErrorKind | None = None
+        self.abort_err: ProxyError | None = None
+        self.first_byte = max(1, int(first_byte * TICKS_PER_SECOND)) if first_byte else 0
+        self.idle = max(1, int(idle * TICKS_PER_SECOND)) if idle else 0
+        self.client_proxy: str | None = None
+        self.http_request: HTTPRequest | None = None
+        self.future: Any = None
+        self.started_at = 0.0
+
+    # -- curl callbacks (run synchronously inside curl's socket action) --------
+    def _header(self, line: bytes) -> None:
+        if line[:5] == b"HTTP/":
+            # A new header block (100 Continue, proxy CONNECT, redirects): start over.
+            parts = line.split(b" ", 2)
+            try:
+                self._header_status = int(parts[1])
+            except (IndexError, ValueError):
+                self._header_status = 0
+            self.headers = {}
+            return
+        name, sep, value = line.partition(b":")
+        if sep:
+            self.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+
+    def _write(self, data: bytes) -> int | None:
+        self.last_tick = self.client.tick
+        if not self.started:
+            self.started = True
+            self.status = self._header_status
+            self.streaming = self.on_data is not None and 200 <= self.status < 300
+        if self.streaming:
+            try:
+                keep_going = self.on_data(data)  # type: ignore[misc]
+            except ProxyError as err:
+                self.abort_err = err
+                return 0
+            except Exception as exc:  # a bug must not leave the transfer running
+                log.exception("stream handler failed")
+                self.abort_err = ProxyError(ErrorKind.INTERNAL, f"internal error while streaming: {type(exc).__name__}")
+                return 0
+            if not keep_going:
+                self.abort_kind = ErrorKind.INTERNAL  # client went away
+                return 0
+            return None
+        self.body.append(data)
+        return None
+
+    def prepare_curl(self, curl: pycurl.Curl) -> None:
+        self.curl = curl
+        curl.setopt(pycurl.WRITEFUNCTION, self._write)
+        curl.setopt(pycurl.HEADERFUNCTION, self._header)
+        proxy = self.client_proxy
+        if proxy:
+            curl.setopt(pycurl.PROXY, proxy)
+
+    # -- control ---------------------------------------------------------------
+    def abort(self, kind: ErrorKind) -> None:
+        """Stop the transfer from outside curl (client gone, timeout)."""
+        if self.abort_kind is None:
+            self.abort_kind = kind
+        self.client.http.abort(self.curl, self.http_request)
+
+
+class Result:
+    __slots__ = ("status", "headers", "body", "error", "ttfb")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, error: ProxyError | None,
+                 ttfb: float | None) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.error = error
+        self.ttfb = ttfb
+
+
+class Upstream:
+    """The process-wide upstream client and its timeout sweeper."""
+
+    def __init__(self, max_clients: int = 10000, user_agent: str = "tornado-proxy") -> None:
+        AsyncHTTPClient.configure(GatewayCurlClient, max_clients=max_clients)
+        self.http: GatewayCurlClient = AsyncHTTPClient()  # type: ignore[assignment]
+        self.user_agent = user_agent
+        self.tick = 0
+        self.active: set[Transfer] = set()
+        self._sweeper = PeriodicCallback(self._sweep, 1000 / TICKS_PER_SECOND)
+        self._sweeper.start()
+
+    def close(self) -> None:
+        self._sweeper.stop()
+
+    def _sweep(self) -> None:
+        self.tick += 1
+        tick = self.tick
+        expired: list[tuple[Transfer, ErrorKind]] = []
+        for t in self.active:
+            if not t.started:
+                if t.first_byte and tick - t.first_tick >= t.first_byte:
+                    expired.append((t, ErrorKind.FIRST_BYTE_TIMEOUT))
+            elif t.idle and tick - t.last_tick >= t.idle:
+                expired.append((t, ErrorKind.IDLE_TIMEOUT))
+        for t, kind in expired:
+            t.abort(kind)
+
+    def start(self, req: UpstreamRequest, *, on_data: Callable[[bytes], bool] | None = None,
+              connect_timeout: float = 10.0, first_byte: float = 120.0, idle: float = 120.0,
+              proxy: str | None = None) -> Transfer:
+        """Send ``req``; ``await upstream.wait(transfer)`` for the result.
+
+        With ``on_data``, a 2xx body is handed to it as it arrives (return False to
+        abort); anything else is buffered into ``Result.body``.
+        """
+        t = Transfer(self, req, on_data, first_byte, idle)
+        hr = HTTPRequest(
+            req.url, method=req.method, headers=req.headers, body=req.body,
+            connect_timeout=connect_timeout, request_timeout=0,  # 0: no total limit (streams are long)
+            prepare_curl_callback=t.prepare_curl, user_agent=self.user_agent,
+            allow_nonstandard_methods=True, decompress_response=True, follow_redirects=False,
+        )
+        t.http_request = hr
+        t.client_proxy = proxy
+        t.started_at = IOLoop.current().time()
+        self.active.add(t)
+        t.future = self.http.fetch(hr, raise_error=False)
+        return t
+
+    async def wait(self, t: Transfer) -> Result:
+        """The outcome of a transfer.  Never raises for transport problems: ``Result.error`` says."""
+        errno: int | None = None
+        try:
+            resp: HTTPResponse | None = await t.future
+        except CurlError as exc:
+            # Tornado 6 raises transport errors even with raise_error=False.
+            resp, errno = None, exc.errno
+        except ProxyError as exc:  # aborted while still queued
+            resp, errno = None, _E_ABORTED
+            t.abort_err = t.abort_err or (exc if t.abort_kind is None else None)
+        finally:
+            self.active.discard(t)
+        ttfb = None
+        if resp is not None and resp.time_info:
+            st = resp.time_info.get("starttransfer")
+            if st:
+                ttfb = float(st)
+        if ttfb is None:
+            ttfb = IOLoop.current().time() - t.started_at
+        status = t.status or t._header_status
+        if resp is not None and resp.code == 599 and resp.error is not None:
+            errno = getattr(resp.error, "errno", None) or _E_ABORTED
+        return Result(status, t.headers, b"".join(t.body), self._error(t, errno), ttfb)
+
+    async def fetch(self, req: UpstreamRequest, **kw: Any) -> Result:
+        return await self.wait(self.start(req, **kw))
+
+    def _error(self, t: Transfer, errno: int | None) -> ProxyError | None:
+        if t.abort_err is not None:
+            return t.abort_err
+        if t.abort_kind is ErrorKind.FIRST_BYTE_TIMEOUT:
+            return ProxyError(ErrorKind.FIRST_BYTE_TIMEOUT, "upstream did not answer within the first-byte timeout")
+        if t.abort_kind is ErrorKind.IDLE_TIMEOUT:
+            return ProxyError(ErrorKind.IDLE_TIMEOUT, "upstream stream stalled past the idle timeout")
+        if t.abort_kind is not None:
+            return ProxyError(t.abort_kind, "transfer aborted: the client went away")
+        if errno is None:
+            return None
+        host = _host_of(t.req.url)
+        if errno in _E_COULDNT_RESOLVE:
+            return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"cannot resolve upstream host {host}")
+        if errno == _E_COULDNT_CONNECT:
+            return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"cannot connect to upstream {host}")
+        if errno == _E_OPERATION_TIMEDOUT:
+            if not t.started and not t._header_status:
+                return ProxyError(ErrorKind.CONNECT_TIMEOUT, f"timed out connecting to upstream {host}")
+            return ProxyError(ErrorKind.IDLE_TIMEOUT, f"upstream {host} timed out")
+        if errno in _E_SSL:
+            return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"TLS error talking to upstream {host}")
+        if errno in _E_CUT:
+            if t.started or t._header_status:
+                return ProxyError(ErrorKind.UPSTREAM_STREAM_CUT, f"upstream {host} closed the connection mid-response")
+            return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"upstream {host} closed the connection without answering")
+        return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"upstream {host} transport error (curl {errno})")
+
+
+def _host_of(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    return rest.split("/", 1)[0].rsplit("@", 1)[-1]
+
