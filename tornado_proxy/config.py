@@ -96,7 +96,7 @@ def _substitute(node: Any, env: Mapping[str, str], path: list[Any], problems: li
     if isinstance(node, list):
         return [_substitute(v, env, path + [i], problems) for i, v in enumerate(node)]
     if isinstance(node, dict):
-        return {k: _substitute(v, env, path + [k], problems) for k, v in node.items()}
+        return {k: v if k == "$comment" else _substitute(v, env, path + [k], problems) for k, v in node.items()}
     return node
 
 
@@ -134,6 +134,8 @@ class Config:
         self.raw = raw
         self.source = source
         self.server: dict[str, Any] = {**SERVER_DEFAULTS, **(raw.get("server") or {})}
+        # "${KEY_2:-}" that is unset means "no second key", not an empty key that anyone could send.
+        self.server["access_keys"] = [k for k in self.server["access_keys"] if k]
         self.providers: list[dict[str, Any]] = raw.get("providers") or []
         self.models: list[dict[str, Any]] = raw.get("models") or []
         self.accounts_file: str | None = raw.get("accounts_file")

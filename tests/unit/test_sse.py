@@ -1,0 +1,67 @@
+"""The push-fed SSE decoder: line endings, splits across reads, UTF-8, comments, fields."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tornado_proxy.sse import SSEDecoder, SSEEvent, encode_event, encode_json
+
+
+def decode(chunks: list[bytes]) -> list[SSEEvent]:
+    d = SSEDecoder()
+    out: list[SSEEvent] = []
+    for c in chunks:
+        out.extend(d.feed(c))
+    out.extend(d.finish())
+    return out
+
+
+CASES = [
+    ("lf", b"data: a\n\ndata: b\n\n", [SSEEvent(None, "a"), SSEEvent(None, "b")]),
+    ("crlf", b"data: a\r\n\r\ndata: b\r\n\r\n", [SSEEvent(None, "a"), SSEEvent(None, "b")]),
+    ("cr", b"data: a\r\rdata: b\r\r", [SSEEvent(None, "a"), SSEEvent(None, "b")]),
+    ("mixed", b"event: x\r\ndata: 1\n\rdata: 2\r\n\n", [SSEEvent("x", "1"), SSEEvent(None, "2")]),
+    ("multiline data", b"data: l1\ndata: l2\n\n", [SSEEvent(None, "l1\nl2")]),
+    ("event name", b"event: message_start\ndata: {}\n\n", [SSEEvent("message_start", "{}")]),
+    ("comment ignored", b": ping\n\ndata: a\n\n", [SSEEvent(None, "a")]),
+    ("no space after colon", b"data:a\n\n", [SSEEvent(None, "a")]),
+    ("only one space dropped", b"data:  a\n\n", [SSEEvent(None, " a")]),
+    ("field without colon", b"data\n\n", [SSEEvent(None, "")]),
+    ("id and retry", b"id: 7\nretry: 1000\ndata: a\n\n", [SSEEvent(None, "a", "7", 1000)]),
+    ("unknown field ignored", b"foo: bar\ndata: a\n\n", [SSEEvent(None, "a")]),
+    ("blank lines alone dispatch nothing", b"\n\n\n", []),
+    ("last event without blank line", b"data: a\n\ndata: [DONE]", [SSEEvent(None, "a"), SSEEvent(None, "[DONE]")]),
+    ("utf-8", "data: héllo 日本 🎉\n\n".encode(), [SSEEvent(None, "héllo 日本 🎉")]),
+]
+
+
+@pytest.mark.parametrize("name,raw,expected", CASES, ids=[c[0] for c in CASES])
+def test_whole_bytewise_and_random_splits(name: str, raw: bytes, expected: list[SSEEvent]) -> None:
+    assert decode([raw]) == expected
+    assert decode([raw[i:i + 1] for i in range(len(raw))]) == expected
+    rng = random.Random(name)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(raw)), min(len(raw) - 1, rng.randint(1, 4)))) if len(raw) > 1 else []
+        parts = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+        assert decode(parts) == expected
+
+
+def test_crlf_split_between_reads_is_one_line_end() -> None:
+    d = SSEDecoder()
+    assert d.feed(b"data: a\r") == []
+    assert d.feed(b"\n") == []          # the LF completes the CRLF, it is not a blank line
+    assert d.feed(b"\r\n") == [SSEEvent(None, "a")]
+
+
+def test_events_come_out_as_soon_as_complete() -> None:
+    d = SSEDecoder()
+    assert d.feed(b"data: {\"a\":") == []
+    assert d.feed(b"1}\n") == []
+    assert [e.json() for e in d.feed(b"\ndata: 2")] == [{"a": 1}]
+
+
+def test_encoders() -> None:
+    assert encode_event("x") == b"data: x\n\n"
+    assert encode_event("x", "ping") == b"event: ping\ndata: x\n\n"
+    assert encode_json({"a": "é/"}, "e") == 'event: e\ndata: {"a":"é/"}\n\n'.encode()
