@@ -16,6 +16,8 @@ def parser() -> argparse.ArgumentParser:
                    help="JSON config file (default: the built-in conf/default.json)")
     p.add_argument("--host", help="address to listen on (overrides server.host)")
     p.add_argument("--port", "-p", type=int, help="port to listen on (overrides server.port)")
+    p.add_argument("--workers", "-w", type=int, metavar="N",
+                   help="worker processes sharing the port (default: server.workers, else the number of cores)")
     p.add_argument("--check-config", metavar="FILE",
                    help="validate FILE and exit: 0 if valid, 1 with every problem listed if not")
     p.add_argument("--version", action="version", version=f"tornado-proxy {__version__}")
@@ -43,9 +45,25 @@ def main(argv: list[str] | None = None) -> int:
         for p in exc.problems:
             print(f"  {p}", file=sys.stderr)
         return 2
+    import os
+
+    workers = args.workers if args.workers is not None else cfg.server.get("workers") or 0
+    if workers <= 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Must be set before prometheus_client is imported (by .server): it picks its
+        # value store at import time.
+        import atexit
+        import shutil
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="tornado-proxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
+        parent = os.getpid()
+        atexit.register(lambda: os.getpid() == parent and shutil.rmtree(d, ignore_errors=True))
     from .server import serve
 
-    return serve(cfg, args.host, args.port)
+    return serve(cfg, args.host, args.port, workers)
 
 
 if __name__ == "__main__":

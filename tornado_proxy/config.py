@@ -38,7 +38,7 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "max_clients": 10000,
     "log_format": "text",
     "log_level": "info",
-    "workers": 1,
+    "workers": 0,   # 0: one per core
 }
 
 TIMEOUT_DEFAULTS = {"connect": 10.0, "first_byte": 300.0, "idle": 300.0}

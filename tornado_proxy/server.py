@@ -25,6 +25,17 @@ def setup_logging(config: Config) -> None:
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
 
+def _warm_up() -> None:
+    """Compile the request validators now rather than on the first request."""
+    from .app import ROUTES
+    from .validation import is_valid
+
+    for r in ROUTES:
+        name = getattr(r.handler, "schema_name", None)
+        if name:
+            is_valid(name, {})
+
+
 class Server:
     """One gateway process: app, HTTP server, and the drain sequence."""
 
@@ -34,6 +45,7 @@ class Server:
         self.port = port if port is not None else config.server["port"]
         self.gw = Gateway(config)
         self.app = make_app(self.gw)
+        _warm_up()
         # Bodies are size-checked by the handlers (413 in the client's format); the
         # server's own limit only stops absurd uploads before a handler sees them.
         self.http = HTTPServer(self.app, xheaders=True,
@@ -86,17 +98,92 @@ class Server:
         await self._stopped.wait()
 
 
-def serve(config: Config, host: str | None = None, port: int | None = None, sockets: Any = None) -> int:
+def serve(config: Config, host: str | None = None, port: int | None = None, workers: int = 1) -> int:
+    """Serve until SIGTERM/SIGINT.  ``workers`` > 1: that many processes share one listening socket."""
     setup_logging(config)
+    host = host if host is not None else config.server["host"]
+    port = port if port is not None else config.server["port"]
+    if workers <= 1:
+        asyncio.run(_worker_main(config, host, port, None))
+        return 0
+    return _prefork(config, host, port, workers)
 
-    async def main() -> None:
-        server = Server(config, host, port)
-        server.listen(sockets)
-        server.warn_open()
-        log.info("tornado-proxy listening on http://%s:%s (%d provider(s), %d model route(s))",
-                 server.host, server.port, len(server.gw.providers), len(config.models))
-        await server.run_forever()
-        log.info("drained; exiting")
 
-    asyncio.run(main())
-    return 0
+async def _worker_main(config: Config, host: str, port: int, sockets: Any) -> None:
+    server = Server(config, host, port)
+    server.listen(sockets)
+    server.warn_open()
+    log.info("tornado-proxy listening on http://%s:%s (%d provider(s), %d model route(s))",
+             server.host, server.port, len(server.gw.providers), len(config.models))
+    await server.run_forever()
+    log.info("drained; exiting")
+
+
+def _prefork(config: Config, host: str, port: int, workers: int) -> int:
+    """Bind once, fork ``workers`` children; forward SIGTERM/SIGINT to them and wait.
+
+    A worker that dies while we are not stopping is replaced.  Metrics stay right across
+    workers through prometheus_client's multiprocess mode (the CLI sets
+    PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client).
+    """
+    import os
+
+    from tornado.netutil import bind_sockets
+
+    sockets = bind_sockets(port, host)
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                asyncio.run(_worker_main(config, host, port, sockets))
+            except BaseException:
+                log.exception("worker %d failed", slot)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = slot
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    for slot in range(workers):
+        spawn(slot)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("tornado-proxy: %d workers on http://%s:%s", workers, host,
+             sockets[0].getsockname()[1])
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        slot = children.pop(pid, None)
+        try:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)
+        except Exception:
+            pass
+        if slot is None:
+            continue
+        if stopping:
+            failed = failed or os.waitstatus_to_exitcode(status) != 0
+        else:
+            log.warning("worker %d (pid %d) exited with %s; starting a new one", slot, pid,
+                        os.waitstatus_to_exitcode(status))
+            spawn(slot)
+    return 1 if failed else 0

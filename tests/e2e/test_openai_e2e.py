@@ -306,7 +306,7 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(harness: LoopThread, tmp_
     cfg.write_text(json.dumps(up_config(up, drain_seconds=10)))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "tornado_proxy", "--config", str(cfg), "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stderr=subprocess.PIPE)
+                             "--port", str(port), "--workers", "1"], env=env, stderr=subprocess.PIPE)
     try:
         for _ in range(100):
             try:
@@ -327,3 +327,44 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(harness: LoopThread, tmp_
             proc.kill()
         err = proc.stderr.read().decode() if proc.stderr else ""
     assert "draining" in err
+
+
+def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
+    """--workers 2: requests spread over two processes; /metrics counts all of them; SIGTERM stops both."""
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"providers": [{"name": "echo", "type": "echo"}],
+                               "models": [{"id": "echo", "provider": "echo"}]}))
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "tornado_proxy", "--config", str(cfg), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "2"], env=env, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health")
+                break
+            except OSError:
+                time.sleep(0.05)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        for i in range(20):
+            # a new connection each time, so the kernel spreads them over both workers
+            c2 = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+            assert c2.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"n{i}"}]).choices
+            c2.close()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        line = [l for l in text.splitlines() if l.startswith("tornado_proxy_requests_total{")
+                and 'route="chat_completions"' in l and 'status="200"' in l]
+        assert sum(float(l.rsplit(" ", 1)[1]) for l in line) == 20.0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert "2 workers" in err and err.count("drained; exiting") == 2
