@@ -192,6 +192,10 @@ class OpenAIChatFormat(ClientFormat):
     name = "openai"
 
     def parse_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        # Many clients send "param": null for "not given"; translators treat absent and
+        # null alike only if nulls are gone.
+        if any(v is None for v in body.values()):
+            return {k: v for k, v in body.items() if v is not None}
         return body
 
     def render_response(self, pivot: dict[str, Any], ctx: StreamContext) -> dict[str, Any]:

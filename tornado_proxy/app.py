@@ -13,10 +13,15 @@ from providers.base import Provider
 
 from . import jsonutil
 from .config import Config, Router
+from .handlers.admin import ADMIN_ROUTES
 from .handlers.base import NotFoundHandler
 from .handlers.chat_completions import ChatCompletionsHandler
+from .handlers.embeddings import EmbeddingsHandler
+from .handlers.gemini_native import GeminiModelsHandler, GeminiNativeHandler
 from .handlers.health import (HealthHandler, MetricsHandler, ModelsHandler, OpenAPIHandler,
                               ReadyHandler)
+from .handlers.messages import CountTokensHandler, MessagesHandler
+from .handlers.responses import ResponseResourceHandler, ResponsesHandler
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .upstream import Upstream
@@ -41,16 +46,43 @@ CHAT = {"summary": "Create a chat completion (OpenAI Chat Completions)", "tags":
 ROUTES: list[Route] = [
     Route(r"/v1/chat/completions", ChatCompletionsHandler, "/v1/chat/completions", {"post": CHAT}),
     Route(r"/chat/completions", ChatCompletionsHandler, "/chat/completions", {"post": CHAT}),
+    Route(r"/v1/messages", MessagesHandler, "/v1/messages",
+          {"post": {"summary": "Create a message (Anthropic Messages)", "tags": ["anthropic"],
+                    "request_schema": "messages.request.v1"}}),
+    Route(r"/v1/messages/count_tokens", CountTokensHandler, "/v1/messages/count_tokens",
+          {"post": {"summary": "Count input tokens (forwarded to Anthropic upstreams, estimated otherwise)",
+                    "tags": ["anthropic"], "request_schema": "messages.request.v1"}}),
+    Route(r"/v1/responses", ResponsesHandler, "/v1/responses",
+          {"post": {"summary": "Create a response (OpenAI Responses), on any upstream", "tags": ["openai"],
+                    "request_schema": "responses.request.v1"}}),
+    Route(r"/v1/responses/([^/]+)", ResponseResourceHandler, "/v1/responses/{response_id}",
+          {"get": {"summary": "Retrieve a response", "tags": ["openai"]},
+           "delete": {"summary": "Delete a response", "tags": ["openai"]}}),
+    Route(r"/v1/responses/([^/]+)/(cancel|input_items)", ResponseResourceHandler,
+          "/v1/responses/{response_id}/{action}",
+          {"get": {"summary": "List a response's input items (action: input_items)", "tags": ["openai"]},
+           "post": {"summary": "Cancel a background response (action: cancel)", "tags": ["openai"]}}),
     Route(r"/v1/models", ModelsHandler, "/v1/models",
           {"get": {"summary": "List models", "tags": ["openai"], "response_schema": "models.list.v1"}}),
     Route(r"/v1/models/([^/]+)", ModelsHandler, "/v1/models/{model}",
           {"get": {"summary": "Retrieve a model", "tags": ["openai"]}}),
+    Route(r"/v1/embeddings", EmbeddingsHandler, "/v1/embeddings",
+          {"post": {"summary": "Create embeddings (OpenAI shape; gemini models via batchEmbedContents)",
+                    "tags": ["openai"], "request_schema": "embeddings.request.v1"}}),
+    Route(r"/v1beta/models/([^/:]+):([A-Za-z]+)", GeminiNativeHandler, "/v1beta/models/{model}:{method}",
+          {"post": {"summary": "Gemini-native generateContent, streamGenerateContent (alt=sse), countTokens, "
+                               "embedContent, batchEmbedContents; gemini models only", "tags": ["gemini"]}}),
+    Route(r"/v1beta/models", GeminiModelsHandler, "/v1beta/models",
+          {"get": {"summary": "List the gemini-served models (Gemini shape)", "tags": ["gemini"]}}),
+    Route(r"/v1beta/models/([^/:]+)", GeminiModelsHandler, "/v1beta/models/{model}",
+          {"get": {"summary": "Retrieve a gemini-served model (Gemini shape)", "tags": ["gemini"]}}),
     Route(r"/health", HealthHandler, "/health", {"get": {"summary": "Liveness", "tags": ["operations"]},
                                                  "head": {"summary": "Liveness", "tags": ["operations"]}}),
     Route(r"/health/ready", ReadyHandler, "/health/ready",
           {"get": {"summary": "Readiness: 503 while draining or with no usable account", "tags": ["operations"]}}),
     Route(r"/metrics", MetricsHandler, "/metrics",
           {"get": {"summary": "Prometheus metrics", "tags": ["operations"]}}),
+    *(Route(*r) for r in ADMIN_ROUTES),
     Route(r"/openapi.json", OpenAPIHandler, "/openapi.json",
           {"get": {"summary": "This document", "tags": ["operations"]}}),
 ]
