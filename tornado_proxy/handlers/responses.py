@@ -1,0 +1,263 @@
+"""``/v1/responses``: the OpenAI Responses API on every upstream.
+
+* ``POST /v1/responses`` to an ``openai-responses`` upstream: the body goes through
+  as sent (model mapped, auth replaced) and the answer, stream or not, comes back
+  byte for byte.
+* ``POST /v1/responses`` to any other upstream: Responses request -> pivot ->
+  upstream, and back into a Response object or the Responses event stream
+  (``providers/openai_responses.py``).  ``previous_response_id`` is served from the
+  gateway's response store (``tornado_proxy/response_store.py``): each answered
+  response keeps its conversation there unless the client said ``store: false``.
+  A request whose ``previous_response_id`` is in our store is translated even when
+  its model is served by an ``openai-responses`` upstream, which has never seen
+  that id.
+* ``GET/DELETE /v1/responses/{id}``, ``POST .../cancel``, ``GET .../input_items``:
+  answered from the store for our own responses, otherwise forwarded to the first
+  configured ``openai-responses`` provider (pin an account with ``x-auth-id``
+  when the response belongs to one).
+
+Errors are in the Responses error shape (the OpenAI ``{"error": {...}}`` envelope);
+after the first byte of a stream, as ``error`` + ``response.failed`` events.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from providers.base import Account, Provider, StreamContext, UpstreamRequest
+from providers.openai_responses import (
+    CTX_FAIL_SEQ,
+    CTX_PASSTHROUGH,
+    CTX_REQUEST,
+    CTX_RESULT,
+    ResponsesFormat,
+    ResponsesProvider,
+    input_to_messages,
+)
+
+from .. import jsonutil
+from ..errors import ErrorKind, ProxyError
+from ..pipeline import LLMHandler
+from ..response_store import ResponseStore, StoredResponse
+from .base import BaseHandler
+
+RESPONSES_FORMAT = ResponsesFormat()
+
+
+def response_store(gw: Any) -> ResponseStore:
+    """The gateway's store, made from ``server.response_store`` on first use.
+
+    (Kept on the Gateway object so every handler of the process shares it; the
+    lead may move its creation into ``Gateway.__init__``.)
+    """
+    store = getattr(gw, "response_store", None)
+    if store is None:
+        store = ResponseStore.from_config(gw.config.server.get("response_store"))
+        gw.response_store = store
+    return store
+
+
+def _input_items(body: dict[str, Any], resp_id: str) -> list[dict[str, Any]]:
+    """The request's input as items with ids, for ``GET .../input_items``."""
+    inp = body.get("input")
+    items: list[dict[str, Any]] = [{"type": "message", "role": "user",
+                                    "content": [{"type": "input_text", "text": inp}]}] \
+        if isinstance(inp, str) else [dict(i) for i in inp or [] if isinstance(i, dict)]
+    base = resp_id[5:] if resp_id.startswith("resp_") else resp_id
+    for n, item in enumerate(items):
+        item.setdefault("type", "message")
+        if not item.get("id"):
+            item["id"] = f"{'msg' if item['type'] == 'message' else 'item'}_{base}_in{n}"
+        if item["type"] == "message" and isinstance(item.get("content"), str):
+            kind = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": kind, "text": item["content"]}]
+    return items
+
+
+def _history_message(msg: dict[str, Any]) -> dict[str, Any]:
+    """An answer as the assistant turn of the stored conversation.
+
+    Only what the next request needs: text, refusal, tool calls (with their
+    ``extra_content``, e.g. Gemini's thought signatures) and thinking blocks
+    (signed reasoning to restore).  ``reasoning_content`` is display text and is
+    not replayed; upstream-only fields (``annotations``, ``audio``...) are dropped.
+    """
+    out: dict[str, Any] = {"role": "assistant", "content": msg.get("content")}
+    if msg.get("refusal"):
+        out["refusal"] = msg["refusal"]
+    if msg.get("thinking_blocks"):
+        out["thinking_blocks"] = msg["thinking_blocks"]
+    if msg.get("tool_calls"):
+        out["tool_calls"] = [{k: v for k, v in tc.items() if k in ("id", "type", "function", "extra_content")}
+                             for tc in msg["tool_calls"] if isinstance(tc, dict)]
+    return out
+
+
+class ResponsesHandler(LLMHandler):
+    client_format = RESPONSES_FORMAT
+    # Checked by ResponsesFormat on translated routes only: native requests reach
+    # OpenAI as sent, with whatever parameters OpenAI has added since.
+    schema_name = None
+    route_name = "responses"
+
+    async def serve(self, body: dict[str, Any]) -> None:
+        fmt = self.client_format
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "'model' is required", param="model")
+        hit = self.gw.router.resolve(name)
+        if hit is None:
+            raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{name}' does not exist", param="model")
+        model = hit[0]
+        provider: Provider = hit[1]
+        self.model_id = model["id"]
+        self.provider_name = provider.name
+        stream = bool(body.get("stream"))
+        store = response_store(self.gw)
+        prev = body.get("previous_response_id")
+        stored = store.get(prev) if isinstance(prev, str) else None
+        ctx = StreamContext(id=fmt.context_id(os.urandom(12).hex()), created=int(time.time()), model=name,
+                            extra={CTX_REQUEST: body})
+        if provider.native_format == fmt.name and stored is None:
+            ctx.extra[CTX_PASSTHROUGH] = True
+            raw = self._raw
+
+            def build_native(acct: Account) -> UpstreamRequest:
+                return provider.build_native_request(body, raw, model, acct, stream, dict(self.request.headers))
+
+            await self.with_accounts(provider, build_native, ctx, passthrough=True)
+            return
+        if prev is not None and stored is None and not store.enabled:
+            raise ProxyError(ErrorKind.INVALID_REQUEST,
+                             "'previous_response_id' needs the gateway's response store, which is disabled "
+                             "(server.response_store.enabled); send the whole conversation in 'input' instead",
+                             param="previous_response_id")
+        history = stored.messages if stored is not None else None
+        pivot = RESPONSES_FORMAT.parse_with_history(body, history)
+        if provider.local:
+            await self.serve_local(provider, pivot, ctx, stream)
+        else:
+            def build(acct: Account) -> UpstreamRequest:
+                return provider.build_request(pivot, model, acct, stream)
+
+            await self.with_accounts(provider, build, ctx, passthrough=False)
+        self._remember(store, ctx, body, history)
+
+    def _remember(self, store: ResponseStore, ctx: StreamContext, body: dict[str, Any],
+                  history: list[dict[str, Any]] | None) -> None:
+        result = ctx.extra.get(CTX_RESULT)
+        if result is None or body.get("store") is False or not store.enabled:
+            return  # failed, or the client asked us not to keep it
+        answer = _history_message(result["pivot"]["choices"][0]["message"])
+        messages = [*(history or []), *input_to_messages(body.get("input", [])), answer]
+        store.put(StoredResponse(id=ctx.id, messages=messages, response=result["response"],
+                                 input_items=_input_items(body, ctx.id)))
+
+    def _on_passthrough(self, data: bytes) -> bool:
+        # Remember the upstream's last sequence_number, so that an error event we
+        # add after a cut stream continues its numbering.
+        at = data.rfind(b'"sequence_number":')
+        if at >= 0:
+            digits = data[at + 18:at + 32].split(b",")[0].split(b"}")[0].strip()
+            if digits.isdigit() and self._encoder is not None:
+                self._encoder.ctx.extra[CTX_FAIL_SEQ] = int(digits) + 1
+        return super()._on_passthrough(data)
+
+
+def _responses_provider(gw: Any) -> ResponsesProvider | None:
+    for p in gw.providers.values():
+        if isinstance(p, ResponsesProvider):
+            return p
+    return None
+
+
+class ResponseResourceHandler(BaseHandler):
+    """``/v1/responses/{id}`` and its ``cancel`` / ``input_items`` sub-resources."""
+
+    client_format = RESPONSES_FORMAT
+    route_name = "responses"
+
+    async def get(self, resp_id: str, sub: str | None = None) -> None:
+        if sub not in (None, "input_items"):
+            raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"GET is not allowed on {self.request.path}")
+        entry = response_store(self.gw).get(resp_id)
+        if entry is None:
+            await self.forward("GET", resp_id, sub)
+        elif sub is None:
+            if self.get_query_argument("stream", "false") == "true":
+                raise ProxyError(ErrorKind.UNSUPPORTED, "'stream' is only for background responses, which this "
+                                 "gateway does not run", param="stream")
+            self.send_json(entry.response)
+        else:
+            self.send_json(self._list(entry.input_items))
+
+    async def delete(self, resp_id: str, sub: str | None = None) -> None:
+        if sub is not None:
+            raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"DELETE is not allowed on {self.request.path}")
+        if response_store(self.gw).delete(resp_id):
+            self.send_json({"id": resp_id, "object": "response", "deleted": True})
+        else:
+            await self.forward("DELETE", resp_id, None)
+
+    async def post(self, resp_id: str, sub: str | None = None) -> None:
+        if sub != "cancel":
+            raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"POST is not allowed on {self.request.path}")
+        if response_store(self.gw).get(resp_id) is not None:
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "Only background responses can be cancelled; this one "
+                             "has already completed.", param="response_id")
+        await self.forward("POST", resp_id, sub)
+
+    def _list(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        order = self.get_query_argument("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "'order' must be asc or desc", param="order")
+        try:
+            limit = int(self.get_query_argument("limit", "20"))
+        except ValueError:
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "'limit' must be an integer", param="limit") from None
+        if not 1 <= limit <= 100:
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "'limit' must be between 1 and 100", param="limit")
+        seq = list(reversed(items)) if order == "desc" else list(items)
+        after = self.get_query_argument("after", None)
+        if after is not None:
+            ids = [i["id"] for i in seq]
+            seq = seq[ids.index(after) + 1:] if after in ids else []
+        page = seq[:limit]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": len(seq) > limit}
+
+    def send_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(jsonutil.dumpb(obj))
+
+    async def forward(self, method: str, resp_id: str, sub: str | None) -> None:
+        provider = _responses_provider(self.gw)
+        if provider is None:
+            raise ProxyError(ErrorKind.NOT_FOUND, f"No response found with id '{resp_id}'.", param="response_id")
+        self.provider_name = provider.name
+        await self._forward_to(provider, method, f"/{resp_id}" + (f"/{sub}" if sub else ""))
+
+    async def _forward_to(self, provider: ResponsesProvider, method: str, suffix: str) -> None:
+        lease = self.gw.scheduler.acquire(provider.name, headers=self.request.headers)
+        try:
+            await lease.prepare()
+            up = provider.build_resource_request(method, suffix, self.request.query, lease.account)
+            timeouts = provider.conf["timeouts"]
+            res = await self.gw.upstream.fetch(up, connect_timeout=timeouts["connect"],
+                                               first_byte=timeouts["first_byte"], idle=timeouts["idle"],
+                                               proxy=lease.proxy or provider.conf.get("proxy"))
+            if res.error is not None:
+                lease.failure(res.error)
+                raise res.error
+            if not 200 <= res.status < 300:
+                err = provider.classify_error(res.status, res.headers, res.body)
+                lease.failure(err)
+                raise err
+            lease.success(res.ttfb or 0.0, res.headers)
+        finally:
+            lease.release()
+        self.set_status(res.status)
+        self.set_header("Content-Type", res.headers.get("content-type", "application/json"))
+        self.finish(res.body)
