@@ -43,7 +43,7 @@ def usage_of(obj: Any) -> dict[str, Any] | None:
     """Usage in pivot terms from an OpenAI or Anthropic object (passed-through bodies)."""
     if not isinstance(obj, dict):
         return None
-    u = obj.get("usage")
+    u = obj.get("usage") or obj.get("usageMetadata")
     if not isinstance(u, dict):
         msg = obj.get("message")
         u = msg.get("usage") if isinstance(msg, dict) else None
@@ -54,6 +54,9 @@ def usage_of(obj: Any) -> dict[str, Any] | None:
                 return None
     if "prompt_tokens" in u or "completion_tokens" in u:
         return u
+    if "promptTokenCount" in u or "candidatesTokenCount" in u:  # Gemini usageMetadata
+        return {"prompt_tokens": u.get("promptTokenCount") or 0,
+                "completion_tokens": (u.get("candidatesTokenCount") or 0) + (u.get("thoughtsTokenCount") or 0)}
     if "input_tokens" in u or "output_tokens" in u:
         i = (u.get("input_tokens") or 0) + (u.get("cache_read_input_tokens") or 0) \
             + (u.get("cache_creation_input_tokens") or 0)
@@ -65,7 +68,7 @@ def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
     """The last usage in the final bytes of a passed-through SSE stream (for metrics)."""
     best: dict[str, Any] | None = None
     for line in tail.split(b"\n"):
-        if line.startswith(b"data:") and b'"usage"' in line:
+        if line.startswith(b"data:") and (b'"usage"' in line or b'"usageMetadata"' in line):
             try:
                 u = usage_of(jsonutil.loads(line[5:]))
             except ValueError:
@@ -179,7 +182,8 @@ class LLMHandler(BaseHandler):
         stream = bool(pivot.get("stream"))
         so = pivot.get("stream_options")
         ctx = StreamContext(id=fmt.context_id(os.urandom(12).hex()), created=int(time.time()), model=name,
-                            include_usage=bool(so.get("include_usage")) if isinstance(so, dict) else False)
+                            include_usage=bool(so.get("include_usage")) if isinstance(so, dict) else False,
+                            extra={"model": model})
         if provider.local:
             await self.serve_local(provider, pivot, ctx, stream)
             return
@@ -355,13 +359,21 @@ class LLMHandler(BaseHandler):
         out = []
         translator = self._translator
         encoder = self._encoder
-        for ev in self._decoder.feed(data):
-            for chunk in translator.feed(ev):
-                if "usage" in chunk and chunk["usage"]:
-                    self._usage = chunk["usage"]
-                b = encoder.feed(chunk)
-                if b:
-                    out.append(b)
+        try:
+            for ev in self._decoder.feed(data):
+                for chunk in translator.feed(ev):
+                    if "usage" in chunk and chunk["usage"]:
+                        self._usage = chunk["usage"]
+                    b = encoder.feed(chunk)
+                    if b:
+                        out.append(b)
+        except ProxyError:
+            # Text translated from this read before the failing event still reaches a
+            # client that already has the stream; before the first byte we would rather
+            # fail over to another account and start clean.
+            if out and self._first_sent:
+                self._send(b"".join(out))
+            raise
         if out:
             self._send(out[0] if len(out) == 1 else b"".join(out))
         return True
