@@ -76,15 +76,18 @@ ROUTES: list[Route] = [
           {"get": {"summary": "List the gemini-served models (Gemini shape)", "tags": ["gemini"]}}),
     Route(r"/v1beta/models/([^/:]+)", GeminiModelsHandler, "/v1beta/models/{model}",
           {"get": {"summary": "Retrieve a gemini-served model (Gemini shape)", "tags": ["gemini"]}}),
-    Route(r"/health", HealthHandler, "/health", {"get": {"summary": "Liveness", "tags": ["operations"]},
-                                                 "head": {"summary": "Liveness", "tags": ["operations"]}}),
+    Route(r"/health", HealthHandler, "/health",
+          {"get": {"summary": "Liveness", "tags": ["operations"], "public": True},
+           "head": {"summary": "Liveness", "tags": ["operations"], "public": True}}),
     Route(r"/health/ready", ReadyHandler, "/health/ready",
-          {"get": {"summary": "Readiness: 503 while draining or with no usable account", "tags": ["operations"]}}),
+          {"get": {"summary": "Readiness: 503 while draining or with no usable account", "tags": ["operations"],
+                   "public": True},
+           "head": {"summary": "Readiness", "tags": ["operations"], "public": True}}),
     Route(r"/metrics", MetricsHandler, "/metrics",
-          {"get": {"summary": "Prometheus metrics", "tags": ["operations"]}}),
+          {"get": {"summary": "Prometheus metrics", "tags": ["operations"], "public": True}}),
     *(Route(*r) for r in ADMIN_ROUTES),
     Route(r"/openapi.json", OpenAPIHandler, "/openapi.json",
-          {"get": {"summary": "This document", "tags": ["operations"]}}),
+          {"get": {"summary": "This document", "tags": ["operations"], "public": True}}),
 ]
 
 
@@ -109,6 +112,10 @@ class Gateway:
         self.draining = False
         self.active_requests = 0
         self.started = time.time()
+        from .response_store import ResponseStore
+
+        # previous_response_id on non-Responses upstreams (handlers/responses.py)
+        self.response_store = ResponseStore.from_config(s.get("response_store"))
         self._openapi: dict[str, Any] | None = None
 
     def openapi(self) -> dict[str, Any]:
