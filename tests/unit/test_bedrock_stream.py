@@ -1,0 +1,256 @@
+"""Bedrock ConverseStream: event-stream decoding and translation, replayed from fixtures.
+
+Every ``tests/fixtures/bedrock/*.bin`` is fed through ``EventStreamDecoder`` and
+``BedrockStream`` whole, byte by byte, in its recorded reads (which split frames
+mid-prelude, mid-header, mid-payload and mid-CRC) and at seeded random split points;
+the pivot chunks (plus the error, for streams that fail) must equal
+``tests/golden/bedrock/<name>.chunks.jsonl`` every time, and the bytes an OpenAI
+client receives must equal ``<name>.openai.sse``.  A stream with a paired
+non-streaming answer must fold to what ``translate_response`` gives for it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from providers.base import StreamContext
+from providers.bedrock import BedrockProvider, BedrockStream, EventStreamDecoder
+from providers.openai_chat import OpenAIEncoder
+from tornado_proxy import jsonutil
+from tornado_proxy.errors import ErrorKind, ProxyError
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "bedrock"
+GOLDEN = ROOT / "tests" / "golden" / "bedrock"
+UPDATE = os.environ.get("TP_UPDATE_GOLDEN") == "1"
+
+_spec = importlib.util.spec_from_file_location("bedrock_make_fixtures", FIXTURES / "make_fixtures.py")
+assert _spec and _spec.loader
+make = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make)
+
+STREAMS: dict[str, Any] = make.load_specs()
+PAIRED = sorted(n for n, s in STREAMS.items() if "paired" in s)
+PROVIDER = BedrockProvider({"name": "bedrock", "type": "bedrock", "options": {"region": "us-east-1"}})
+
+
+def ctx() -> StreamContext:
+    return StreamContext(id="chatcmpl-test", created=1700000000, model="bedrock-claude", include_usage=True)
+
+
+def pieces(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, pos = [], 0
+    for n in sizes:
+        if pos >= len(data):
+            break
+        out.append(data[pos:pos + n])
+        pos += n
+    if pos < len(data):
+        out.append(data[pos:])
+    return out
+
+
+def random_sizes(data: bytes, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    sizes, total = [], 0
+    while total < len(data):
+        n = rng.randint(1, 64)
+        sizes.append(n)
+        total += n
+    return sizes
+
+
+def replay(data: bytes, reads: list[bytes]) -> tuple[list[Any], bytes]:
+    """-> (pivot chunks plus a final {"error": ...} if the stream failed, OpenAI client bytes)."""
+    c = ctx()
+    decoder, translator, encoder = EventStreamDecoder(), BedrockStream(c), OpenAIEncoder(True)
+    chunks: list[Any] = []
+    sse = b""
+    try:
+        for piece in reads:
+            for msg in decoder.feed(piece):
+                for chunk in translator.feed(msg):
+                    chunks.append(chunk)
+                    sse += encoder.feed(chunk)
+        for msg in decoder.finish():
+            for chunk in translator.feed(msg):
+                chunks.append(chunk)
+                sse += encoder.feed(chunk)
+        for chunk in translator.finish():
+            chunks.append(chunk)
+            sse += encoder.feed(chunk)
+        sse += encoder.finish()
+    except ProxyError as err:
+        chunks.append({"error": {"kind": err.kind.value, "message": err.message}})
+        sse += encoder.fail(err)
+    chunks.append({"extra": c.extra})
+    return chunks, sse
+
+
+def read_golden(name: str, produced_chunks: list[Any], produced_sse: bytes) -> tuple[list[Any], bytes]:
+    jpath, spath = GOLDEN / f"{name}.chunks.jsonl", GOLDEN / f"{name}.openai.sse"
+    if UPDATE:
+        jpath.write_text("".join(jsonutil.dumps(c) + "\n" for c in produced_chunks), encoding="utf-8")
+        spath.write_bytes(produced_sse)
+    return ([jsonutil.loads(line) for line in jpath.read_text(encoding="utf-8").splitlines()],
+            spath.read_bytes())
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_fixture_bytes_are_what_the_builder_makes(name: str) -> None:
+    assert (FIXTURES / f"{name}.bin").read_bytes() == make.build(STREAMS[name])
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_replay_matches_golden_at_any_split(name: str) -> None:
+    data = (FIXTURES / f"{name}.bin").read_bytes()
+    whole_chunks, whole_sse = replay(data, [data])
+    golden_chunks, golden_sse = read_golden(name, whole_chunks, whole_sse)
+    assert whole_chunks == golden_chunks
+    assert whole_sse == golden_sse
+    splits = {
+        "byte by byte": [data[i:i + 1] for i in range(len(data))],
+        "recorded reads": pieces(data, STREAMS[name]["reads"]),
+        **{f"random {seed}": pieces(data, random_sizes(data, seed)) for seed in range(5)},
+    }
+    # the recorded reads really do split frames
+    assert len(splits["recorded reads"]) > 1
+    for how, reads in splits.items():
+        assert b"".join(reads) == data
+        assert replay(data, reads) == (golden_chunks, golden_sse), how
+
+
+def fold(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pivot chunks -> one chat.completion, the way an OpenAI client accumulates a stream."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    thinking: list[dict[str, Any]] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish = None
+    usage = None
+    first = chunks[0]
+    for c in chunks:
+        if c.get("usage") is not None:
+            usage = c["usage"]
+        for choice in c["choices"]:
+            d = choice["delta"]
+            if d.get("content"):
+                content.append(d["content"])
+            if d.get("reasoning_content"):
+                reasoning.append(d["reasoning_content"])
+            thinking.extend(d.get("thinking_blocks") or [])
+            for tc in d.get("tool_calls") or []:
+                call = calls.setdefault(tc["index"], {"id": None, "type": "function",
+                                                      "function": {"name": None, "arguments": ""}})
+                if tc.get("id"):
+                    call["id"] = tc["id"]
+                if tc.get("function", {}).get("name"):
+                    call["function"]["name"] = tc["function"]["name"]
+                call["function"]["arguments"] += tc.get("function", {}).get("arguments") or ""
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    msg: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
+    if reasoning:
+        msg["reasoning_content"] = "".join(reasoning)
+    if thinking:
+        msg["thinking_blocks"] = thinking
+    if calls:
+        msg["tool_calls"] = [calls[i] for i in sorted(calls)]
+    out = {"id": first["id"], "object": "chat.completion", "created": first["created"], "model": first["model"],
+           "choices": [{"index": 0, "message": msg, "finish_reason": finish}]}
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def normalise_arguments(completion: dict[str, Any]) -> dict[str, Any]:
+    """Tool arguments compared as JSON values: a stream carries the model's own spacing."""
+    completion = jsonutil.loads(jsonutil.dumps(completion))
+    for tc in completion["choices"][0]["message"].get("tool_calls") or []:
+        tc["function"]["arguments"] = jsonutil.loads(tc["function"]["arguments"])
+    return completion
+
+
+@pytest.mark.parametrize("name", PAIRED)
+def test_fold_of_stream_equals_whole_response(name: str) -> None:
+    data = (FIXTURES / f"{name}.bin").read_bytes()
+    chunks, _ = replay(data, [data])
+    assert "error" not in chunks[-2]
+    folded = fold(chunks[:-1])
+    body = (FIXTURES / f"{STREAMS[name]['paired']}.converse.json").read_bytes()
+    c = ctx()
+    whole = PROVIDER.translate_response(body, c)
+    gpath = GOLDEN / f"{name}.completion.json"
+    if UPDATE:
+        gpath.write_text(jsonutil.dumps(whole) + "\n", encoding="utf-8")
+    assert whole == jsonutil.loads(gpath.read_text(encoding="utf-8"))
+    assert normalise_arguments(folded) == normalise_arguments(whole)
+    assert c.extra == chunks[-1]["extra"]
+
+
+# --- the decoder on its own ------------------------------------------------------
+
+def frame(event: str, payload: bytes) -> bytes:
+    return make.encode_frame([(":event-type", event), (":content-type", "application/json"),
+                              (":message-type", "event")], payload)
+
+
+def corrupt_prelude_crc(f: bytes) -> bytes:
+    return f[:8] + bytes([f[8] ^ 0x01]) + f[9:]
+
+
+def bad_lengths(f: bytes) -> bytes:
+    # total length smaller than a frame can be, with a prelude CRC that matches it
+    prelude = struct.pack(">II", 8, 0)
+    return prelude + struct.pack(">I", zlib.crc32(prelude)) + f[12:]
+
+
+GOOD = frame("messageStart", b'{"role":"assistant"}')
+
+
+@pytest.mark.parametrize("name,data,kind,phase", [
+    ("prelude CRC wrong", corrupt_prelude_crc(GOOD), ErrorKind.UPSTREAM_BAD_RESPONSE, "feed"),
+    ("message CRC wrong", GOOD[:-1] + bytes([GOOD[-1] ^ 0x80]), ErrorKind.UPSTREAM_BAD_RESPONSE, "feed"),
+    ("payload byte flipped", GOOD[:20] + bytes([GOOD[20] ^ 0x01]) + GOOD[21:], ErrorKind.UPSTREAM_BAD_RESPONSE, "feed"),
+    ("impossible lengths", bad_lengths(GOOD), ErrorKind.UPSTREAM_BAD_RESPONSE, "feed"),
+    ("only a prelude", GOOD[:12], ErrorKind.UPSTREAM_STREAM_CUT, "finish"),
+    ("half a prelude", GOOD[:5], ErrorKind.UPSTREAM_STREAM_CUT, "finish"),
+    ("frame less its CRC", GOOD[:-4], ErrorKind.UPSTREAM_STREAM_CUT, "finish"),
+    ("one whole frame then 3 bytes", GOOD + GOOD[:3], ErrorKind.UPSTREAM_STREAM_CUT, "finish"),
+])
+def test_decoder_rejects_bad_bytes(name: str, data: bytes, kind: ErrorKind, phase: str) -> None:
+    decoder = EventStreamDecoder()
+    if phase == "feed":
+        with pytest.raises(ProxyError) as exc:
+            decoder.feed(data)
+        assert exc.value.kind is kind
+        # nothing after a corrupt frame is trusted
+        with pytest.raises(ProxyError):
+            decoder.feed(GOOD)
+    else:
+        decoder.feed(data)
+        with pytest.raises(ProxyError) as exc:
+            decoder.finish()
+        assert exc.value.kind is kind
+
+
+def test_decoder_gives_headers_and_payload_and_ends_clean() -> None:
+    decoder = EventStreamDecoder()
+    two = GOOD + frame("messageStop", b'{"stopReason":"end_turn"}')
+    msgs = decoder.feed(two[:30]) + decoder.feed(two[30:])
+    assert [(m.headers[":event-type"], m.payload) for m in msgs] == [
+        ("messageStart", b'{"role":"assistant"}'), ("messageStop", b'{"stopReason":"end_turn"}')]
+    assert decoder.feed(b"") == []
+    assert decoder.finish() == []
+
+
+def test_provider_gives_the_eventstream_decoder() -> None:
+    assert PROVIDER.stream_decoder == "eventstream"
+    assert isinstance(PROVIDER.new_decoder(), EventStreamDecoder)
