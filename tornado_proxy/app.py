@@ -12,6 +12,7 @@ from providers import PROVIDER_TYPES
 from providers.base import Provider
 
 from . import jsonutil
+from .account_metrics import AccountCollector
 from .config import Config, Router
 from .handlers.admin import ADMIN_ROUTES
 from .handlers.base import NotFoundHandler
@@ -105,10 +106,11 @@ class Gateway:
         types = dict(PROVIDER_TYPES)
         self.providers: dict[str, Provider] = {p["name"]: types[p["type"]](p) for p in config.providers}
         self.router = Router(config.models, self.providers)
-        self.scheduler = Scheduler(config.providers)
+        self.scheduler = Scheduler.from_config(config)
         self.upstream = Upstream(max_clients=s["max_clients"])
         self.metrics = Metrics()
         self.metrics.init_providers(self.providers)
+        self.metrics.register_collector(AccountCollector(self.scheduler))
         self.draining = False
         self.active_requests = 0
         self.started = time.time()

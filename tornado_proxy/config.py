@@ -201,9 +201,28 @@ def build(raw: Any, source: str, env: Mapping[str, str] | None = None) -> Config
     if problems:
         raise ConfigError(problems)
     problems.extend(_semantic_problems(raw))
+    if not problems:
+        problems.extend(_account_problems(raw, source))
     if problems:
         raise ConfigError(problems)
     return Config(raw, source)
+
+
+def _account_problems(raw: dict[str, Any], source: str) -> list[str]:
+    """The scheduler's own checks: duplicate account ids, OAuth accounts outside the accounts file..."""
+    from .scheduler import check_config
+
+    doc = None
+    path = raw.get("accounts_file")
+    if path:
+        if not os.path.isabs(path) and source and os.path.isfile(source):
+            path = os.path.join(os.path.dirname(os.path.abspath(source)), path)
+        if os.path.exists(path):
+            try:
+                doc = jsonutil.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                return [f"$.accounts_file: cannot read {path}: {exc}"]
+    return check_config(raw.get("providers") or [], doc if isinstance(doc, dict) else None)
 
 
 def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:

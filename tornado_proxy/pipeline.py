@@ -244,6 +244,7 @@ class LLMHandler(BaseHandler):
                 await lease.prepare()
                 up = build(lease.account)
                 await self.attempt(provider, up, lease, ctx, passthrough)
+                lease.record_usage(self._usage)
                 return
             except ProxyError as err:
                 last = err
@@ -285,6 +286,7 @@ class LLMHandler(BaseHandler):
             if res.error is not None:
                 if not self._first_sent:
                     raise res.error
+                lease.failure(res.error)  # a stream the upstream broke counts against the account
                 self._fail_stream(res.error)
                 return
             lease.success(res.ttfb or 0.0, res.headers)

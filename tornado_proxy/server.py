@@ -95,6 +95,7 @@ class Server:
     async def run_forever(self) -> None:
         self._stopped = asyncio.Event()
         self.install_signals()
+        self.gw.scheduler.install_sighup()  # SIGHUP: re-read the accounts file
         await self._stopped.wait()
 
 

@@ -1,0 +1,160 @@
+"""Where the scheduler keeps what it learns about accounts.
+
+The scheduler's knowledge (health, cooldowns, disabled flags, session pins) sits
+behind this one small interface so that a store shared by several replicas (Redis,
+a database) can replace the in-memory default without touching the scheduler's
+logic or any provider:
+
+* ``record(key)`` hands out the live :class:`AccountState` of an account (created on
+  first use).  The scheduler reads and updates it in place on the hot path, so a
+  shared store keeps a local copy and synchronises it in the background.
+* ``publish(key, state)`` is called after every *transition* other replicas must see
+  (cooling down, probing, disabled, enabled).  Health and in-flight counts are
+  per-process and never published.
+* ``session_get`` / ``session_set`` keep the stickiness pins (session -> account).
+
+Times in a record are the scheduler's monotonic clock; a shared store converts
+``cooling_until`` to wall time when it publishes (monotonic clocks are not
+comparable across hosts).
+"""
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from typing import Any
+
+from providers.base import Account
+
+
+class Status(enum.Enum):
+    ACTIVE = "active"
+    COOLING = "cooling"
+    PROBING = "probing"     # cooldown over: one request (the half-open probe) decides
+    DISABLED = "disabled"
+
+
+class AccountState:
+    """Everything the scheduler knows about one account.  Mutable, one per account."""
+
+    __slots__ = (
+        "provider", "id", "account", "credential", "source", "weight", "proxy",
+        # selection
+        "status", "cooling_until", "probe_inflight", "inflight", "cw",
+        "ok", "n", "t_last", "latency", "score",
+        # failure bookkeeping
+        "backoff_level", "consecutive_errors", "auth_failures",
+        "disabled_reason", "disabled_at", "cooldown_reason",
+        "last_error", "last_error_at", "last_status",
+        # counters (read by snapshot() for the admin API and metrics)
+        "outcomes", "latency_sum", "latency_count", "prompt_tokens", "completion_tokens",
+        "refresh_ok", "refresh_failed", "last_headers",
+        # OAuth
+        "oauth", "refresh_token", "expires_at", "needs_refresh", "refreshing",
+        # what the accounts file said last, so only *changes* in the file act on us
+        "file_disabled", "file_token", "file_pending",
+    )
+
+    def __init__(self, provider: str, account: Account, *, credential: str = "key",
+                 source: str = "config") -> None:
+        self.provider = provider
+        self.id = account.id
+        self.account = account
+        self.credential = credential          # "key" | "oauth"
+        self.source = source                  # "config" | "file"
+        self.weight = account.weight
+        self.proxy: str | None = None
+        self.status = Status.ACTIVE
+        self.cooling_until = 0.0
+        self.probe_inflight = False
+        self.inflight = 0
+        self.cw = 0.0                         # smooth weighted round robin's running weight
+        self.ok = 0.0                         # time-decayed successes
+        self.n = 0.0                          # time-decayed outcomes
+        self.t_last = 0.0
+        self.latency: float | None = None     # EWMA, seconds
+        self.score = account.weight           # weight x health, recomputed on each outcome
+        self.backoff_level = 0
+        self.consecutive_errors = 0
+        self.auth_failures: list[float] = []
+        self.disabled_reason: str | None = None
+        self.disabled_at: float | None = None  # wall clock
+        self.cooldown_reason: str | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None  # wall clock
+        self.last_status: int | None = None
+        self.outcomes: dict[str, int] = {}
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.refresh_ok = 0
+        self.refresh_failed = 0
+        self.last_headers: dict[str, str] | None = None
+        self.oauth: Any = None                # oauth.OAuthConfig for OAuth accounts
+        self.refresh_token: str | None = None
+        self.expires_at: float | None = None  # wall clock, unix seconds
+        self.needs_refresh = False
+        self.refreshing: Any = None           # asyncio.Future while a refresh runs
+        self.file_disabled: bool | None = None
+        self.file_token: str | None = None
+        self.file_pending = 0                 # our own writes of this account not yet on disk
+
+
+class StateStore:
+    """The interface; :class:`MemoryStateStore` is the default implementation."""
+
+    def record(self, key: str, make: "Any") -> AccountState:
+        """The live state for ``key``; ``make()`` builds it the first time."""
+        raise NotImplementedError
+
+    def forget(self, key: str) -> None:
+        """The account is gone (removed from config or the accounts file)."""
+        raise NotImplementedError
+
+    def publish(self, key: str, state: AccountState) -> None:
+        """A transition other replicas must see (cooldown, probe, disable, enable)."""
+        raise NotImplementedError
+
+    def session_get(self, provider: str, session: str, now: float) -> str | None:
+        raise NotImplementedError
+
+    def session_set(self, provider: str, session: str, account_id: str, until: float) -> None:
+        raise NotImplementedError
+
+
+class MemoryStateStore(StateStore):
+    """One process, no sharing.  Session pins are an LRU bounded by ``max_sessions``."""
+
+    def __init__(self, max_sessions: int = 100_000) -> None:
+        self._records: dict[str, AccountState] = {}
+        self._sessions: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._max_sessions = max_sessions
+
+    def record(self, key: str, make: Any) -> AccountState:
+        st = self._records.get(key)
+        if st is None:
+            st = self._records[key] = make()
+        return st
+
+    def forget(self, key: str) -> None:
+        self._records.pop(key, None)
+
+    def publish(self, key: str, state: AccountState) -> None:
+        return None   # nothing to share with
+
+    def session_get(self, provider: str, session: str, now: float) -> str | None:
+        hit = self._sessions.get((provider, session))
+        if hit is None:
+            return None
+        if hit[1] <= now:
+            del self._sessions[(provider, session)]
+            return None
+        return hit[0]
+
+    def session_set(self, provider: str, session: str, account_id: str, until: float) -> None:
+        key = (provider, session)
+        self._sessions[key] = (account_id, until)
+        self._sessions.move_to_end(key)
+        if len(self._sessions) > self._max_sessions:
+            # the least recently pinned session loses its pin first
+            self._sessions.popitem(last=False)
