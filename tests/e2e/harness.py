@@ -241,7 +241,7 @@ class LoopThread:
 def openai_provider(up: FakeUpstream, name: str = "up", accounts: list[dict[str, Any]] | None = None,
                     **extra: Any) -> dict[str, Any]:
     return {"name": name, "type": "openai", "base_url": up.url + "/v1",
-            "accounts": accounts or [{"id": "acct-1", "api_key": "test-key-1"}], **extra}
+            "accounts": accounts or [{"id": f"{name}-acct-1", "api_key": "test-key-1"}], **extra}
 
 
 def simple_config(providers: list[dict[str, Any]], models: list[dict[str, Any]],
