@@ -6,7 +6,7 @@
   a Messages request -> the pivot; the pivot answer -> a Messages response or an
   Anthropic event stream that the official SDK's accumulator accepts.
 
-What is mapped, what is dropped and why is in ``docs/anthropic.md``; every drop
+What is mapped, what is dropped and why is in ``README.md``; every drop
 made here is listed there.  Shapes follow Anthropic's API reference and the
 ``anthropic`` Python SDK (``types/message_create_params.py``,
 ``lib/streaming/_messages.py``).
@@ -88,7 +88,7 @@ SIMPLE_FIELDS = {"temperature": "temperature", "top_p": "top_p"}
 NEUTRAL_VALUES: dict[str, Any] = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0,
                                   "logprobs": False, "logit_bias": {}, "modalities": ["text"]}
 # Dropped: they steer OpenAI-side features that have no Anthropic counterpart and
-# no effect on the answer (documented in docs/anthropic.md).
+# no effect on the answer (documented in README.md).
 DROPPED_FIELDS = ("store", "metadata", "prompt_cache_key", "prompt_cache_retention",
                   "prompt_cache_options", "service_tier", "stream_options")
 HANDLED_FIELDS = ("model", "messages", "stream", "max_tokens", "max_completion_tokens", "stop",

@@ -13,7 +13,7 @@ are easy to get subtly wrong by hand; botocore is AWS's own, well-kept code for 
 sessions, no credential chain, no HTTP).
 
 Shapes follow the Bedrock API reference and botocore's service model
-``bedrock-runtime/2023-09-30/service-2.json``.  See ``docs/bedrock.md`` for the
+``bedrock-runtime/2023-09-30/service-2.json``.  See ``README.md`` for the
 mapping table and for the few fields that are documented drops.
 """
 from __future__ import annotations
@@ -106,7 +106,7 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "n": (1,), "presence_penalty": (0,), "frequency_penalty": (0,), "logprobs": (False,),
     "logit_bias": ({},), "modalities": (["text"],),
 }
-# Dropped (docs/bedrock.md): OpenAI-side storage and prompt-cache routing hints; the
+# Dropped (README.md): OpenAI-side storage and prompt-cache routing hints; the
 # answer does not depend on them.  The same list as the other upstreams.
 _DROPPED = frozenset({"store", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"})
 

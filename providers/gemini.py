@@ -24,7 +24,7 @@ Beyond the four jobs of :class:`providers.base.Provider`, this module offers:
 * :func:`classify_gemini_error`: Google RPC error bodies -> ProxyError, with
   ``RetryInfo.retryDelay`` and per-day ``QuotaFailure`` turned into ``retry_after``.
 
-Choices made here (README: docs/gemini.md):
+Choices made here (README: README.md):
 
 * Tool call ids: Gemini usually sends none, so ids are ``call_{ctx.id}_{i}``
   (``call_{ctx.id}_c{c}_{i}`` for candidates after the first): stable between a
@@ -92,7 +92,7 @@ _MAPPED_KEYS = frozenset({
     "reasoning_effort", "reasoning_level", "thinking", "presence_penalty", "frequency_penalty", "seed",
     "logprobs", "top_logprobs", "web_search_options", "modalities", "logit_bias",
 })
-# Dropped on purpose (docs/gemini.md lists them): Gemini has no such field and
+# Dropped on purpose (README.md lists them): Gemini has no such field and
 # the answer does not depend on it.  stream_options is the core's business.
 _DROPPED_KEYS = frozenset({
     "stream_options", "user", "metadata", "store", "service_tier", "safety_identifier",

@@ -21,7 +21,7 @@ Additions (optional for the core): ``Scheduler(..., wall_clock=, accounts_file=,
 store=)``, ``lease.record_usage(usage)``, ``sched.reload()``,
 ``sched.install_sighup()``, ``sched.enable/disable/probe(account_id)`` (admin API).
 
-How an account is chosen (docs/accounts.md explains it for users):
+How an account is chosen (README.md explains it for users):
 
     score = weight x success_rate x latency_ref / (latency_ref + latency)
     share of an account ~ score / (1 + in-flight requests)
@@ -98,7 +98,7 @@ QUOTA_HEADERS = (
 # -- configuration ---------------------------------------------------------------
 @dataclass(frozen=True)
 class Policy:
-    """A provider's ``scheduler`` config block, with defaults (docs/accounts.md)."""
+    """A provider's ``scheduler`` config block, with defaults (README.md)."""
 
     strategy: str = "weighted"          # "weighted" | "round_robin"
     max_tries: int = 3                  # accounts tried per request before the first byte
