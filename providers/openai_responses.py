@@ -392,9 +392,9 @@ def _reasoning(req: JSON, model: JSON, opts: JSON) -> tuple[JSON | None, bool]:
 
     The same order as the other upstreams: a ``reasoning_level`` resolved by the
     core wins; else the model's ``reasoning: off`` turns reasoning off whatever the
-    client asks (a documented drop of ``reasoning_effort``); else the client's
-    ``reasoning_effort``; else a fixed model level; else ``<model>-thinking`` means
-    ``medium``; else nothing is sent and the upstream's default applies.  Off also
+    client asks (a documented drop of ``reasoning_effort``); else a fixed model
+    level; else the client's ``reasoning_effort``; else ``<model>-thinking`` means
+    ``high``; else nothing is sent and the upstream's default applies.  Off also
     stops us asking for encrypted reasoning: models that do not reason may reject
     the include.  ``off_effort`` (e.g. ``none``) is sent for off if configured.
     """
@@ -412,11 +412,10 @@ def _reasoning(req: JSON, model: JSON, opts: JSON) -> tuple[JSON | None, bool]:
         off = conf == "off"
         if off:
             effort = None
-        elif effort is None:
-            if conf in _REASONING_LEVELS:
-                effort = conf
-            elif model.get("_thinking_alias"):
-                effort = "medium"
+        elif conf in _REASONING_LEVELS:
+            effort = conf  # an operator's fixed level wins, as for every other upstream
+        elif effort is None and model.get("_thinking_alias"):
+            effort = "high"
     if off and opts.get("off_effort"):
         effort = opts["off_effort"]
     encrypted = bool(opts.get("encrypted_reasoning", True)) and not off and effort != "none"
