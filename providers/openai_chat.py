@@ -9,6 +9,7 @@ into errors.  The client side adds nothing but the encoder and error shape.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tornado_proxy import jsonutil
@@ -21,6 +22,8 @@ from .base import (Account, ClientFormat, Phase, Provider, StreamContext, Stream
 # Pivot-only fields that are not part of the OpenAI wire format.
 _MESSAGE_EXTENSIONS = ("thinking_blocks",)
 _TOOL_CALL_EXTENSIONS = ("extra_content",)
+# OpenAI models that take max_completion_tokens only (o-series, gpt-5 family).
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 
 
 def _clean_messages(messages: list[Any], keep_reasoning: bool) -> list[Any]:
@@ -61,11 +64,17 @@ class OpenAIChatProvider(Provider):
         # on assistant messages; OpenAI itself does not.
         self.keep_reasoning = bool(opts.get("send_reasoning_content", False))
         self.auth_header = opts.get("auth_header", "Authorization")
+        # OpenAI's reasoning models reject max_tokens and want max_completion_tokens;
+        # many compatible servers only know max_tokens.  "auto" decides by model name.
+        self.max_tokens_field = opts.get("max_tokens_field", "auto")
 
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
         opts = self.conf.get("options") or {}
-        unknown = set(opts) - {"send_reasoning_content", "auth_header"}
-        return [f"options: unknown option(s) {sorted(unknown)}"] if unknown else []
+        unknown = set(opts) - {"send_reasoning_content", "auth_header", "max_tokens_field"}
+        problems = [f"options: unknown option(s) {sorted(unknown)}"] if unknown else []
+        if opts.get("max_tokens_field", "auto") not in ("auto", "max_tokens", "max_completion_tokens"):
+            problems.append("options.max_tokens_field: expected auto, max_tokens or max_completion_tokens")
+        return problems
 
     def headers(self, account: Account, model: dict[str, Any]) -> dict[str, str]:
         h = {"Content-Type": "application/json", "Accept": "application/json", **self.extra_headers}
@@ -92,9 +101,18 @@ class OpenAIChatProvider(Provider):
             body.pop("stream", None)
             body.pop("stream_options", None)
         if "max_tokens" not in body and model.get("max_tokens") and "max_completion_tokens" not in body:
-            body["max_completion_tokens"] = model["max_tokens"]
+            body["max_tokens"] = model["max_tokens"]
+        if "max_tokens" in body and self._wants_completion_tokens(model["upstream_model"]):
+            limit = body.pop("max_tokens")
+            body.setdefault("max_completion_tokens", limit)
         return UpstreamRequest("POST", self.base_url + "/chat/completions", self.headers(account, model),
                                jsonutil.dumpb(body), stream)
+
+    def _wants_completion_tokens(self, upstream_model: str) -> bool:
+        if self.max_tokens_field != "auto":
+            return self.max_tokens_field == "max_completion_tokens"
+        name = upstream_model.rsplit("/", 1)[-1]
+        return bool(_REASONING_MODEL.match(name))
 
     def build_native_request(self, body: dict[str, Any], raw: bytes, model: dict[str, Any],
                              account: Account, stream: bool, client_headers: dict[str, str],
