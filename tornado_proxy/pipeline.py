@@ -78,6 +78,13 @@ def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
     return best
 
 
+def _scrub(err: ProxyError, account: Account) -> None:
+    """Some upstreams quote the credential they rejected: never pass it on to the client."""
+    for secret in (account.api_key, account.extra.get("aws_secret_access_key"), account.extra.get("access_token")):
+        if isinstance(secret, str) and len(secret) >= 8 and secret in err.message:
+            err.message = err.message.replace(secret, secret[:3] + "..." + secret[-4:])
+
+
 @tornado.web.stream_request_body
 class LLMHandler(BaseHandler):
     """Base of every model-serving route; subclasses set the client format and schema."""
@@ -247,6 +254,7 @@ class LLMHandler(BaseHandler):
                 lease.record_usage(self._usage)
                 return
             except ProxyError as err:
+                _scrub(err, lease.account)
                 last = err
                 if err.kind is not ErrorKind.INTERNAL:
                     lease.failure(err)

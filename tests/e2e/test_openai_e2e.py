@@ -374,3 +374,16 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
             proc.kill()
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert "2 workers" in err and err.count("drained; exiting") == 2
+
+
+def test_a_key_quoted_by_the_upstream_never_reaches_the_client(harness: LoopThread) -> None:
+    up = harness.upstream()
+    up.default = Reply.json({"error": {"message": "Incorrect API key provided: test-key-1-very-secret-value"}},
+                            status=401)
+    cfg = simple_config([openai_provider(up, accounts=[{"id": "a", "api_key": "test-key-1-very-secret-value"}])],
+                        [{"id": "m", "provider": "up", "upstream_model": "m"}])
+    gw = harness.gateway(cfg)
+    with pytest.raises(openai.APIStatusError) as e:
+        client(gw).chat.completions.create(model="m", messages=MSGS)
+    assert e.value.status_code == 502
+    assert "very-secret" not in e.value.message and "tes...alue" in e.value.message
