@@ -9,11 +9,35 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
+from tornado.netutil import bind_sockets
 
 from .app import Gateway, make_app
 from .config import Config
 
 log = logging.getLogger("tornado_proxy")
+
+
+# Tornado's default backlog is 128: a burst of a thousand new connections then waits
+# for SYN retransmits (1 s, 3 s...) before its first byte.  The kernel caps this at
+# net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
+
+def raise_fd_limit(want: int = 65536) -> int:
+    """Each stream holds two sockets (client and upstream): lift the soft open-files
+    limit to the hard one (root may raise the hard one too).  Returns the new limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for new in ((max(want, hard), max(want, hard)), (hard, hard)):
+        if new[0] <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, new)
+            return new[0]
+        except (ValueError, OSError):
+            continue
+    return soft
 
 
 def setup_logging(config: Config) -> None:
@@ -57,7 +81,7 @@ class Server:
         if sockets is not None:
             self.http.add_sockets(sockets)
         else:
-            self.http.listen(self.port, self.host)
+            self.http.add_sockets(bind_sockets(self.port, self.host, backlog=LISTEN_BACKLOG))
         port = next(iter(self.http._sockets.values())).getsockname()[1]
         self.port = port
         return port
@@ -102,6 +126,7 @@ class Server:
 def serve(config: Config, host: str | None = None, port: int | None = None, workers: int = 1) -> int:
     """Serve until SIGTERM/SIGINT.  ``workers`` > 1: that many processes share one listening socket."""
     setup_logging(config)
+    raise_fd_limit(2 * int(config.server["max_clients"]) + 1024)
     host = host if host is not None else config.server["host"]
     port = port if port is not None else config.server["port"]
     if workers <= 1:
@@ -129,9 +154,7 @@ def _prefork(config: Config, host: str, port: int, workers: int) -> int:
     """
     import os
 
-    from tornado.netutil import bind_sockets
-
-    sockets = bind_sockets(port, host)
+    sockets = bind_sockets(port, host, backlog=LISTEN_BACKLOG)
     children: dict[int, int] = {}
     stopping = False
 

@@ -153,6 +153,9 @@ def test_failover_to_the_next_account_before_the_first_byte(harness: LoopThread)
     chunks = list(client(gw).chat.completions.create(model="my-model", messages=MSGS, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello! How can I help you today?"
     assert {r.headers["authorization"] for r in up.requests} == {"Bearer key-a1", "Bearer key-a2"}
+    # curl handles are made as needed, not all max_clients (10 000) at start
+    http = gw.gw.upstream.http
+    assert http._max_handles == 10000 and 1 <= len(http._curls) < 50
 
 
 def test_midstream_error_raises_in_the_sdk(harness: LoopThread) -> None:
