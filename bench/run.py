@@ -1,0 +1,1241 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of tornado-proxy, LiteLLM proxy and Portkey's gateway.
+
+One script: installs what it needs (Debian packages, a venv per Python gateway,
+Portkey from npm), starts a fake upstream (nginx + the echo module) and each
+gateway in turn, loads them with wrk and bench/sseload.c, and prints one table
+(also written to bench/RESULTS.md). See bench/README.md.
+
+Standard library only, so that it runs with any python3 >= 3.9 before anything
+is installed. Loopback only: every server binds 127.0.0.1 and every load is
+bounded in time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+WORK = BENCH / ".work"
+BUILD = BENCH / "build"
+
+# Versions measured. Pinned so that two runs compare the same peers; bump on purpose.
+LITELLM_SPEC = "litellm[proxy]==1.106.2"
+PY_SPY_SPEC = "py-spy"
+APT_PACKAGES = ["nginx", "libnginx-mod-http-echo", "wrk", "gcc", "libc6-dev", "nodejs", "npm"]
+
+GATEWAY_CORE = 0  # the gateway under test
+LOAD_CORE = 1  # load generators, the fake upstream and this script
+
+CHUNKS = 50  # SSE chunks per stream
+SLOW_INTERVAL_S = 0.2  # slow streams: one chunk every 200 ms
+NOFILE = 65536  # file descriptors for 10 000 slow streams (client + upstream sockets)
+
+MODEL = "bench-model"
+LITELLM_KEY = "sk-bench-fake-master-key"  # obviously fake; LiteLLM refuses to start without one
+REQUEST = {"messages": [{"role": "user", "content": "Say hello in fifty words."}], "max_tokens": 64}
+
+# ----------------------------------------------------------------------------
+# small helpers
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, **kw)
+
+
+def out(cmd: list[str], **kw: Any) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float, proc: Optional[subprocess.Popen[bytes]] = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def raise_nofile() -> None:
+    """preexec_fn: lift the fd limit (root may raise the hard limit up to fs.nr_open)."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+    except (ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def median(values: list[float]) -> float:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def http_post(port: int, path: str, headers: dict[str, str], body: bytes, timeout: float = 30) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST")
+    req.add_header("Content-Type", "application/json")
+    for k, v in headers.items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+# ----------------------------------------------------------------------------
+# installation
+
+
+def install(args: argparse.Namespace) -> None:
+    need_apt = [
+        not Path("/usr/sbin/nginx").exists(),
+        not Path("/usr/lib/nginx/modules/ngx_http_echo_module.so").exists(),
+        shutil.which("wrk") is None,
+        shutil.which("cc") is None,
+        shutil.which("node") is None or shutil.which("npm") is None,
+    ]
+    if any(need_apt):
+        log("installing Debian packages: " + " ".join(APT_PACKAGES))
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        # Keep the nginx package from starting the system-wide service on :80 (all
+        # interfaces): policy-rc.d exit 101 is Debian's "don't start daemons" switch.
+        policy = Path("/usr/sbin/policy-rc.d")
+        made_policy = not policy.exists()
+        if made_policy:
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+        try:
+            run(["apt-get", "update"], env=env)
+            cmd = ["apt-get", "install", "-y", "--no-install-recommends"]
+            pkgs = list(APT_PACKAGES)
+            if shutil.which("node") is not None and shutil.which("npm") is not None:
+                pkgs = [p for p in pkgs if p not in ("nodejs", "npm")]
+            run(cmd + pkgs, env=env)
+        finally:
+            if made_policy:
+                policy.unlink()
+    BUILD.mkdir(exist_ok=True)
+    src, exe = BENCH / "sseload.c", BUILD / "sseload"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        log("building sseload")
+        run(["cc", "-O2", "-Wall", "-o", str(exe), str(src)])
+    if "litellm" in args.gateways:
+        venv = BENCH / ".venv-litellm"
+        if not (venv / "bin" / "litellm").exists():
+            log(f"installing {LITELLM_SPEC} into {venv}")
+            run([sys.executable, "-m", "venv", str(venv)])
+            run([str(venv / "bin" / "pip"), "install", "-q", "--upgrade", "pip"])
+            run([str(venv / "bin" / "pip"), "install", "-q", LITELLM_SPEC])
+    if "portkey" in args.gateways:
+        pk = BENCH / "portkey"
+        if not (pk / "node_modules" / "@portkey-ai" / "gateway").exists():
+            log("installing @portkey-ai/gateway from npm (package-lock pins @hono/node-server)")
+            lock = (pk / "package-lock.json").exists()
+            run(["npm", "ci" if lock else "install", "--no-audit", "--no-fund"], cwd=pk)
+    if "tornado-proxy" in args.gateways or args.profile:
+        venv = BENCH / ".venv-tornado"
+        if not (venv / "bin" / "python").exists():
+            log(f"creating {venv} with tornado-proxy from {REPO}")
+            run([sys.executable, "-m", "venv", str(venv)])
+            run([str(venv / "bin" / "pip"), "install", "-q", "--upgrade", "pip"])
+            # The runtime dependencies from setup.cfg; the code itself runs from the work
+            # tree via PYTHONPATH, so that what is measured is what is checked out (and an
+            # install step never writes into the repo).
+            run([str(venv / "bin" / "pip"), "install", "-q", *tornado_proxy_requirements(), PY_SPY_SPEC])
+
+
+def tornado_proxy_requirements() -> list[str]:
+    import configparser
+    cp = configparser.ConfigParser()
+    cp.read(REPO / "setup.cfg")
+    reqs = cp.get("options", "install_requires", fallback="")
+    return [r.strip() for r in reqs.splitlines() if r.strip() and not r.strip().startswith("#")] or [
+        "tornado", "pycurl", "ujson", "jsonschema", "prometheus-client"]
+
+
+# ----------------------------------------------------------------------------
+# fake upstream: nginx serving fixed OpenAI and Anthropic responses
+
+
+def _openai_chunk(delta: dict[str, Any], finish: Optional[str]) -> str:
+    return json.dumps({
+        "id": "chatcmpl-bench0001", "object": "chat.completion.chunk", "created": 1700000000,
+        "model": MODEL, "system_fingerprint": "fp_bench",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }, separators=(",", ":"))
+
+
+def upstream_bodies() -> dict[str, Any]:
+    """Response shapes from the OpenAI and Anthropic API references (chat completion
+    object / chunk; Messages and its SSE event sequence). 50 chunks per stream."""
+    words = [f"word{i} " for i in range(CHUNKS - 2)]
+    text = "".join(words)
+    openai_json = json.dumps({
+        "id": "chatcmpl-bench0001", "object": "chat.completion", "created": 1700000000, "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": len(words), "total_tokens": 12 + len(words)},
+        "system_fingerprint": "fp_bench",
+    }, separators=(",", ":"))
+    openai_events = [f"data: {_openai_chunk({'role': 'assistant', 'content': ''}, None)}\n\n"]
+    openai_events += [f"data: {_openai_chunk({'content': w}, None)}\n\n" for w in words]
+    openai_events.append(f"data: {_openai_chunk({}, 'stop')}\n\n")
+    openai_events.append("data: [DONE]\n\n")
+    assert len(openai_events) == CHUNKS + 1
+
+    def ev(name: str, data: dict[str, Any]) -> str:
+        return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+    anth_json = json.dumps({
+        "id": "msg_bench0001", "type": "message", "role": "assistant", "model": MODEL,
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": len(words)},
+    }, separators=(",", ":"))
+    anth_events = [
+        ev("message_start", {"type": "message_start", "message": {
+            "id": "msg_bench0001", "type": "message", "role": "assistant", "model": MODEL, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                   "content_block": {"type": "text", "text": ""}}),
+    ]
+    anth_events += [ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": w}}) for w in words]
+    anth_events += [
+        ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                             "usage": {"output_tokens": len(words)}}),
+        ev("message_stop", {"type": "message_stop"}),
+    ]
+    return {"openai_json": openai_json, "openai_events": openai_events,
+            "anthropic_json": anth_json, "anthropic_events": anth_events}
+
+
+def _ngx_str(s: str) -> str:
+    # nginx quoted strings: escape backslash and quote; \n is turned into a newline by nginx.
+    assert "$" not in s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def nginx_conf(port: int, root: Path) -> str:
+    b = upstream_bodies()
+
+    def stream(events: list[str], sleep: float) -> str:
+        parts = []
+        for i, e in enumerate(events):
+            if i and sleep:
+                parts.append(f"echo_sleep {sleep};")
+            parts.append(f"echo -n {_ngx_str(e)}; echo_flush;")
+        return "\n      ".join(parts)
+
+    def loc(prefix: str, body: str, ctype: str) -> str:
+        return (f"    location /{prefix}/ {{\n      default_type {ctype};\n"
+                f"      add_header Cache-Control no-cache;\n      {body}\n    }}\n")
+
+    locs = "".join([
+        loc("json", f"return 200 {_ngx_str(b['openai_json'])};", "application/json"),
+        loc("sse", stream(b["openai_events"], 0), "text/event-stream"),
+        loc("slow", stream(b["openai_events"], SLOW_INTERVAL_S), "text/event-stream"),
+        loc("ajson", f"return 200 {_ngx_str(b['anthropic_json'])};", "application/json"),
+        loc("asse", stream(b["anthropic_events"], 0), "text/event-stream"),
+        loc("aslow", stream(b["anthropic_events"], SLOW_INTERVAL_S), "text/event-stream"),
+    ])
+    return f"""# generated by bench/run.py: the fake upstream (one worker, pinned with the load generator)
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+worker_processes 1;
+worker_rlimit_nofile {NOFILE};
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 30000; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/tmp;
+  proxy_temp_path {root}/tmp;
+  fastcgi_temp_path {root}/tmp;
+  uwsgi_temp_path {root}/tmp;
+  scgi_temp_path {root}/tmp;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  tcp_nodelay on;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+{locs}    location / {{ return 404 '{{"error":{{"message":"bench upstream: unknown path"}}}}'; }}
+  }}
+}}
+"""
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.root = WORK / "upstream"
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        conf = self.root / "nginx.conf"
+        conf.write_text(nginx_conf(self.port, self.root))
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", str(LOAD_CORE), "nginx", "-p", str(self.root), "-c", str(conf)],
+            preexec_fn=raise_nofile, stdout=subprocess.DEVNULL, stderr=open(self.root / "stderr.log", "wb"))
+        wait_port(self.port, 10, self.proc)
+        HARNESS_PIDS.append(self.proc.pid)
+        log(f"fake upstream (nginx) on 127.0.0.1:{self.port}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ----------------------------------------------------------------------------
+# gateways
+
+
+@dataclass
+class Target:
+    """Where a load goes: port, path, headers and the request body."""
+    port: int
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+SCENARIO_KINDS = {  # kind -> (upstream prefix, format, stream)
+    "json": ("json", "openai", False),
+    "sse": ("sse", "openai", True),
+    "slow": ("slow", "openai", True),
+    "xsse": ("asse", "anthropic", True),  # cross-format: OpenAI client, Anthropic upstream
+}
+
+
+class Gateway:
+    name = ""
+    label = ""
+    cross_format = True
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.up = upstream
+        self.port = 0
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.logf: Any = None
+
+    # overridden
+    def command(self) -> tuple[list[str], dict[str, str], Optional[Path]]:
+        raise NotImplementedError
+
+    def target(self, kind: str) -> Target:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        return ""
+
+    def start_timeout(self) -> float:
+        return 60
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        self.port = free_port()
+        cmd, env, cwd = self.command()
+        self.logf = open(WORK / f"{self.name}.log", "ab")
+        self.logf.write(f"\n=== start {time.ctime()}: {' '.join(cmd)}\n".encode())
+        self.logf.flush()
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", str(GATEWAY_CORE)] + cmd, env=dict(os.environ, **env), cwd=cwd,
+            preexec_fn=lambda: (raise_nofile(), os.setsid()), stdout=self.logf, stderr=self.logf)
+        wait_port(self.port, self.start_timeout(), self.proc)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Listening is not ready (LiteLLM answers 404 until its config is loaded):
+        wait until a non-streaming request succeeds."""
+        t = self.target("json")
+        end = time.monotonic() + self.start_timeout()
+        status, data = 0, b""
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            try:
+                status, data = http_post(t.port, t.path, t.headers, json.dumps(t.body).encode(), timeout=10)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready: HTTP {status} {data[:200]!r}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.logf:
+            self.logf.close()
+        self.proc = None
+
+    def body(self, kind: str, model: str) -> dict[str, Any]:
+        stream = SCENARIO_KINDS[kind][2]
+        b = dict(REQUEST, model=model)
+        if stream:
+            b["stream"] = True
+        return b
+
+
+class Floor(Gateway):
+    """The upstream itself, loaded directly: the floor, and the harness ceiling."""
+    name = "floor"
+    label = "upstream direct"
+    cross_format = False  # the cross-format figure is a gateway's own same- vs cross-format ratio
+
+    def start(self) -> None:
+        self.port = self.up.port
+
+    def stop(self) -> None:
+        pass
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None
+
+    def target(self, kind: str) -> Target:
+        prefix, fmt, _ = SCENARIO_KINDS[kind]
+        if kind == "slow":
+            prefix = "slow"
+        path = f"/{prefix}/v1/chat/completions" if fmt == "openai" else f"/{prefix}/v1/messages"
+        return Target(self.port, path, {"Authorization": "Bearer test-key-123"}, self.body(kind, MODEL))
+
+    def version(self) -> str:
+        return out(["nginx", "-v"]) or subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+
+
+class TornadoProxy(Gateway):
+    name = "tornado-proxy"
+    label = "tornado-proxy"
+
+    def has_anthropic(self) -> bool:
+        return (REPO / "providers" / "anthropic_messages.py").exists()
+
+    @property
+    def cross_format(self) -> bool:  # type: ignore[override]
+        return self.has_anthropic()
+
+    def config(self) -> dict[str, Any]:
+        base = f"http://127.0.0.1:{self.up.port}"
+        providers = []
+        models = []
+        for kind, (prefix, fmt, _) in SCENARIO_KINDS.items():
+            if fmt == "anthropic" and not self.has_anthropic():
+                continue
+            p: dict[str, Any] = {
+                "name": f"up-{kind}", "type": "openai" if fmt == "openai" else "anthropic",
+                "base_url": f"{base}/{prefix}/v1" if fmt == "openai" else f"{base}/{prefix}",
+                "accounts": [{"id": f"bench-{kind}", "api_key": "test-key-123"}],
+            }
+            providers.append(p)
+            models.append({"id": f"bench-{kind}", "provider": p["name"], "upstream_model": MODEL})
+        return {"providers": providers, "models": models}
+
+    def command(self) -> tuple[list[str], dict[str, str], Optional[Path]]:
+        cfg = WORK / "tornado-proxy.json"
+        cfg.write_text(json.dumps(self.config(), indent=2))
+        py = str(BENCH / ".venv-tornado" / "bin" / "python")
+        cmd = [py, "-m", "tornado_proxy", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(self.port)]
+        helptext = out([py, "-m", "tornado_proxy", "--help"], cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+        if "--workers" in helptext:
+            cmd += ["--workers", "1"]  # one process on one core: the issue's comparison
+        return cmd, {"PYTHONPATH": str(REPO)}, REPO
+
+    def target(self, kind: str) -> Target:
+        return Target(self.port, "/v1/chat/completions", {"Authorization": "Bearer test-key-123"},
+                      self.body(kind, f"bench-{kind}"))
+
+    def version(self) -> str:
+        rev = out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+        dirty = out(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+        py = BENCH / ".venv-tornado" / "bin" / "python"
+        libs = out([str(py), "-c", "import tornado, pycurl; print('tornado', tornado.version, '|', pycurl.version)"])
+        return f"git {rev}{' (+ uncommitted changes)' if dirty else ''}; {libs}"
+
+
+class LiteLLM(Gateway):
+    name = "litellm"
+    label = "LiteLLM proxy"
+
+    def start_timeout(self) -> float:
+        return 120
+
+    def command(self) -> tuple[list[str], dict[str, str], Optional[Path]]:
+        base = f"http://127.0.0.1:{self.up.port}"
+        lines = ["model_list:"]
+        for kind, (prefix, fmt, _) in SCENARIO_KINDS.items():
+            model = f"openai/{MODEL}" if fmt == "openai" else f"anthropic/{MODEL}"
+            api_base = f"{base}/{prefix}/v1" if fmt == "openai" else f"{base}/{prefix}"
+            lines += [f"  - model_name: bench-{kind}", "    litellm_params:",
+                      f"      model: {model}", f"      api_base: {api_base}", "      api_key: test-key-123"]
+        cfg = WORK / "litellm.yaml"
+        cfg.write_text("\n".join(lines) + "\n")
+        exe = str(BENCH / ".venv-litellm" / "bin" / "litellm")
+        env = {
+            # No network but loopback: use the bundled model cost map, no telemetry.
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
+            "DISABLE_SCHEMA_UPDATE": "True",
+            # No database; a master key is required to start (clients send it as their key).
+            "LITELLM_MASTER_KEY": LITELLM_KEY,
+        }
+        return [exe, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(self.port),
+                "--num_workers", "1"], env, WORK
+
+    def target(self, kind: str) -> Target:
+        return Target(self.port, "/v1/chat/completions", {"Authorization": f"Bearer {LITELLM_KEY}"},
+                      self.body(kind, f"bench-{kind}"))
+
+    def version(self) -> str:
+        py = BENCH / ".venv-litellm" / "bin" / "python"
+        return "litellm " + out([str(py), "-c", "import importlib.metadata as m; print(m.version('litellm'))"])
+
+
+class Portkey(Gateway):
+    name = "portkey"
+    label = "Portkey gateway"
+
+    def command(self) -> tuple[list[str], dict[str, str], Optional[Path]]:
+        pk = BENCH / "portkey"
+        script = pk / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+        env = {"NODE_ENV": "production", "TRUSTED_CUSTOM_HOSTS": "127.0.0.1"}
+        return ["node", "--import", "./loopback.mjs", str(script), f"--port={self.port}", "--headless"], env, pk
+
+    def target(self, kind: str) -> Target:
+        prefix, fmt, _ = SCENARIO_KINDS[kind]
+        base = f"http://127.0.0.1:{self.up.port}/{prefix}/v1"
+        headers = {"Authorization": "Bearer test-key-123", "x-portkey-provider": fmt,
+                   "x-portkey-custom-host": base}
+        if fmt == "anthropic":
+            headers["x-api-key"] = "test-key-123"
+        return Target(self.port, "/v1/chat/completions", headers, self.body(kind, MODEL))
+
+    def version(self) -> str:
+        pk = BENCH / "portkey" / "node_modules"
+        def ver(p: str) -> str:
+            try:
+                return json.loads((pk / p / "package.json").read_text())["version"]
+            except OSError:
+                return "?"
+        return (f"@portkey-ai/gateway {ver('@portkey-ai/gateway')}, @hono/node-server {ver('@hono/node-server')}, "
+                f"hono {ver('hono')}, node {out(['node', '--version'])}")
+
+
+GATEWAYS: dict[str, type[Gateway]] = {
+    "floor": Floor, "tornado-proxy": TornadoProxy, "portkey": Portkey, "litellm": LiteLLM,
+}
+
+
+def _harness_tree() -> list[int]:
+    return [p for h in HARNESS_PIDS for p in _tree(h)]
+
+
+# ----------------------------------------------------------------------------
+# process sampling: CPU seconds and peak RSS of the gateway's process tree
+
+_CLK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        ppid = int(st[st.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    res, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        res.append(p)
+        todo.extend(children.get(p, []))
+    return res
+
+
+def _cpu_rss(pids: list[int]) -> tuple[float, int]:
+    cpu, rss = 0.0, 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2:].split()
+            cpu += (int(fields[11]) + int(fields[12])) / _CLK
+            rss += int(fields[21]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+    return cpu, rss
+
+
+def _core_busy() -> dict[int, float]:
+    """Busy seconds per core from /proc/stat (everything but idle and iowait)."""
+    res = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals[:8]]
+                res[int(name[3:])] = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _CLK
+    return res
+
+
+def _self_children_cpu() -> float:
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+HARNESS_PIDS: list[int] = []  # nginx master/worker: the harness's share of the load core
+
+
+class Sampler:
+    """Samples the gateway tree every 100 ms while a load runs, and measures how
+    much CPU *other* processes took on each core meanwhile (the machine is shared:
+    a figure taken while something else ran on the gateway's core is suspect)."""
+
+    def __init__(self, pid: Optional[int]) -> None:
+        self.foreign_gw = self.foreign_load = 0.0
+        self.pid = pid
+        self.peak_rss = 0
+        self.cpu0 = self.cpu1 = 0.0
+        self.t0 = self.t1 = 0.0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.pids: list[int] = []
+
+    def __enter__(self) -> "Sampler":
+        self._busy0 = _core_busy()
+        self._harness0 = _cpu_rss(_harness_tree())[0] + _self_children_cpu()
+        if self.pid:
+            self.pids = _tree(self.pid)
+            self.cpu0, self.peak_rss = _cpu_rss(self.pids)
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        self.t0 = time.monotonic()
+        return self
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.wait(0.1):
+            n += 1
+            if n % 20 == 0:
+                self.pids = _tree(self.pid or 0)  # workers may come and go
+            _, rss = _cpu_rss(self.pids)
+            self.peak_rss = max(self.peak_rss, rss)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.t1 = time.monotonic()
+        if self._thread:
+            self._stop.set()
+            self._thread.join()
+            self.cpu1, rss = _cpu_rss(self.pids)
+            self.peak_rss = max(self.peak_rss, rss)
+        busy1 = _core_busy()
+        harness = _cpu_rss(_harness_tree())[0] + _self_children_cpu() - self._harness0
+        wall = max(self.t1 - self.t0, 1e-9)
+        d = {c: busy1[c] - self._busy0.get(c, 0) for c in busy1}
+        # The gateway is pinned to GATEWAY_CORE: anything else busy there is foreign.
+        # Loopback softirq work may be accounted to the core rather than a process,
+        # so a few % show up even on a quiet machine.
+        self.foreign_gw = max(0.0, 100 * (d.get(GATEWAY_CORE, 0) - self.cpu_s) / wall)
+        self.foreign_load = max(0.0, 100 * (d.get(LOAD_CORE, 0) - harness) / wall)
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu1 - self.cpu0
+
+    @property
+    def cpu_pct(self) -> float:
+        return 100.0 * self.cpu_s / max(self.t1 - self.t0, 1e-9)
+
+
+# ----------------------------------------------------------------------------
+# loads
+
+
+def _lua(t: Target) -> Path:
+    p = WORK / f"wrk-{t.port}-{abs(hash(json.dumps(t.body, sort_keys=True)))}.lua"
+    body = json.dumps(t.body, separators=(",", ":"))
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}",
+             'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in t.headers.items()]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(s: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", s.strip())
+    if not m:
+        raise ValueError(s)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(t: Target, conns: int, duration: float) -> dict[str, Any]:
+    cmd = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s",
+           "--timeout", "10s", "--latency", "-s", str(_lua(t)), f"http://127.0.0.1:{t.port}{t.path}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    text = res.stdout
+    r: dict[str, Any] = {"raw": text}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    for p in ("50", "99"):
+        m = re.search(rf"^\s+{p}%\s+(\S+)", text, re.M)
+        r[f"p{p}_ms"] = _ms(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    r["errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"(\d+) requests in", text)
+    r["requests"] = int(m.group(1)) if m else 0
+    return r
+
+
+def fd_capped(n: int) -> int:
+    """A gateway holding n streams needs 2n sockets (client + upstream) plus a few.
+    Where the hard RLIMIT_NOFILE cannot be raised (a container without
+    CAP_SYS_RESOURCE), n is cut to what fits, and said so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = hard if hard != resource.RLIM_INFINITY else NOFILE
+    fit = (limit - 200) // 2 // 100 * 100
+    if n > fit:
+        NOTES.append(f"{n} streams need {2 * n + 200} file descriptors in the gateway; this machine's hard "
+                     f"limit is {limit} and cannot be raised here, so that load opened {fit} streams.")
+        return fit
+    return n
+
+
+NOTES: list[str] = []
+
+
+def sseload(t: Target, *, conns: int = 1, duration: float = 0, count: int = 0, timeout: float = 30,
+            expect: int = CHUNKS, max_connecting: int = 64, rate: float = 0) -> dict[str, Any]:
+    body = WORK / f"body-{abs(hash(json.dumps(t.body, sort_keys=True)))}.json"
+    body.write_text(json.dumps(t.body, separators=(",", ":")))
+    cmd = ["taskset", "-c", str(LOAD_CORE), str(BUILD / "sseload"), "-p", str(t.port), "-P", t.path,
+           "-b", str(body), "-t", str(timeout), "-e", str(expect), "-C", str(max_connecting)]
+    for k, v in t.headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    cmd += ["-n", str(count), "-r", str(rate)] if count else ["-d", str(duration), "-c", str(conns)]
+    limit = (timeout if count else duration + timeout) + 30
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, preexec_fn=raise_nofile)
+    if res.returncode != 0:
+        raise RuntimeError(f"sseload failed: {res.stderr.strip()}")
+    return json.loads(res.stdout)
+
+
+# ----------------------------------------------------------------------------
+# scenarios
+
+
+@dataclass
+class Result:
+    gateway: str
+    scenario: str
+    reps: list[dict[str, Any]] = field(default_factory=list)
+
+    def med(self, key: str) -> float:
+        return median([r.get(key) for r in self.reps])  # type: ignore[misc]
+
+
+def flat(r: dict[str, Any]) -> dict[str, Any]:
+    """sseload JSON -> flat keys."""
+    f = {k: v for k, v in r.items() if not isinstance(v, dict)}
+    for k in ("ttfb_ms", "total_ms"):
+        for p, v in r[k].items():
+            f[f"{k[:-3]}_{p}_ms"] = v if v >= 0 else None
+    return f
+
+
+def smoke(gw: Gateway, kinds: list[str]) -> list[str]:
+    """One request per kind; returns the kinds that work (the rest are reported as n/a)."""
+    ok = []
+    for kind in kinds:
+        t = gw.target(kind)
+        if kind == "slow":
+            ok.append(kind)  # same route as "sse", only slower
+            continue
+        try:
+            status, data = http_post(t.port, t.path, t.headers, json.dumps(t.body).encode())
+        except OSError as e:
+            log(f"  {gw.name} {kind}: {e}")
+            continue
+        text = data.decode("utf-8", "replace")
+        good = status == 200 and (("word3 " in text) if kind == "json" else text.count("data:") >= CHUNKS - 3)
+        if good and SCENARIO_KINDS[kind][2]:
+            good = "[DONE]" in text
+        if good:
+            ok.append(kind)
+        else:
+            log(f"  {gw.name} {kind}: HTTP {status}: {text[:300]!r}")
+    return ok
+
+
+def measure(gw: Gateway, args: argparse.Namespace, results: dict[tuple[str, str], Result]) -> None:
+    kinds = ["json", "sse", "slow"] + (["xsse"] if gw.cross_format else [])
+    gw.start()
+    try:
+        works = smoke(gw, kinds)
+        log(f"{gw.name}: working routes {works}")
+        D = args.duration
+
+        def attempt(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            """One measured run; repeated (up to --retries times) while other processes
+            take more than --max-foreign % of the gateway's core; the quietest is kept."""
+            best: Optional[dict[str, Any]] = None
+            for i in range(1 + args.retries):
+                with Sampler(gw.pid) as s:
+                    r = dict(fn())
+                r.update(cpu_s=s.cpu_s, cpu_pct=s.cpu_pct, peak_rss_mib=s.peak_rss / 2**20,
+                         foreign_gw_pct=s.foreign_gw, foreign_load_pct=s.foreign_load)
+                if best is None or r["foreign_gw_pct"] < best["foreign_gw_pct"]:
+                    best = r
+                if s.foreign_gw <= args.max_foreign or i == args.retries:
+                    break
+                log(f"    (other processes took {s.foreign_gw:.0f}% of core {GATEWAY_CORE}: again)")
+            assert best is not None
+            return best
+
+        def rep(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+            res = results.setdefault((gw.name, name), Result(gw.name, name))
+            fn()  # warm-up (not counted)
+            for _ in range(args.reps):
+                res.reps.append(attempt(fn))
+            log(f"  {gw.name} {name}: " + summarize(res))
+
+        works = [k for k in works if k in args.loads]
+        if "json" in works:
+            for c in (1, 16, 64):
+                t = gw.target("json")
+                rep(f"json-c{c}", lambda t=t, c=c: wrk(t, c, D))
+        for kind in ("sse", "xsse"):
+            if kind not in works:
+                continue
+            for c in ((1, 16) if kind == "sse" else (16,)):
+                t = gw.target(kind)
+                rep(f"{kind}-c{c}", lambda t=t, c=c: _stream_run(t, c, D, kind))
+        if "slow" in works and args.slow:
+            # Fresh process: peak RSS is about holding streams, not what fast loads left behind.
+            gw.stop()
+            gw.start()
+            loads = [(args.slow, args.slow_rate)]
+            if gw.name in ("tornado-proxy", "floor") and args.slow_max:
+                loads.append((args.slow_max, args.slow_max_rate))
+            for n, rate in loads:
+                t = gw.target("slow")
+                name = f"slow-{n}"
+                n = fd_capped(n)
+                res = results.setdefault((gw.name, name), Result(gw.name, name))
+                timeout = n / rate + CHUNKS * SLOW_INTERVAL_S + args.slow_slack
+                for _ in range(args.reps):
+                    res.reps.append(attempt(lambda t=t, n=n, rate=rate, timeout=timeout: flat(sseload(
+                        t, count=n, rate=rate, timeout=timeout, max_connecting=args.max_connecting))))
+                    time.sleep(1)  # let closed sockets drain
+                log(f"  {gw.name} {name}: " + summarize(res))
+    finally:
+        gw.stop()
+
+
+def _stream_run(t: Target, c: int, d: float, kind: str) -> dict[str, Any]:
+    r = flat(sseload(t, conns=c, duration=d, timeout=10, expect=CHUNKS - 5 if kind == "xsse" else CHUNKS))
+    return r
+
+
+def wait_idle(limit: float) -> None:
+    """Wait (bounded) until both cores have been nearly idle for 3 s."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        b0 = _core_busy()
+        time.sleep(3)
+        b1 = _core_busy()
+        busy = max(100 * (b1[c] - b0.get(c, 0)) / 3 for c in b1)
+        if busy < 10:
+            return
+        log(f"waiting for a quiet machine (busiest core {busy:.0f}%)")
+    log("machine still busy; measuring anyway (see foreign_gw_pct in .work/results.json)")
+
+
+def summarize(res: Result) -> str:
+    r0 = res.reps[0] if res.reps else {}
+    foreign = f"foreign {res.med('foreign_gw_pct'):.0f}%/{res.med('foreign_load_pct'):.0f}%"
+    if "rps" in r0:
+        return (f"{res.med('rps'):.0f} req/s p50 {res.med('p50_ms'):.2f} ms p99 {res.med('p99_ms'):.2f} ms "
+                f"cpu {res.med('cpu_pct'):.0f}% errors {sum(r['errors'] + r['non2xx'] for r in res.reps)} {foreign}")
+    return (f"ok {res.med('ok'):.0f}/{res.med('started'):.0f} {res.med('streams_per_s'):.0f} streams/s "
+            f"ttfb p50 {res.med('ttfb_p50_ms'):.2f} p99 {res.med('ttfb_p99_ms'):.2f} ms, "
+            f"whole p50 {res.med('total_p50_ms'):.1f} p99 {res.med('total_p99_ms'):.1f} ms, "
+            f"cpu {res.med('cpu_pct'):.0f}% rss {res.med('peak_rss_mib'):.0f} MiB "
+            f"client cpu {res.med('client_cpu_s'):.2f}s {foreign}")
+
+
+# ----------------------------------------------------------------------------
+# report
+
+
+def fmt(v: Optional[float], spec: str = ".0f") -> str:
+    if v is None or v != v:
+        return "n/a"
+    return format(v, spec)
+
+
+def table(results: dict[tuple[str, str], Result], names: list[str], args: argparse.Namespace) -> str:
+    labels = {n: GATEWAYS[n].label for n in names}
+
+    def get(n: str, sc: str) -> Optional[Result]:
+        r = results.get((n, sc))
+        return r if r and r.reps else None
+
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(title: str, sc: str, fn: Callable[[Result], Optional[float]], spec: str = ".0f") -> None:
+        cells = []
+        for n in names:
+            r = get(n, sc)
+            cells.append(fmt(fn(r), spec) if r else "n/a")
+        rows.append((title, cells))
+
+    for c in (1, 16, 64):
+        sc = f"json-c{c}"
+        row(f"non-stream c={c}: req/s", sc, lambda r: r.med("rps"))
+        row(f"non-stream c={c}: p50 ms", sc, lambda r: r.med("p50_ms"), ".2f")
+        row(f"non-stream c={c}: p99 ms", sc, lambda r: r.med("p99_ms"), ".2f")
+    row("non-stream c=64: gateway CPU %", "json-c64", lambda r: r.med("cpu_pct"))
+    for kind, conc, what in (("sse", 1, "stream 50 chunks"), ("sse", 16, "stream 50 chunks"),
+                             ("xsse", 16, "cross-format stream (Anthropic upstream)")):
+        sc = f"{kind}-c{conc}"
+        row(f"{what} c={conc}: streams/s", sc, lambda r: r.med("streams_per_s"))
+        row(f"{what} c={conc}: TTFB p50 ms", sc, lambda r: r.med("ttfb_p50_ms"), ".2f")
+        row(f"{what} c={conc}: TTFB p99 ms", sc, lambda r: r.med("ttfb_p99_ms"), ".2f")
+        row(f"{what} c={conc}: whole stream p50 ms", sc, lambda r: r.med("total_p50_ms"), ".2f")
+        row(f"{what} c={conc}: whole stream p99 ms", sc, lambda r: r.med("total_p99_ms"), ".2f")
+        if conc == 16:
+            row(f"{what} c={conc}: gateway CPU µs/chunk", sc,
+                lambda r: median([1e6 * x["cpu_s"] / max(1, x["ok"] * CHUNKS) for x in r.reps]) if r.gateway != "floor" else None, ".1f")
+    for n_slow in sorted({int(sc.split("-")[1]) for (_, sc) in results if sc.startswith("slow-")}):
+        sc = f"slow-{n_slow}"
+        what = f"{n_slow} slow streams"
+        row(f"{what}: completed", sc, lambda r: r.med("ok"))
+        row(f"{what}: most open at once", sc, lambda r: r.med("peak_active"))
+        row(f"{what}: TTFB p99 ms", sc, lambda r: r.med("ttfb_p99_ms"), ".1f")
+        row(f"{what}: whole stream p99 s", sc, lambda r: r.med("total_p99_ms") / 1e3 if r.med("ok") else None, ".2f")
+        row(f"{what}: peak RSS MiB", sc, lambda r: r.med("peak_rss_mib") if r.gateway != "floor" else None)
+        row(f"{what}: gateway CPU %", sc, lambda r: r.med("cpu_pct") if r.gateway != "floor" else None)
+    head = "| | " + " | ".join(labels[n] for n in names) + " |"
+    sep = "|---|" + "---:|" * len(names)
+    body = "\n".join(f"| {t} | " + " | ".join(c) + " |" for t, c in rows if any(x != "n/a" for x in c))
+    return "\n".join([head, sep, body])
+
+
+def targets(results: dict[tuple[str, str], Result]) -> str:
+    """The issue's targets for tornado-proxy, checked against this run."""
+    def g(n: str, sc: str, key: str) -> Optional[float]:
+        r = results.get((n, sc))
+        return r.med(key) if r and r.reps else None
+
+    tp, lines = "tornado-proxy", []
+
+    def check(what: str, value: Optional[float], limit: Optional[float], ok: Optional[bool], unit: str) -> None:
+        if value is None or limit is None or ok is None:
+            lines.append(f"| {what} | n/a | {fmt(limit, '.2f')} {unit} | not measured |")
+        else:
+            lines.append(f"| {what} | {value:.2f} {unit} | {limit:.2f} {unit} | {'PASS' if ok else 'FAIL'} |")
+
+    f50, t50 = g("floor", "json-c1", "p50_ms"), g(tp, "json-c1", "p50_ms")
+    f99, t99 = g("floor", "json-c1", "p99_ms"), g(tp, "json-c1", "p99_ms")
+    a50 = t50 - f50 if t50 is not None and f50 is not None else None
+    a99 = t99 - f99 if t99 is not None and f99 is not None else None
+    check("added p50 latency over the floor, c=1", a50, 0.5, a50 is not None and a50 <= 0.5, "ms")
+    check("added p99 latency over the floor, c=1", a99, 2.0, a99 is not None and a99 <= 2.0, "ms")
+    for c in (16, 64):
+        pk, t = g("portkey", f"json-c{c}", "rps"), g(tp, f"json-c{c}", "rps")
+        lim = 2 * pk if pk else None
+        check(f"non-stream req/s c={c} ≥ 2× Portkey", t, lim, None if t is None or lim is None else t >= lim, "req/s")
+    pk, t = g("portkey", "sse-c16", "streams_per_s"), g(tp, "sse-c16", "streams_per_s")
+    lim = 2 * pk if pk else None
+    check("streams/s c=16 ≥ 2× Portkey", t, lim, None if t is None or lim is None else t >= lim, "streams/s")
+    f, t = g("floor", "sse-c16", "ttfb_p50_ms"), g(tp, "sse-c16", "ttfb_p50_ms")
+    d = t - f if t is not None and f is not None else None
+    check("stream TTFB p50 over the floor, c=16", d, 2.0, d is not None and d <= 2.0, "ms")
+    slow = sorted({int(sc.split("-")[1]) for (n, sc) in results if n == tp and sc.startswith("slow-")})
+    for n in slow:
+        sc = f"slow-{n}"
+        ok = g(tp, sc, "ok")
+        check(f"{n} slow streams: all complete", ok, float(n), ok is not None and ok >= n, "streams")
+        if n <= 1000:
+            v = g(tp, sc, "ttfb_p99_ms")
+            check(f"{n} slow streams: TTFB p99", v, 50.0, v is not None and v <= 50, "ms")
+            fl, v = g("floor", sc, "total_p99_ms"), g(tp, sc, "total_p99_ms")
+            d = (v - fl) / 1e3 if v is not None and fl is not None else None
+            check(f"{n} slow streams: whole-stream p99 over the floor", d, 0.3, d is not None and d <= 0.3, "s")
+            v = g(tp, sc, "peak_rss_mib")
+            check(f"{n} slow streams: peak RSS", v, 100.0, v is not None and v <= 100, "MiB")
+        else:
+            v = g(tp, sc, "peak_rss_mib")
+            check(f"{n} slow streams: peak RSS", v, 1024.0, v is not None and v < 1024, "MiB")
+
+    def per_chunk(sc: str) -> Optional[float]:
+        r = results.get((tp, sc))
+        if not r or not r.reps:
+            return None
+        return median([x["cpu_s"] / max(1, x["ok"] * CHUNKS) for x in r.reps])
+
+    same, cross = per_chunk("sse-c16"), per_chunk("xsse-c16")
+    ratio = cross / same if same and cross else None
+    check("cross-format CPU/chunk ÷ same-format", ratio, 1.5, None if ratio is None else ratio <= 1.5, "×")
+    return "| target | measured | limit | |\n|---|---:|---:|---|\n" + "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    osr = ""
+    try:
+        osr = re.search(r'PRETTY_NAME="([^"]+)"', Path("/etc/os-release").read_text()).group(1)  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {osr}, Linux {platform.release()}"
+
+
+def write_results(text: str, results: dict[tuple[str, str], Result], names: list[str],
+                  versions: dict[str, str], args: argparse.Namespace) -> None:
+    raw = {f"{g}/{s}": [{k: v for k, v in r.items() if k != "raw"} for r in res.reps]
+           for (g, s), res in results.items()}
+    (WORK / "results.json").write_text(json.dumps(raw, indent=1))
+    if args.no_write:
+        return
+    vers = "\n".join(f"- {GATEWAYS[n].label}: {versions.get(n, '')}" for n in names)
+    tools = (f"- wrk: {out(['dpkg-query', '-W', '-f=${Version}', 'wrk'])}, "
+             f"nginx echo module: {out(['dpkg-query', '-W', '-f=${Version}', 'libnginx-mod-http-echo'])}, "
+             f"python {platform.python_version()}")
+    doc = f"""# Benchmark results
+
+Produced by `python3 bench/run.py {' '.join(args.argv)}` on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.
+How it works and how to read it: `bench/README.md`.
+
+Machine: {machine()}.
+Gateway pinned to core {GATEWAY_CORE}; load generators, fake upstream (nginx) and the
+harness on core {LOAD_CORE}. Loopback only. Each figure is the median of {args.reps}
+repetition(s) of {args.duration:g} s (slow streams: one shot each), after a warm-up run.
+
+Versions:
+{vers}
+{tools}
+
+{text}
+"""
+    (BENCH / "RESULTS.md").write_text(doc)
+
+
+# ----------------------------------------------------------------------------
+# profiling (phase 2): py-spy on tornado-proxy under load
+
+
+def profile(up: Upstream, args: argparse.Namespace) -> None:
+    gw = TornadoProxy(up)
+    pyspy = str(BENCH / ".venv-tornado" / "bin" / "py-spy")
+    gw.start()
+    try:
+        for kind, conns in (("json", 16), ("sse", 16), ("xsse", 16)):
+            if kind == "xsse" and not gw.cross_format:
+                continue
+            t = gw.target(kind)
+            outp = WORK / f"profile-{kind}.txt"
+            rec = subprocess.Popen(["taskset", "-c", str(LOAD_CORE), pyspy, "record", "-p", str(gw.pid),
+                                    "-d", str(int(args.duration) + 1), "-r", "250", "-f", "raw", "-o", str(outp),
+                                    "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            if kind == "json":
+                wrk(t, conns, args.duration)
+            else:
+                sseload(t, conns=conns, duration=args.duration, expect=1)
+            rec.wait(30)
+            print(f"\n## py-spy: {kind}, c={conns}\n")
+            print(top_frames(outp))
+    finally:
+        gw.stop()
+
+
+def top_frames(path: Path, n: int = 20) -> str:
+    """py-spy collapsed stacks -> the top functions by self and by inclusive samples
+    (lines folded into their function), and the hottest lines of the project's own code."""
+    self_c: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return "(no profile: py-spy failed; it needs ptrace permission)"
+    for line in lines:
+        stack, _, cnt = line.rpartition(" ")
+        if not stack:
+            continue
+        c = int(cnt)
+        total += c
+        raw = stack.split(";")
+        # "func (/path/to/site-packages/pkg/mod.py:123)" -> "func (pkg/mod.py)"
+        frames = [re.sub(r" \((?:.*/(?:site-packages|lib/python3\.\d+|main)/)?([^:]*):\d+\)", r" (\1)", f)
+                  for f in raw]
+        self_c[frames[-1]] = self_c.get(frames[-1], 0) + c
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + c
+        for f in reversed(raw):  # the innermost frame in the project's own code
+            if re.search(r"\((?:.*/)?(?:tornado_proxy|providers)/", f):
+                k = re.sub(r"\(.*/(?=(?:tornado_proxy|providers)/)", "(", f)
+                own[k] = own.get(k, 0) + c
+                break
+
+    def top(d: dict[str, int], k: int = n) -> str:
+        return "\n".join(f"  {100 * v / max(total, 1):5.1f}%  {name}"
+                         for name, v in sorted(d.items(), key=lambda x: -x[1])[:k])
+    return (f"{total} samples\nself (function):\n{top(self_c)}\ninclusive (function):\n{top(incl, n + 10)}\n"
+            f"innermost project line:\n{top(own)}")
+
+
+# ----------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gateways", default="floor,tornado-proxy,portkey,litellm",
+                    help="comma-separated subset of: " + ",".join(GATEWAYS))
+    ap.add_argument("--duration", type=float, default=5, help="seconds per measured run (default 5)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per figure; the median is reported")
+    ap.add_argument("--slow", type=int, default=1000, help="simultaneous slow streams (0: skip)")
+    ap.add_argument("--slow-max", type=int, default=10000, help="slow streams on tornado-proxy alone (0: skip)")
+    ap.add_argument("--slow-rate", type=float, default=500, help="slow streams opened per second (default 500)")
+    ap.add_argument("--slow-max-rate", type=float, default=1000,
+                    help="the same for the --slow-max load (default 1000: all open within 10 s)")
+    ap.add_argument("--slow-slack", type=float, default=30,
+                    help="a slow load gives up this long after its last stream should have ended")
+    ap.add_argument("--max-connecting", type=int, default=64, help="sseload: connects in flight at once")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="re-run a measurement while other processes load the gateway's core")
+    ap.add_argument("--max-foreign", type=float, default=10,
+                    help="%% of the gateway's core other processes may take before a run is redone")
+    ap.add_argument("--wait-idle", type=float, default=0,
+                    help="before each gateway, wait up to this many seconds for a quiet machine")
+    ap.add_argument("--loads", default="json,sse,xsse,slow",
+                    help="comma-separated subset of: json (non-stream), sse, xsse (cross-format), slow")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 s, 1 rep, 200 slow streams, no 10k")
+    ap.add_argument("--profile", action="store_true", help="py-spy tornado-proxy under load instead")
+    ap.add_argument("--no-install", action="store_true", help="skip the install step")
+    ap.add_argument("--no-write", action="store_true", help="don't rewrite bench/RESULTS.md")
+    args = ap.parse_args()
+    args.argv = sys.argv[1:]
+    if args.quick:
+        args.duration, args.reps, args.slow, args.slow_max, args.slow_slack = 2, 1, 200, 0, 10
+        args.no_write = True
+    args.loads = [x.strip() for x in args.loads.split(",") if x.strip()]
+    names = [n.strip() for n in args.gateways.split(",") if n.strip()]
+    for n in names:
+        if n not in GATEWAYS:
+            ap.error(f"unknown gateway {n!r}")
+    if "floor" not in names:
+        names.insert(0, "floor")  # every figure is read against the floor
+    args.gateways = names
+    if (os.cpu_count() or 1) < 2:
+        ap.error("needs 2 cores: one for the gateway, one for load and upstream")
+    WORK.mkdir(exist_ok=True)
+    if not args.no_install:
+        install(args)
+    os.sched_setaffinity(0, {LOAD_CORE})  # keep this script off the gateway's core
+    raise_nofile()
+
+    up = Upstream()
+    up.start()
+    try:
+        if args.profile:
+            profile(up, args)
+            return 0
+        results: dict[tuple[str, str], Result] = {}
+        versions: dict[str, str] = {}
+        for n in names:
+            gw = GATEWAYS[n](up)
+            versions[n] = gw.version()
+            if args.wait_idle:
+                wait_idle(args.wait_idle)
+            log(f"=== {gw.label} ({versions[n]})")
+            try:
+                measure(gw, args, results)
+            except Exception as e:  # one broken peer must not lose the others' figures
+                log(f"{n}: FAILED: {e!r}")
+                gw.stop()
+        text = "## Figures\n\n" + table(results, names, args)
+        if NOTES:
+            text += "\n\n" + "\n".join(f"Note: {x}" for x in dict.fromkeys(NOTES))
+        if "tornado-proxy" in names:
+            text += "\n\n## Targets (issue 8), tornado-proxy\n\n" + targets(results)
+        print(text)
+        write_results(text, results, names, versions, args)
+    finally:
+        up.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
