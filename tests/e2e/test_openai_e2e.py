@@ -295,28 +295,37 @@ def test_health_ready_metrics_cors_openapi(harness: LoopThread) -> None:
     assert e.value.code == 503
 
 
+def start_cli(tmp_path: Path, config: dict, workers: int) -> tuple[subprocess.Popen, int]:
+    """The real CLI in a subprocess on a free port, once /health answers."""
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "tornado_proxy", "--config", str(cfg), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", str(workers)], env=env, stderr=subprocess.PIPE)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health")
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, port
+
+
 def test_sigterm_drains_streams_in_flight_then_exits_0(harness: LoopThread, tmp_path: Path) -> None:
     """The real CLI in a subprocess: SIGTERM mid-stream; the stream finishes, readiness is 503, exit 0."""
     import urllib.error
     import urllib.request
 
     up = harness.upstream().push(Reply.sse_file("openai/text.sse", delay=0.1))
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(up_config(up, drain_seconds=10)))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "tornado_proxy", "--config", str(cfg), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], env=env, stderr=subprocess.PIPE)
+    proc, port = start_cli(tmp_path, up_config(up, drain_seconds=10), workers=1)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health")
-                break
-            except OSError:
-                time.sleep(0.05)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
         stream = c.chat.completions.create(model="my-model", messages=MSGS, stream=True)
         first = next(iter(stream))
@@ -336,24 +345,9 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
     """--workers 2: requests spread over two processes; /metrics counts all of them; SIGTERM stops both."""
     import urllib.request
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"providers": [{"name": "echo", "type": "echo"}],
-                               "models": [{"id": "echo", "provider": "echo"}]}))
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "tornado_proxy", "--config", str(cfg), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "2"], env=env, stderr=subprocess.PIPE)
+    proc, port = start_cli(tmp_path, {"providers": [{"name": "echo", "type": "echo"}],
+                                      "models": [{"id": "echo", "provider": "echo"}]}, workers=2)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health")
-                break
-            except OSError:
-                time.sleep(0.05)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
         for i in range(20):
             # a new connection each time, so the kernel spreads them over both workers
