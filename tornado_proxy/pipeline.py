@@ -65,16 +65,28 @@ def usage_of(obj: Any) -> dict[str, Any] | None:
 
 
 def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
-    """The last usage in the final bytes of a passed-through SSE stream (for metrics)."""
+    """The last usage in the final bytes of a passed-through SSE stream (for metrics).
+
+    Only the data lines that carry usage are parsed, from the end: Anthropic splits
+    usage over message_start and message_delta, so input and output are merged.
+    """
     best: dict[str, Any] | None = None
-    for line in tail.split(b"\n"):
-        if line.startswith(b"data:") and (b'"usage"' in line or b'"usageMetadata"' in line):
+    end = len(tail)
+    for _ in range(4):
+        i = max(tail.rfind(b'"usage"', 0, end), tail.rfind(b'"usageMetadata"', 0, end))
+        if i < 0:
+            break
+        start = tail.rfind(b"\n", 0, i) + 1
+        stop = tail.find(b"\n", i)
+        line = tail[start:stop if stop >= 0 else len(tail)]
+        end = start
+        if line.startswith(b"data:"):
             try:
                 u = usage_of(jsonutil.loads(line[5:]))
             except ValueError:
                 continue
             if u:
-                best = {**(best or {}), **{k: v for k, v in u.items() if v}}
+                best = {**{k: v for k, v in u.items() if v}, **(best or {})}
     return best
 
 

@@ -136,8 +136,17 @@ def serve(config: Config, host: str | None = None, port: int | None = None, work
 
 
 async def _worker_main(config: Config, host: str, port: int, sockets: Any) -> None:
+    import gc
+
     server = Server(config, host, port)
     server.listen(sockets)
+    # Everything built so far lives as long as the process: keep it out of the
+    # collector's way, and make the full (slowest) pass rare; a pause there stalls
+    # every stream in flight.
+    gc.collect()
+    gc.freeze()
+    g0, g1, _ = gc.get_threshold()
+    gc.set_threshold(g0, g1, 100)
     server.warn_open()
     log.info("tornado-proxy listening on http://%s:%s (%d provider(s), %d model route(s))",
              server.host, server.port, len(server.gw.providers), len(config.models))
