@@ -307,3 +307,48 @@ def estimate_tokens(text: str) -> int:
     Used where no upstream counts for us: the echo model and local count_tokens.
     """
     return (len(text.encode("utf-8")) + 3) // 4 if text else 0
+
+
+def fold_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Pivot chunks -> the pivot chat.completion they add up to, as an OpenAI client folds a stream.
+
+    The Responses store keeps folded answers; the translator tests check that folding a
+    translated stream equals translating the whole response.
+    """
+    head: dict[str, Any] = {}
+    msg: dict[str, Any] = {"role": "assistant", "content": None}
+    calls: dict[int, dict[str, Any]] = {}
+    finish = None
+    usage = None
+    for ch in chunks:
+        if not head:
+            head = {"id": ch.get("id"), "created": ch.get("created"), "model": ch.get("model")}
+        if ch.get("usage"):
+            usage = ch["usage"]
+        for choice in ch.get("choices") or []:
+            d = choice.get("delta") or {}
+            for key in ("content", "reasoning_content", "refusal"):
+                if d.get(key):
+                    msg[key] = (msg.get(key) or "") + d[key]
+            if d.get("thinking_blocks"):
+                msg.setdefault("thinking_blocks", []).extend(d["thinking_blocks"])
+            for tc in d.get("tool_calls") or []:
+                call = calls.setdefault(tc.get("index", 0), {"id": None, "type": "function",
+                                                              "function": {"name": None, "arguments": ""}})
+                if tc.get("id"):
+                    call["id"] = tc["id"]
+                fn = tc.get("function") or {}
+                if fn.get("name"):
+                    call["function"]["name"] = fn["name"]
+                call["function"]["arguments"] += fn.get("arguments") or ""
+                if tc.get("extra_content"):
+                    call["extra_content"] = tc["extra_content"]
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    if calls:
+        msg["tool_calls"] = [calls[i] for i in sorted(calls)]
+    out: dict[str, Any] = {"id": head.get("id"), "object": "chat.completion", "created": head.get("created"),
+                 "model": head.get("model"), "choices": [{"index": 0, "message": msg, "finish_reason": finish}]}
+    if usage is not None:
+        out["usage"] = usage
+    return out

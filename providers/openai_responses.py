@@ -37,6 +37,7 @@ from providers.base import (
     UpstreamRequest,
     bad_request,
     default_classify,
+    fold_chunks,
     stream_cut,
     unsupported,
 )
@@ -1464,51 +1465,6 @@ class ResponsesEncoder(StreamEncoder):
                                error={"code": code, "message": err.message})
         self._emit("response.failed", {"response": resp})
         return self._flush()
-
-
-# ============================================================================
-# Folding pivot chunks (the handler stores the folded answer; tests compare)
-# ============================================================================
-
-def fold_chunks(chunks: Iterable[JSON]) -> JSON:
-    """Pivot chunks -> the pivot chat.completion they add up to."""
-    head: JSON = {}
-    msg: JSON = {"role": "assistant", "content": None}
-    calls: dict[int, JSON] = {}
-    finish = None
-    usage = None
-    for ch in chunks:
-        if not head:
-            head = {"id": ch.get("id"), "created": ch.get("created"), "model": ch.get("model")}
-        if ch.get("usage"):
-            usage = ch["usage"]
-        for choice in ch.get("choices") or []:
-            d = choice.get("delta") or {}
-            for key in ("content", "reasoning_content", "refusal"):
-                if d.get(key):
-                    msg[key] = (msg.get(key) or "") + d[key]
-            if d.get("thinking_blocks"):
-                msg.setdefault("thinking_blocks", []).extend(d["thinking_blocks"])
-            for tc in d.get("tool_calls") or []:
-                call = calls.setdefault(tc.get("index", 0), {"id": None, "type": "function",
-                                                              "function": {"name": None, "arguments": ""}})
-                if tc.get("id"):
-                    call["id"] = tc["id"]
-                fn = tc.get("function") or {}
-                if fn.get("name"):
-                    call["function"]["name"] = fn["name"]
-                call["function"]["arguments"] += fn.get("arguments") or ""
-                if tc.get("extra_content"):
-                    call["extra_content"] = tc["extra_content"]
-            if choice.get("finish_reason"):
-                finish = choice["finish_reason"]
-    if calls:
-        msg["tool_calls"] = [calls[i] for i in sorted(calls)]
-    out: JSON = {"id": head.get("id"), "object": "chat.completion", "created": head.get("created"),
-                 "model": head.get("model"), "choices": [{"index": 0, "message": msg, "finish_reason": finish}]}
-    if usage is not None:
-        out["usage"] = usage
-    return out
 
 
 # ============================================================================

@@ -20,7 +20,7 @@ import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
 from providers.anthropic_messages import AnthropicProvider, MessagesEncoder
-from providers.base import StreamContext
+from providers.base import StreamContext, fold_chunks as fold
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.sse import SSEDecoder
@@ -101,49 +101,6 @@ def test_replay_matches_golden(name: str, kind: ErrorKind | None, mode: str) -> 
     expected = golden(GOLDEN / f"{name}.chunks.json", result_of(*replay(name, "whole"))) \
         if mode == "whole" else jsonutil.loads((GOLDEN / f"{name}.chunks.json").read_bytes())
     assert result_of(chunks, err) == expected
-
-
-def fold(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pivot chunks -> the chat.completion they add up to (as an OpenAI client folds them)."""
-    texts: list[str] = []
-    reasoning: list[str] = []
-    blocks: list[dict[str, Any]] = []
-    calls: dict[int, dict[str, Any]] = {}
-    finish = None
-    usage = None
-    for c in chunks:
-        if c.get("usage"):
-            usage = c["usage"]
-        for ch in c["choices"]:
-            d = ch["delta"]
-            if d.get("content"):
-                texts.append(d["content"])
-            if d.get("reasoning_content"):
-                reasoning.append(d["reasoning_content"])
-            blocks.extend(d.get("thinking_blocks") or [])
-            for tc in d.get("tool_calls") or []:
-                call = calls.setdefault(tc["index"], {"id": None, "type": "function",
-                                                      "function": {"name": None, "arguments": ""}})
-                if tc.get("id"):
-                    call["id"] = tc["id"]
-                if tc.get("function", {}).get("name"):
-                    call["function"]["name"] = tc["function"]["name"]
-                call["function"]["arguments"] += tc.get("function", {}).get("arguments") or ""
-            if ch.get("finish_reason"):
-                finish = ch["finish_reason"]
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
-    if reasoning:
-        message["reasoning_content"] = "".join(reasoning)
-    if blocks:
-        message["thinking_blocks"] = blocks
-    if calls:
-        message["tool_calls"] = [calls[i] for i in sorted(calls)]
-    first = chunks[0]
-    out = {"id": first["id"], "object": "chat.completion", "created": first["created"], "model": first["model"],
-           "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
-    if usage is not None:
-        out["usage"] = usage
-    return out
 
 
 def sdk_message(data: bytes) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import StreamContext
+from providers.base import StreamContext, fold_chunks as fold
 from providers.bedrock import BedrockProvider, BedrockStream, EventStreamDecoder
 from providers.openai_chat import OpenAIEncoder
 from tornado_proxy import jsonutil
@@ -125,49 +125,6 @@ def test_replay_matches_golden_at_any_split(name: str) -> None:
     for how, reads in splits.items():
         assert b"".join(reads) == data
         assert replay(data, reads) == (golden_chunks, golden_sse), how
-
-
-def fold(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pivot chunks -> one chat.completion, the way an OpenAI client accumulates a stream."""
-    content: list[str] = []
-    reasoning: list[str] = []
-    thinking: list[dict[str, Any]] = []
-    calls: dict[int, dict[str, Any]] = {}
-    finish = None
-    usage = None
-    first = chunks[0]
-    for c in chunks:
-        if c.get("usage") is not None:
-            usage = c["usage"]
-        for choice in c["choices"]:
-            d = choice["delta"]
-            if d.get("content"):
-                content.append(d["content"])
-            if d.get("reasoning_content"):
-                reasoning.append(d["reasoning_content"])
-            thinking.extend(d.get("thinking_blocks") or [])
-            for tc in d.get("tool_calls") or []:
-                call = calls.setdefault(tc["index"], {"id": None, "type": "function",
-                                                      "function": {"name": None, "arguments": ""}})
-                if tc.get("id"):
-                    call["id"] = tc["id"]
-                if tc.get("function", {}).get("name"):
-                    call["function"]["name"] = tc["function"]["name"]
-                call["function"]["arguments"] += tc.get("function", {}).get("arguments") or ""
-            if choice.get("finish_reason"):
-                finish = choice["finish_reason"]
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
-    if reasoning:
-        msg["reasoning_content"] = "".join(reasoning)
-    if thinking:
-        msg["thinking_blocks"] = thinking
-    if calls:
-        msg["tool_calls"] = [calls[i] for i in sorted(calls)]
-    out = {"id": first["id"], "object": "chat.completion", "created": first["created"], "model": first["model"],
-           "choices": [{"index": 0, "message": msg, "finish_reason": finish}]}
-    if usage is not None:
-        out["usage"] = usage
-    return out
 
 
 def normalise_arguments(completion: dict[str, Any]) -> dict[str, Any]:
