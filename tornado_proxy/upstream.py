@@ -1,13 +1,15 @@
 """Upstream HTTP: one curl-backed AsyncHTTPClient, streaming and abortable.
 
 Why not plain ``fetch(streaming_callback=...)``: Tornado's curl client hands
-chunks to the streaming callback through ``add_callback``, one IOLoop turn later,
-and cannot stop a transfer once started.  We install our own ``WRITEFUNCTION``
-and ``HEADERFUNCTION`` in ``prepare_curl_callback`` so that decode -> translate ->
-``write()`` -> ``flush()`` runs synchronously inside curl's callback, and the write
-function returns 0 once the client has gone, which makes libcurl abort the
-transfer at once.  A transfer that is idle (no bytes to hand us) is aborted from
-outside through :meth:`GatewayCurlClient.abort`.
+chunks to the streaming callback through ``add_callback``, one IOLoop turn later
+and one call per chunk, and cannot stop a transfer once started.  We install our
+own ``WRITEFUNCTION`` and ``HEADERFUNCTION``: the body bytes of one socket action
+are gathered and handed to the transfer's ``on_data`` in one piece at the end of
+that action, still in the same IOLoop callback, so decode -> translate ->
+``write()`` -> ``flush()`` costs one client write per upstream read rather than one
+per SSE event.  ``on_data`` returning False (the client has gone) or raising
+aborts the transfer at once; a transfer that is idle (no bytes to hand us) is
+aborted from outside through :meth:`GatewayCurlClient.abort`.
 
 The status is only known for sure at the first body byte: a proxy's ``CONNECT``
 answer and ``100 Continue`` come with header blocks of their own, and the last
@@ -59,6 +61,45 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
                    max_body_size: int = 104857600) -> None:
         super().initialize(max_clients=0, defaults=defaults, max_body_size=max_body_size)
         self._max_handles = max_clients
+        # Transfers that received body bytes during the current socket action.
+        self.dirty: list[Transfer] = []
+
+    def _finish_pending_requests(self) -> None:
+        # Every socket action (socket event, timer, forced timeout) ends here: hand each
+        # streaming transfer what it received in that action, in one piece, before any
+        # transfer that completed in it is finished.
+        if self.dirty:
+            self._deliver()
+        super()._finish_pending_requests()
+
+    def _deliver(self) -> None:
+        """One ``on_data`` call per transfer per socket action, not one per HTTP chunk.
+
+        libcurl calls the write function once per chunk of a chunked body, and an
+        upstream that frames every SSE event as its own chunk would cost one client
+        write (a syscall) per event; here the events of one read go out in one write.
+        A handler that fails or whose client has gone aborts its transfer.
+        """
+        batch = self.dirty
+        self.dirty = []
+        for t in batch:
+            parts = t.pending
+            t.pending = []
+            if t.abort_kind is not None or t.abort_err is not None or t.on_data is None:
+                continue
+            try:
+                keep_going = t.on_data(parts[0] if len(parts) == 1 else b"".join(parts))
+            except ProxyError as err:
+                t.abort_err = err
+                keep_going = False
+            except Exception as exc:  # a bug must not leave the transfer running
+                log.exception("stream handler failed")
+                t.abort_err = ProxyError(ErrorKind.INTERNAL, f"internal error while streaming: {type(exc).__name__}")
+                keep_going = False
+            if not keep_going:
+                if t.abort_err is None:
+                    t.abort_kind = ErrorKind.INTERNAL  # client went away
+                self.abort(t)
 
     def _process_queue(self) -> None:
         need = len(self._requests) - len(self._free_list)
@@ -135,7 +176,7 @@ class Transfer:
     __slots__ = ("req", "curl", "status", "headers", "on_data", "body", "streaming",
                  "started", "first_tick", "last_tick", "abort_kind", "abort_err", "first_byte",
                  "idle", "client", "client_proxy", "_header_status", "future", "started_at", "connect_ms",
-                 "url")
+                 "url", "pending")
 
     def __init__(self, client: "Upstream", req: UpstreamRequest, on_data: Callable[[bytes], bool] | None,
                  first_byte: float, idle: float) -> None:
@@ -147,6 +188,7 @@ class Transfer:
         self.headers: dict[str, str] = {}
         self.on_data = on_data
         self.body: list[bytes] = []
+        self.pending: list[bytes] = []  # streamed bytes not yet handed to on_data
         self.streaming = False        # decided at the first body byte
         self.started = False          # any body byte seen
         tick = client.tick
@@ -184,18 +226,13 @@ class Transfer:
             self.status = self._header_status
             self.streaming = self.on_data is not None and 200 <= self.status < 300
         if self.streaming:
-            try:
-                keep_going = self.on_data(data)  # type: ignore[misc]
-            except ProxyError as err:
-                self.abort_err = err
+            # Delivered at the end of this socket action (GatewayCurlClient._deliver).
+            if self.abort_kind is not None or self.abort_err is not None:
                 return 0
-            except Exception as exc:  # a bug must not leave the transfer running
-                log.exception("stream handler failed")
-                self.abort_err = ProxyError(ErrorKind.INTERNAL, f"internal error while streaming: {type(exc).__name__}")
-                return 0
-            if not keep_going:
-                self.abort_kind = ErrorKind.INTERNAL  # client went away
-                return 0
+            pending = self.pending
+            if not pending:
+                self.client.http.dirty.append(self)
+            pending.append(data)
             return None
         self.body.append(data)
         return None

@@ -167,7 +167,8 @@ def test_openai_sdk_upstream_errors(harness: LoopThread, status: int, headers: d
 
 @pytest.mark.parametrize("fixture,message", [("error_midstream", "Overloaded"), ("cut", "ended before it finished")])
 def test_openai_sdk_midstream_error_and_cut(harness: LoopThread, fixture: str, message: str) -> None:
-    up = harness.upstream().push(Reply.sse_file(f"anthropic/{fixture}.sse"))
+    # One event per upstream write, 20 ms apart: the text is out before the failure.
+    up = harness.upstream().push(Reply.sse_file(f"anthropic/{fixture}.sse", delay=0.02))
     gw = harness.gateway(claude_config(up))
     got = ""
     with pytest.raises(openai.APIError) as e:
@@ -175,6 +176,25 @@ def test_openai_sdk_midstream_error_and_cut(harness: LoopThread, fixture: str, m
             got += (ch.choices[0].delta.content or "") if ch.choices else ""
     assert got in ("The answer begins", "This stream is cut")
     assert message in e.value.message
+
+
+def test_error_read_with_the_first_text_fails_over_before_the_first_byte(harness: LoopThread) -> None:
+    """Text and an error event in one upstream read: nothing has reached the client yet,
+    so the gateway drops the partial text and retries on the next account."""
+    up = harness.upstream()
+    up.push(Reply(200, {"Content-Type": "text/event-stream"}, fixture_bytes("anthropic/error_midstream.sse")))
+    up.push(Reply.sse_file("anthropic/text.sse"))
+    prov = anthropic_provider(up)
+    prov["accounts"] = [{"id": "acct-1", "api_key": "test-key-anthropic-1"},
+                        {"id": "acct-2", "api_key": "test-key-anthropic-2"}]
+    gw = harness.gateway(simple_config([prov], [{"id": "claude", "provider": "anth",
+                                                 "upstream_model": "claude-sonnet-4-20250514"}]))
+    chunks = list(oai(gw).chat.completions.create(model="claude", messages=MSGS, stream=True))
+    text = "".join((c.choices[0].delta.content or "") for c in chunks if c.choices)
+    assert text == "Hello there! Ünïcödé → ok"  # none of the first attempt's text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    keys = [r.headers.get("x-api-key") for r in up.requests]
+    assert keys == ["test-key-anthropic-1", "test-key-anthropic-2"]
 
 
 def test_openai_sdk_unsupported_parameter_is_rejected_before_upstream(harness: LoopThread) -> None:

@@ -207,7 +207,7 @@ def test_bad_key_is_an_account_problem_not_the_clients(harness: LoopThread) -> N
     ("gemini/midstream_error.sse", "overloaded"),
 ])
 def test_stream_failures_raise_in_the_sdk(harness: LoopThread, fixture: str, message: str) -> None:
-    up = harness.upstream().push(sse_events(fixture))
+    up = harness.upstream().push(sse_events(fixture, delay=0.02))  # the text is out before the failure
     gw = harness.gateway(config(up))
     text = ""
     with pytest.raises(openai.APIError) as e:

@@ -286,7 +286,7 @@ def test_responses_stream_on_anthropic_with_reasoning_round_trip(harness: LoopTh
 
 @needs_anthropic
 def test_responses_midstream_error_on_anthropic(harness: LoopThread) -> None:
-    up = harness.upstream().push(Reply.sse_file("anthropic/error_midstream.sse"))
+    up = harness.upstream().push(Reply.sse_file("anthropic/error_midstream.sse", delay=0.02))
     gw = harness.gateway(config(anthropic_upstream(up)))
     events = list(client(gw).responses.create(model="claude", input="hi", stream=True))
     assert [e.type for e in events[-2:]] == ["error", "response.failed"]
