@@ -7,12 +7,12 @@ import signal
 import sys
 from typing import Any
 
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from .app import Gateway, make_app
 from .config import Config
+from .http1 import HTTP1Server
 
 log = logging.getLogger("tornado_proxy")
 
@@ -72,19 +72,17 @@ class Server:
         _warm_up()
         # Bodies are size-checked by the handlers (413 in the client's format); the
         # server's own limit only stops absurd uploads before a handler sees them.
-        self.http = HTTPServer(self.app, xheaders=True,
-                               max_body_size=max(config.server["max_body_bytes"] * 2, 1 << 20),
-                               idle_connection_timeout=75)
+        self.http = HTTP1Server(self.app, xheaders=True,
+                                max_body_size=max(config.server["max_body_bytes"] * 2, 1 << 20),
+                                idle_timeout=75)
         self._stopped: asyncio.Event | None = None
 
-    def listen(self, sockets: Any = None) -> int:
-        if sockets is not None:
-            self.http.add_sockets(sockets)
-        else:
-            self.http.add_sockets(bind_sockets(self.port, self.host, backlog=LISTEN_BACKLOG))
-        port = next(iter(self.http._sockets.values())).getsockname()[1]
-        self.port = port
-        return port
+    async def listen(self, sockets: Any = None) -> int:
+        if sockets is None:
+            sockets = bind_sockets(self.port, self.host, backlog=LISTEN_BACKLOG)
+        await self.http.add_sockets(sockets)
+        self.port = self.http.port
+        return self.port
 
     def warn_open(self) -> None:
         if not self.gw.access_keys:
@@ -97,7 +95,7 @@ class Server:
             return
         self.gw.draining = True
         self.gw.metrics.draining.set(1)
-        self.http.stop()  # stop accepting; open connections keep going
+        self.http.start_drain()  # stop accepting, close idle keep-alive connections
         loop = IOLoop.current()
         deadline = loop.time() + float(self.config.server["drain_seconds"])
         log.info("draining: %d request(s) in flight, up to %ss", self.gw.active_requests,
@@ -139,7 +137,7 @@ async def _worker_main(config: Config, host: str, port: int, sockets: Any) -> No
     import gc
 
     server = Server(config, host, port)
-    server.listen(sockets)
+    await server.listen(sockets)
     # Everything built so far lives as long as the process: keep it out of the
     # collector's way, and make the full (slowest) pass rare; a pause there stalls
     # every stream in flight.

@@ -221,7 +221,7 @@ class LoopThread:
 
         async def start() -> Any:
             server = Server(cfg, "127.0.0.1", 0)
-            server.listen()
+            await server.listen()
             return server
 
         server = self.run(start())

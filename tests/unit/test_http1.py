@@ -1,0 +1,310 @@
+"""The HTTP/1.1 server (tornado_proxy/http1.py) on raw sockets: framing, keep-alive,
+pipelining, limits, timeouts, forwarded headers, drain."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any, Iterator
+
+import pytest
+import tornado.web
+from tornado.netutil import bind_sockets
+
+from tests.e2e.harness import LoopThread
+from tornado_proxy.http1 import HTTP1Server
+
+
+class Echo(tornado.web.RequestHandler):
+    def post(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"body": self.request.body.decode(), "ip": self.request.remote_ip,
+                                "proto": self.request.protocol, "path": self.request.path}))
+
+    def get(self) -> None:
+        self.finish({"ip": self.request.remote_ip, "proto": self.request.protocol})
+
+
+class Stream(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        for i in range(3):
+            self.write(f"data: {i}\n\n")
+            await self.flush()
+        self.finish()
+
+
+class Slow(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        import asyncio
+
+        await asyncio.sleep(0.3)
+        self.finish("late")
+
+
+@tornado.web.stream_request_body
+class Upload(tornado.web.RequestHandler):
+    def initialize(self) -> None:
+        self.parts: list[bytes] = []
+
+    def data_received(self, chunk: bytes) -> None:
+        self.parts.append(chunk)
+
+    def put(self) -> None:
+        self.finish({"size": sum(map(len, self.parts))})
+
+
+class Server:
+    def __init__(self, lt: LoopThread, **kw: Any) -> None:
+        self.lt = lt
+        app = tornado.web.Application([(r"/echo", Echo), (r"/stream", Stream), (r"/slow", Slow),
+                                       (r"/upload", Upload)], log_function=lambda h: None)
+        self.srv = HTTP1Server(app, **kw)
+
+        async def start() -> None:
+            await self.srv.add_sockets(bind_sockets(0, "127.0.0.1"))
+
+        lt.run(start())
+        self.port = self.srv.port
+
+    def connect(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return s
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            self.srv.stop()
+            await self.srv.close_all_connections()
+
+        self.lt.run(stop())
+
+
+@pytest.fixture
+def server(harness: LoopThread) -> Iterator[Server]:
+    s = Server(harness)
+    yield s
+    s.stop()
+
+
+def read_response(s: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response off the socket (Content-Length or chunked); leftover stays in buf."""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            raise EOFError(bytes(buf))
+        buf += d
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    buf[:] = rest
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if status == 100:
+        return status, headers, b""
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            while b"\r\n" not in buf:
+                buf += s.recv(65536)
+            size_line, _, rest = bytes(buf).partition(b"\r\n")
+            size = int(size_line, 16)
+            while len(rest) < size + 2:
+                rest += s.recv(65536)
+            body += rest[:size]
+            buf[:] = rest[size + 2:]
+            if size == 0:
+                return status, headers, body
+    n = int(headers.get("content-length", "0"))
+    while len(buf) < n:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    body = bytes(buf[:n])
+    buf[:] = buf[n:]
+    return status, headers, body
+
+
+def closed(s: socket.socket, timeout: float = 3) -> bool:
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except (ConnectionResetError, socket.timeout):
+        return False
+
+
+def post(path: str, body: bytes, extra: str = "", version: str = "1.1") -> bytes:
+    return (f"POST {path} HTTP/{version}\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server: Server) -> None:
+    s = server.connect()
+    buf = bytearray()
+    for i in range(20):
+        s.sendall(post("/echo", f"req {i}".encode()))
+        status, headers, body = read_response(s, buf)
+        assert status == 200 and json.loads(body)["body"] == f"req {i}"
+        assert "connection" not in headers
+    s.close()
+
+
+def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    s = server.connect()
+    # A slow answer first: the two behind it must wait for it, not overtake it.
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + post("/echo", b"two") + post("/echo", b"three"))
+    buf = bytearray()
+    got = [read_response(s, buf) for _ in range(3)]
+    assert [g[0] for g in got] == [200, 200, 200]
+    assert got[0][2] == b"late"
+    assert [json.loads(g[2])["body"] for g in got[1:]] == ["two", "three"]
+
+
+def test_streamed_answer_is_chunked(server: Server) -> None:
+    s = server.connect()
+    s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    buf = bytearray()
+    status, headers, body = read_response(s, buf)
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    s.sendall(post("/echo", b"after"))  # the connection is still good
+    assert json.loads(read_response(s, buf)[2])["body"] == "after"
+
+
+def test_http10_closes_unless_keep_alive_asked(server: Server) -> None:
+    s = server.connect()
+    s.sendall(post("/echo", b"a", version="1.0"))
+    status, headers, body = read_response(s, bytearray())
+    assert status == 200 and json.loads(body)["body"] == "a"
+    assert closed(s)
+    s = server.connect()
+    buf = bytearray()
+    s.sendall(post("/echo", b"b", "Connection: keep-alive\r\n", version="1.0"))
+    status, headers, _ = read_response(s, buf)
+    assert headers["connection"] == "Keep-Alive"
+    s.sendall(post("/echo", b"c", "Connection: keep-alive\r\n", version="1.0"))
+    assert json.loads(read_response(s, buf)[2])["body"] == "c"
+    # A streamed answer to HTTP/1.0 cannot be chunked: it ends with the connection.
+    s = server.connect()
+    s.sendall(b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    assert data.endswith(b"data: 2\n\n") and b"chunked" not in data.lower()
+
+
+def test_connection_close_is_honoured(server: Server) -> None:
+    s = server.connect()
+    s.sendall(post("/echo", b"x", "Connection: close\r\n"))
+    status, headers, _ = read_response(s, bytearray())
+    assert status == 200 and headers["connection"] == "close"
+    assert closed(s)
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"NOT A REQUEST\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),
+])
+def test_bad_requests_get_a_json_error_and_the_connection_closes(server: Server, raw: bytes, status: int) -> None:
+    s = server.connect()
+    s.sendall(raw)
+    got, headers, body = read_response(s, bytearray())
+    assert got == status
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert json.loads(body)["error"]["message"]
+    assert closed(s)
+
+
+def test_body_over_the_server_limit_is_413_before_it_is_read(harness: LoopThread) -> None:
+    srv = Server(harness, max_body_size=1000)
+    try:
+        s = srv.connect()
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+        status, _, body = read_response(s, bytearray())
+        assert status == 413 and b"too large" in body
+        # Chunked: no length up front, so it is cut off once it passes the limit.
+        s = srv.connect()
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  + b"400\r\n" + b"a" * 1024 + b"\r\n")
+        status, _, _ = read_response(s, bytearray())
+        assert status == 413
+    finally:
+        srv.stop()
+
+
+def test_chunked_request_body_is_streamed_to_the_handler(server: Server) -> None:
+    s = server.connect()
+    s.sendall(b"PUT /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(5):
+        s.sendall(b"1000\r\n" + b"z" * 4096 + b"\r\n")
+        time.sleep(0.01)
+    s.sendall(b"0\r\n\r\n")
+    status, _, body = read_response(s, bytearray())
+    assert status == 200 and json.loads(body) == {"size": 5 * 4096}
+
+
+def test_expect_100_continue(server: Server) -> None:
+    s = server.connect()
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    buf = bytearray()
+    status, _, _ = read_response(s, buf)
+    assert status == 100
+    s.sendall(b"hello")
+    status, _, body = read_response(s, buf)
+    assert status == 200 and json.loads(body)["body"] == "hello"
+
+
+def test_head_has_length_and_no_body(server: Server) -> None:
+    s = server.connect()
+    s.sendall(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.settimeout(2)
+    data = s.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405") or head.startswith(b"HTTP/1.1 200")
+    assert rest == b""
+
+
+def test_forwarded_headers_set_the_client_address_and_scheme(server: Server) -> None:
+    s = server.connect()
+    buf = bytearray()
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9, 198.51.100.7\r\n"
+              b"X-Forwarded-Proto: https\r\n\r\n")
+    assert json.loads(read_response(s, buf)[2]) == {"ip": "198.51.100.7", "proto": "https"}
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Real-Ip: not-an-ip\r\n\r\n")
+    assert json.loads(read_response(s, buf)[2]) == {"ip": "127.0.0.1", "proto": "http"}  # per request
+
+
+def test_idle_and_stalled_connections_are_closed(harness: LoopThread) -> None:
+    srv = Server(harness, idle_timeout=0.2, sweep_seconds=0.1)
+    try:
+        idle = srv.connect()
+        stalled = srv.connect()
+        stalled.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
+        busy = srv.connect()
+        busy.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # 0.3 s answer: longer than the timeout
+        assert closed(idle) and closed(stalled)
+        assert read_response(busy, bytearray())[2] == b"late"
+    finally:
+        srv.stop()
+
+
+def test_drain_closes_idle_connections_and_finishes_the_busy_ones(server: Server) -> None:
+    idle = server.connect()
+    idle.sendall(post("/echo", b"warm"))
+    read_response(idle, bytearray())
+    busy = server.connect()
+    busy.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.05)
+    server.lt.call(server.srv.start_drain)
+    assert closed(idle)
+    status, headers, body = read_response(busy, bytearray())
+    assert body == b"late" and headers["connection"] == "close"
+    assert closed(busy)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).sendall(post("/echo", b"x"))
+        raise ConnectionRefusedError  # connect may succeed on some stacks; it must not be served
