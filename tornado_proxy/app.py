@@ -1,7 +1,6 @@
 """The gateway object and the one route table."""
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +10,7 @@ import tornado.web
 from providers import PROVIDER_TYPES
 from providers.base import Provider
 
-from . import jsonutil
+from .accesslog import AccessLog
 from .account_metrics import AccountCollector
 from .config import Config, Router
 from .handlers.admin import ADMIN_ROUTES
@@ -27,7 +26,6 @@ from .metrics import Metrics
 from .scheduler import Scheduler
 from .upstream import Upstream
 
-access_log = logging.getLogger("tornado_proxy.access")
 
 
 @dataclass
@@ -118,6 +116,7 @@ class Gateway:
 
         # previous_response_id on non-Responses upstreams (handlers/responses.py)
         self.response_store = ResponseStore.from_config(s.get("response_store"))
+        self.access_log = AccessLog(s.get("log_format", "text"))
         self._openapi: dict[str, Any] | None = None
 
     def openapi(self) -> dict[str, Any]:
@@ -133,30 +132,28 @@ class Gateway:
 
     def close(self) -> None:
         self.upstream.close()
+        self.access_log.close()
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """One line per request; never headers or bodies (they carry keys)."""
+    gw = getattr(handler, "gw", None)
+    if gw is None or not gw.access_log.enabled:
+        return
     req = handler.request
-    status = 499 if getattr(handler, "_gone", False) else handler.get_status()
     kind = getattr(handler, "error_kind", None)
-    fields = {
-        "method": req.method, "path": req.path, "status": status,
+    ttfb = getattr(handler, "_ttfb", None)
+    gw.access_log.record({
+        "method": req.method, "path": req.path,
+        "status": 499 if getattr(handler, "_gone", False) else handler.get_status(),
         "ms": round(1000.0 * req.request_time(), 2),
         "model": getattr(handler, "model_id", "") or None,
         "provider": getattr(handler, "provider_name", "") or None,
         "account": getattr(handler, "account_id", "") or None,
         "error": kind.value if kind is not None else None,
         "remote": req.remote_ip,
-    }
-    ttfb = getattr(handler, "_ttfb", None)
-    if ttfb is not None:
-        fields["ttfb_ms"] = round(1000.0 * ttfb, 2)
-    gw = getattr(handler, "gw", None)
-    if gw is not None and gw.config.server.get("log_format") == "json":
-        access_log.info(jsonutil.dumps({k: v for k, v in fields.items() if v is not None}))
-    else:
-        access_log.info(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+        "ttfb_ms": round(1000.0 * ttfb, 2) if ttfb is not None else None,
+    })
 
 
 def make_app(gw: Gateway) -> tornado.web.Application:

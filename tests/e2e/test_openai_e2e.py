@@ -324,9 +324,10 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(harness: LoopThread, tmp_
     import urllib.request
 
     up = harness.upstream().push(Reply.sse_file("openai/text.sse", delay=0.1))
-    proc, port = start_cli(tmp_path, up_config(up, drain_seconds=10), workers=1)
+    cfg = up_config(up, drain_seconds=10, log_format="json", access_keys=["sk-gateway-secret-123456"])
+    proc, port = start_cli(tmp_path, cfg, workers=1)
     try:
-        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-gateway-secret-123456", max_retries=0)
         stream = c.chat.completions.create(model="my-model", messages=MSGS, stream=True)
         first = next(iter(stream))
         proc.send_signal(signal.SIGTERM)
@@ -339,6 +340,12 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(harness: LoopThread, tmp_
             proc.kill()
         err = proc.stderr.read().decode() if proc.stderr else ""
     assert "draining" in err
+    # The access log was written out before the exit: one JSON line per request, no key.
+    access = [json.loads(line) for line in err.splitlines() if line.startswith('{"ts"')]
+    chat = [a for a in access if a["path"] == "/v1/chat/completions"]
+    assert len(chat) == 1 and chat[0]["status"] == 200 and chat[0]["model"] == "my-model"
+    assert chat[0]["provider"] == "up" and chat[0]["ttfb_ms"] >= 0
+    assert "sk-gateway-secret" not in err
 
 
 def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
