@@ -26,16 +26,19 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
+from typing import TYPE_CHECKING
 
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
 from .base import (Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, bad_request,
                    error_message_from_body, iter_text_parts, parse_retry_after, stream_cut, unsupported)
+
+if TYPE_CHECKING:
+    from botocore.eventstream import EventStreamMessage
+
+# botocore (about 16 MiB once imported) is imported on first use, so a gateway with no
+# Bedrock provider never loads it.
 
 SIGNING_SERVICE = "bedrock"
 DEFAULT_BUDGETS = {"minimal": 1024, "low": 4096, "medium": 12288, "high": 24576}
@@ -165,25 +168,35 @@ def classify(status: int, headers: dict[str, str], body: bytes) -> ProxyError:
 # signing
 # ---------------------------------------------------------------------------
 
-class _SigV4AtTime(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hints
+_SIGNER: Any = None
+
+
+def _signer_class() -> Any:
     """botocore's SigV4 signer, with the signing time given rather than read.
 
-    ``SigV4Auth.add_auth`` reads the clock itself; this override repeats its steps
+    ``SigV4Auth.add_auth`` reads the clock itself; the subclass repeats its steps
     with the time passed in, calling botocore's own helpers for each (the canonical
     request, the string to sign, the key chain, the header).  Passing the time in is
     what lets a test check a known vector.
     """
+    global _SIGNER
+    if _SIGNER is None:
+        from botocore.auth import SigV4Auth
 
-    def __init__(self, credentials: Credentials, service: str, region: str, timestamp: str) -> None:
-        super().__init__(credentials, service, region)
-        self._timestamp = timestamp
+        class _SigV4AtTime(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hints
+            def __init__(self, credentials: Any, service: str, region: str, timestamp: str) -> None:
+                super().__init__(credentials, service, region)
+                self._timestamp = timestamp
 
-    def add_auth(self, request: AWSRequest) -> None:
-        request.context["timestamp"] = self._timestamp
-        self._modify_request_before_signing(request)
-        canonical = self.canonical_request(request)
-        signature = self.signature(self.string_to_sign(request, canonical), request)
-        self._inject_signature_to_request(request, signature)
+            def add_auth(self, request: Any) -> None:
+                request.context["timestamp"] = self._timestamp
+                self._modify_request_before_signing(request)
+                canonical = self.canonical_request(request)
+                signature = self.signature(self.string_to_sign(request, canonical), request)
+                self._inject_signature_to_request(request, signature)
+
+        _SIGNER = _SigV4AtTime
+    return _SIGNER
 
 
 def sigv4_sign(method: str, url: str, headers: dict[str, str], body: bytes, *, access_key: str,
@@ -194,10 +207,13 @@ def sigv4_sign(method: str, url: str, headers: dict[str, str], body: bytes, *, a
     Every header passed in is signed, as is the SHA-256 of ``body`` and the host of
     ``url``.  ``when`` is a unix time.
     """
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
     stamp = datetime.datetime.fromtimestamp(when, tz=datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     request = AWSRequest(method=method, url=url, headers=dict(headers), data=body)
-    _SigV4AtTime(Credentials(access_key, secret_key, session_token or None), service, region,
-                 stamp).add_auth(request)
+    _signer_class()(Credentials(access_key, secret_key, session_token or None), service, region,
+                    stamp).add_auth(request)
     return {k: v for k, v in request.headers.items()}
 
 
@@ -218,6 +234,8 @@ class EventStreamDecoder:
     __slots__ = ("_buf", "_pending", "_error")
 
     def __init__(self) -> None:
+        from botocore.eventstream import EventStreamBuffer
+
         self._buf = EventStreamBuffer()
         self._pending = 0  # bytes fed but not yet part of a whole message
         self._error: ProxyError | None = None
@@ -227,6 +245,8 @@ class EventStreamDecoder:
             raise self._error
         if not data:
             return []
+        from botocore.eventstream import ParserError
+
         self._buf.add_data(data)
         self._pending += len(data)
         out: list[EventStreamMessage] = []
@@ -956,6 +976,8 @@ class BedrockProvider(Provider):
         # SigV4 puts the signing time in the signature (and AWS rejects one more than
         # five minutes off), so build_request must read the clock; tests pass one in.
         self.clock = clock
+        _signer_class()  # load botocore now, not on the first request
+        import botocore.eventstream  # noqa: F401
 
     # -- configuration -------------------------------------------------------
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
