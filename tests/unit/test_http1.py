@@ -25,6 +25,13 @@ class Echo(tornado.web.RequestHandler):
         self.finish({"ip": self.request.remote_ip, "proto": self.request.protocol})
 
 
+class Headers(tornado.web.RequestHandler):
+    def get(self) -> None:
+        h = self.request.headers
+        self.finish({"key": h.get("X-Api-Key"), "multi": h.get_list("X-Multi"), "joined": h.get("x-multi"),
+                     "has": "CONTENT-TYPE" in h, "all": sorted(k for k, _ in h.get_all())})
+
+
 class Stream(tornado.web.RequestHandler):
     async def get(self) -> None:
         self.set_header("Content-Type", "text/event-stream")
@@ -57,7 +64,7 @@ class Upload(tornado.web.RequestHandler):
 class Server:
     def __init__(self, lt: LoopThread, **kw: Any) -> None:
         self.lt = lt
-        app = tornado.web.Application([(r"/echo", Echo), (r"/stream", Stream), (r"/slow", Slow),
+        app = tornado.web.Application([(r"/echo", Echo), (r"/headers", Headers), (r"/stream", Stream), (r"/slow", Slow),
                                        (r"/upload", Upload)], log_function=lambda h: None)
         self.srv = HTTP1Server(app, **kw)
 
@@ -308,3 +315,13 @@ def test_drain_closes_idle_connections_and_finishes_the_busy_ones(server: Server
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).sendall(post("/echo", b"x"))
         raise ConnectionRefusedError  # connect may succeed on some stacks; it must not be served
+
+
+def test_request_headers_are_case_insensitive_and_keep_repeats(server: Server) -> None:
+    s = server.connect()
+    s.sendall(b"GET /headers HTTP/1.1\r\nhost: x\r\nx-api-key: k1\r\nX-MULTI: a\r\nx-multi: b\r\n"
+              b"content-type: text/plain\r\n\r\n")
+    status, headers, body = read_response(s, bytearray())
+    assert json.loads(body) == {"key": "k1", "multi": ["a", "b"], "joined": "a,b", "has": True,
+                                "all": ["Content-Type", "Host", "X-Api-Key", "X-Multi", "X-Multi"]}
+    assert headers["date"].endswith(" GMT")

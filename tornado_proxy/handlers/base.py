@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -19,6 +20,7 @@ from providers.openai_chat import OpenAIChatFormat
 
 from .. import jsonutil
 from ..errors import ErrorKind, ProxyError, retry_after_header
+from ..http1 import new_headers
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -26,6 +28,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("tornado_proxy")
 
 OPENAI_FORMAT = OpenAIChatFormat()
+
+_date = [0, ""]
+
+
+def _http_date() -> str:
+    """The Date header, formatted once a second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0] = now
+        _date[1] = httputil.format_timestamp(now)
+    return _date[1]  # type: ignore[return-value]
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -35,6 +48,17 @@ class BaseHandler(tornado.web.RequestHandler):
     public = False           # no access key needed (health, metrics, openapi)
     # The error, if any, for the access log and metrics.
     error_kind: ErrorKind | None = None
+
+    def clear(self) -> None:
+        # Tornado's clear() builds its three default headers through HTTPHeaders'
+        # validating constructor and formats the Date every time: ~6 µs a request.
+        self._headers = new_headers({"Server": ["tornado-proxy"],
+                                     "Content-Type": ["text/html; charset=UTF-8"],
+                                     "Date": [_http_date()]})
+        self.set_default_headers()
+        self._write_buffer: list[bytes] = []
+        self._status_code = 200
+        self._reason = "OK"
 
     def initialize(self, gw: "Gateway") -> None:  # type: ignore[override]
         self.gw = gw
