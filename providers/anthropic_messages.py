@@ -679,6 +679,8 @@ class AnthropicStream(StreamTranslator):
         if not isinstance(obj, dict):
             raise self._bad("data that is not an object")
         etype = obj.get("type") or event.event
+        if etype == "content_block_delta" and self.phase is Phase.CONTENT:
+            return self._block_delta(obj)  # nearly every event: checked first
         if etype == "error":
             self.phase = Phase.FAILED
             raise upstream_error_event(obj)

@@ -35,6 +35,9 @@ class SSEEvent:
                 and self.id == other.id and self.retry == other.retry)
 
 
+_BLANK = [b""]
+
+
 class SSEDecoder:
     __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf")
 
@@ -58,9 +61,36 @@ class SSEDecoder:
         if b"\r" in buf:
             self._skip_lf = buf.endswith(b"\r")
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        elif not self._seen:
+            return self._blocks(buf)
         lines = buf.split(b"\n")
         self._buf = lines.pop()
         return self._lines(lines) if lines else []
+
+    def _blocks(self, buf: bytes) -> list[SSEEvent]:
+        """The fast path (LF line ends, no event half-read): whole events at a time.
+
+        The usual event is ``event: NAME\\ndata: JSON`` or ``data: JSON``; those are cut
+        out directly, anything else goes through the line rules.  What follows the
+        last blank line stays buffered whole until its event is complete.
+        """
+        blocks = buf.split(b"\n\n")
+        self._buf = blocks.pop()
+        out: list[SSEEvent] = []
+        for block in blocks:
+            if block[:6] == b"data: ":
+                if b"\n" not in block:
+                    out.append(SSEEvent(None, block[6:].decode("utf-8", "replace"), self._id))
+                    continue
+            elif block[:7] == b"event: ":
+                nl = block.find(b"\n")
+                if nl > 0 and block[nl + 1:nl + 7] == b"data: " and block.find(b"\n", nl + 1) < 0:
+                    out.append(SSEEvent(block[7:nl].decode("utf-8", "replace"),
+                                        block[nl + 7:].decode("utf-8", "replace"), self._id))
+                    continue
+            out.extend(self._lines(block.split(b"\n")))
+            out.extend(self._lines(_BLANK))
+        return out
 
     def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
         out: list[SSEEvent] = []
@@ -103,8 +133,8 @@ class SSEDecoder:
         """
         rest = self._buf
         self._buf = b""
-        out = self._lines([rest]) if rest else []
-        out.extend(self._lines([b""]))
+        out = self._lines(rest.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")) if rest else []
+        out.extend(self._lines(_BLANK))
         return out
 
 

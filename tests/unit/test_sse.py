@@ -65,3 +65,53 @@ def test_encoders() -> None:
     assert encode_event("x") == b"data: x\n\n"
     assert encode_event("x", "ping") == b"event: ping\ndata: x\n\n"
     assert encode_json({"a": "é/"}, "e") == 'event: e\ndata: {"a":"é/"}\n\n'.encode()
+
+
+def reference(raw: bytes) -> list[SSEEvent]:
+    """The WHATWG rules, line by line on the whole input: what any split must give."""
+    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").decode("utf-8", "replace")
+    out: list[SSEEvent] = []
+    data: list[str] = []
+    event = None
+    ident = None
+    retry = None
+    seen = False
+    for line in text.split("\n") + [""]:
+        if not line:
+            if seen:
+                out.append(SSEEvent(event, "\n".join(data), ident, retry))
+            data, event, retry, seen = [], None, None, False
+            continue
+        if line.startswith(":"):
+            continue
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+            seen = True
+        elif field == "event":
+            event, seen = value, True
+        elif field == "id":
+            ident, seen = value, True
+        elif field == "retry":
+            if value.isdigit():
+                retry = int(value)
+            seen = True
+    return out
+
+
+def test_random_streams_decode_the_same_however_split() -> None:
+    """The whole-event fast path and the line path must agree, for any line ends and splits."""
+    rnd = random.Random(8)
+    pieces = [b"data: {\"a\": 1}", b"event: content_block_delta", b"data: x", b"data:y", b": ping",
+              b"id: 3", b"retry: 50", b"data: \xc3\xa9\xe6\x97\xa5", b"event: e", b"data", b"foo: bar", b""]
+    for _ in range(300):
+        ends = rnd.choice([[b"\n"], [b"\r\n"], [b"\n", b"\r\n", b"\r"]])
+        raw = b"".join(rnd.choice(pieces) + rnd.choice(ends) for _ in range(rnd.randint(1, 30)))
+        raw += b"\n\n"
+        want = reference(raw)
+        assert decode([raw]) == want, raw
+        cuts = sorted(rnd.sample(range(1, len(raw)), min(len(raw) - 1, rnd.randint(1, 8))))
+        parts = [raw[i:j] for i, j in zip([0] + cuts, cuts + [len(raw)])]
+        assert decode(parts) == want, (raw, cuts)
