@@ -680,7 +680,14 @@ class AnthropicStream(StreamTranslator):
             raise self._bad("data that is not an object")
         etype = obj.get("type") or event.event
         if etype == "content_block_delta" and self.phase is Phase.CONTENT:
-            return self._block_delta(obj)  # nearly every event: checked first
+            # Nearly every event, and nearly always text into an open text block.
+            delta = obj.get("delta")
+            if type(delta) is dict and delta.get("type") == "text_delta":
+                b = self.blocks.get(obj.get("index"))  # type: ignore[arg-type]
+                if b is not None and b.kind == "text":
+                    text = delta.get("text")
+                    return [self._chunk({"content": text})] if text else []
+            return self._block_delta(obj)
         if etype == "error":
             self.phase = Phase.FAILED
             raise upstream_error_event(obj)

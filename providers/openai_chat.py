@@ -14,6 +14,7 @@ from typing import Any
 
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, openai_body
+from tornado_proxy.jsonutil import dumpb
 from tornado_proxy.sse import DONE, encode_json
 
 from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
@@ -196,7 +197,7 @@ class OpenAIEncoder(StreamEncoder):
             if not chunk.get("choices"):
                 return b""  # the usage chunk the client did not ask for
             chunk = {k: v for k, v in chunk.items() if k != "usage"}
-        return encode_json(chunk)
+        return b"data: " + dumpb(chunk) + b"\n\n"
 
     def finish(self) -> bytes:
         return DONE
