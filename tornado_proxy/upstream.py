@@ -17,19 +17,27 @@ status line before the body is the one that counts.  So the first body byte
 decides whether the transfer streams to the client (2xx) or is buffered as an
 error body for the provider's ``classify_error``.
 
+Our transfers bypass Tornado's per-request bookkeeping in the curl client (see
+:class:`GatewayCurlClient`): a transfer is sent in the call that starts it rather than
+on the next IOLoop turn, finishes by resolving its future with ``(errno, starttransfer)``
+rather than an ``HTTPResponse``, libcurl's timer is kept rather than replaced per
+callback, and sockets are registered with the asyncio loop directly.  Tornado's own
+requests (OAuth refreshes) still take Tornado's code paths in the same client.
+
 Timeouts: ``connect`` is curl's own.  ``first_byte`` and ``idle`` are enforced by
 one shared sweeper that ticks four times a second; a transfer records the tick at
 which it last received bytes (an int copy per chunk, no clock read on the hot path).
 """
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any, Callable
 
 import pycurl
 from tornado.curl_httpclient import CurlAsyncHTTPClient
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
-from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.httpclient import AsyncHTTPClient
+from tornado.ioloop import PeriodicCallback
 
 from providers.base import UpstreamRequest
 
@@ -50,28 +58,283 @@ _E_CUT = (18, 52, 55, 56, 92)      # partial file, empty reply, send/recv error,
 
 
 class GatewayCurlClient(CurlAsyncHTTPClient):
-    """The curl client with a public way to stop a transfer, and handles made on demand.
+    """The curl client with a lean path for our own transfers, and handles made on demand.
 
     Tornado creates all ``max_clients`` easy handles up front: 10 000 of them (what
     10 000 concurrent streams need) cost about 40 MiB before the first request.
     Here they are created as the queue needs them, up to ``max_clients``, and kept.
+
+    Our :class:`Transfer` objects do not go through Tornado's per-request machinery,
+    which costs more than the rest of the curl layer: an ``info`` dict with a header
+    object, a buffer and two clock reads at the start; eight ``getinfo`` calls, a
+    timing dict and an ``HTTPResponse`` at the end; and a 0 ms timer, so that the
+    request only goes out on the next IOLoop turn.  Instead a transfer takes a handle,
+    is set up, added and driven at once (:meth:`start_transfer`), and is finished by
+    :meth:`_finish_transfer`, which resolves its future with ``(errno, starttransfer)``.
+    A handle running one of ours has ``curl.transfer`` set; Tornado's own requests
+    (OAuth refreshes through ``AsyncHTTPClient().fetch``) leave it None and take
+    Tornado's code paths, ``curl.info`` and all.  Both kinds wait in Tornado's FIFO
+    queue ``_requests`` (ours as ``(transfer, None, 0.0)``) when no handle is free.
     """
 
     def initialize(self, max_clients: int = 10, defaults: Any = None,  # type: ignore[override]
                    max_body_size: int = 104857600) -> None:
+        # (before Tornado's initialize: its dummy add_handle already calls _set_timeout)
+        self._timeout_at = 0.0   # when self._timeout (if not None) fires, in IOLoop time
+        self._adding = False     # inside add_handle on the fetch path: the kick follows at once
         super().initialize(max_clients=0, defaults=defaults, max_body_size=max_body_size)
         self._max_handles = max_clients
         # Transfers that received body bytes during the current socket action.
         self.dirty: list[Transfer] = []
+        self._aio = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
+
+    def _curl_create(self) -> pycurl.Curl:
+        curl = super()._curl_create()
+        curl.transfer = None  # type: ignore[attr-defined]  # ours while it runs one of our transfers
+        curl.info = None      # type: ignore[attr-defined]  # Tornado's while it runs one of its requests
+        return curl
+
+    def close(self) -> None:
+        # Our socket registrations go straight to the asyncio loop (see _handle_socket),
+        # not through Tornado's add_handler: take them out before the multi goes.
+        aio = self._aio
+        if not aio.is_closed():
+            for fd, ev in self._fds.items():
+                if ev & pycurl.POLL_IN:
+                    aio.remove_reader(fd)
+                if ev & pycurl.POLL_OUT:
+                    aio.remove_writer(fd)
+        self._fds.clear()
+        super().close()
+
+    # -- our transfers: start, kick, finish, abort -------------------------------
+    def start_transfer(self, t: "Transfer") -> None:
+        """Start ``t`` now if a handle is free (or may be made), else queue it.
+
+        Unlike Tornado's ``fetch_impl`` (queue, then a 0 ms timer), the request goes
+        out in this call: after ``add_handle`` we run the socket action that timer
+        would have run.  Only ever called from the fetch path, never from inside a
+        curl callback, where libcurl forbids calling back into the multi.
+        """
+        if not self._requests:  # else earlier requests wait for a handle: keep FIFO
+            free = self._free_list
+            if free:
+                curl = free.pop()
+            elif len(self._curls) < self._max_handles:
+                curl = self._curl_create()
+                self._curls.append(curl)
+            else:
+                curl = None
+            if curl is not None:
+                if self._start(curl, t, True):
+                    self._kick()
+                return
+        self._requests.append((t, None, 0.0))  # type: ignore[arg-type]
+
+    def _start(self, curl: pycurl.Curl, t: "Transfer", kick: bool) -> bool:
+        try:
+            self._setup_transfer(curl, t)
+        except Exception:
+            # As Tornado does when a request's setup fails: the handle goes back and
+            # the transfer ends at once (Upstream.wait reports it as curl error 42).
+            curl.reset()
+            self._free_list.append(curl)
+            _complete(t, _E_ABORTED, 0.0)
+            return False
+        curl.transfer = t  # type: ignore[attr-defined]
+        t.curl = curl
+        # libcurl asks for a 0 ms timer from inside add_handle; on the fetch path the
+        # kick right after does what that timer would, so none is made (_set_timeout).
+        self._adding = kick
+        try:
+            self._multi.add_handle(curl)
+        except pycurl.error:
+            log.exception("curl add_handle failed")
+            curl.transfer = None  # type: ignore[attr-defined]
+            t.curl = None
+            curl.reset()
+            self._free_list.append(curl)
+            _complete(t, _E_ABORTED, 0.0)
+            return False
+        finally:
+            self._adding = False
+        return True
+
+    def _kick(self) -> None:
+        """Drive a just-added transfer now, as the 0 ms timer would on the next turn."""
+        multi = self._multi
+        while True:
+            try:
+                ret = multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)[0]
+            except pycurl.error as e:
+                ret = e.args[0]
+            if ret != pycurl.E_CALL_MULTI_PERFORM:
+                break
+        self._finish_pending_requests()
+
+    def _finish_transfer(self, curl: pycurl.Curl, errno: int | None) -> None:
+        """End one of ours: only what Upstream.wait needs, then the handle goes back."""
+        t: Transfer = curl.transfer  # type: ignore[attr-defined]
+        curl.transfer = None  # type: ignore[attr-defined]
+        t.curl = None
+        self._multi.remove_handle(curl)  # also drops any completion message still queued for it
+        st = curl.getinfo(pycurl.STARTTRANSFER_TIME)  # Tornado's time_info["starttransfer"]
+        curl.reset()  # also lets go of our callbacks (bound to t) and the request body
+        self._free_list.append(curl)
+        _complete(t, errno, st)
 
     def _finish_pending_requests(self) -> None:
-        # Every socket action (socket event, timer, forced timeout) ends here: hand each
-        # streaming transfer what it received in that action, in one piece, before any
-        # transfer that completed in it is finished.
+        # Every socket action (socket event, timer, kick) ends here: hand each streaming
+        # transfer what it received in that action, in one piece, before any transfer
+        # that completed in it is finished.
         if self.dirty:
             self._deliver()
-        super()._finish_pending_requests()
+        info_read = self._multi.info_read
+        while True:
+            num_q, ok_list, err_list = info_read()
+            for curl in ok_list:
+                if curl.transfer is not None:
+                    self._finish_transfer(curl, None)
+                elif curl.info is not None:
+                    self._finish(curl)
+            for curl, errnum, errmsg in err_list:
+                if curl.transfer is not None:
+                    self._finish_transfer(curl, errnum)
+                elif curl.info is not None:
+                    self._finish(curl, errnum, errmsg)
+            if num_q == 0:
+                break
+        if self._requests:
+            self._process_queue()
 
+    def _process_queue(self) -> None:
+        """Start queued requests, oldest first, while handles are free or may be made."""
+        requests = self._requests
+        free = self._free_list
+        while requests:
+            if not free:
+                if len(self._curls) >= self._max_handles:
+                    return
+                curl = self._curl_create()
+                self._curls.append(curl)
+                free.append(curl)
+            if requests[0][1] is None:  # one of our transfers
+                # Not kicked: this may run inside a socket action's aftermath or an abort;
+                # libcurl's 0 ms timer starts it on the next turn, as Tornado would.
+                self._start(free.pop(), requests.popleft()[0], False)  # type: ignore[arg-type]
+                continue
+            # An ordinary HTTPRequest: Tornado's own _process_queue starts it (curl.info,
+            # its setup, its error handling), handed a queue of just this request.
+            one = collections.deque((requests.popleft(),))
+            self._requests = one
+            try:
+                super()._process_queue()
+            finally:
+                self._requests = requests
+                if one:  # (a fetch made by a callback while it ran)
+                    requests.extend(one)
+
+    def abort(self, transfer: "Transfer") -> None:
+        """Stop ``transfer``, running or queued.  Never from inside a curl callback
+        (those return 0 instead): removing the handle from the multi is safe here."""
+        curl = transfer.curl
+        if curl is not None and curl.transfer is transfer:  # type: ignore[attr-defined]
+            self._finish_transfer(curl, _E_ABORTED)
+            if self._requests:
+                self._process_queue()
+            return
+        # Still queued for a free handle: take it out of the queue.
+        requests = self._requests
+        for item in requests:
+            if item[0] is transfer:
+                requests.remove(item)
+                _complete(transfer, _E_ABORTED, 0.0)
+                return
+
+    # -- libcurl's callbacks into the event loop ---------------------------------------
+    def _set_timeout(self, msecs: int) -> None:
+        """libcurl's timer callback, keeping one timer instead of replacing it per call.
+
+        Tornado removes and re-adds its timer on every call, and libcurl calls about
+        three times per transfer (0 at add_handle, the connect timeout, -1).  Here a
+        timer is only made when nothing is pending or the new deadline is earlier:
+
+        * -1 (no timeout needed) leaves a pending timer alone; it fires harmlessly;
+        * a later or equal deadline than the pending one is ignored: the early fire runs
+          a socket action that does nothing, and ``_handle_timeout`` then resyncs from
+          ``multi.timeout()``, which schedules the real deadline;
+        * 0 from inside ``add_handle`` on the fetch path needs no timer: the kick
+          (``start_transfer``) runs that socket action right away.
+        """
+        if msecs < 0 or (self._adding and msecs == 0):
+            return
+        io_loop = self.io_loop
+        when = io_loop.time() + msecs / 1000.0
+        if self._timeout is not None:
+            if when >= self._timeout_at:
+                return
+            io_loop.remove_timeout(self._timeout)
+        self._timeout_at = when
+        self._timeout = io_loop.add_timeout(when, self._handle_timeout)
+
+    def _handle_socket(self, event: int, fd: int, multi: pycurl.CurlMulti, data: Any) -> None:
+        """libcurl's socket callback, registering with the asyncio loop directly.
+
+        Tornado always removes and re-adds the handler (through its own add_handler
+        layer), because an old libcurl could close a socket and reuse its fd without a
+        POLL_REMOVE, and epoll silently drops a closed fd.  Current libcurl announces
+        every close with POLL_REMOVE, so: a new fd is one add, POLL_REMOVE one remove,
+        a change of events an update; an update that fails because the fd went stale
+        (asyncio's selector then forgets it) and a repeat of the same events for a known
+        fd (libcurl thinks the socket is new) re-register from scratch.
+        ``self._fds`` maps fd -> libcurl's POLL_* mask (bit 1 in, bit 2 out).
+        """
+        fds = self._fds
+        old = fds.get(fd)
+        if event == pycurl.POLL_REMOVE:
+            if old is not None:
+                del fds[fd]
+                self._unwatch(fd, old)
+            return
+        if old is None:
+            self._watch(fd, event)
+        elif old == event:
+            self._unwatch(fd, old)
+            self._watch(fd, event)
+        else:
+            try:
+                self._unwatch(fd, old & ~event)
+                self._watch(fd, event & ~old)
+            except OSError:
+                self._unwatch(fd, pycurl.POLL_INOUT)
+                self._watch(fd, event)
+        fds[fd] = event
+
+    def _watch(self, fd: int, ev: int) -> None:
+        if ev & pycurl.POLL_IN:
+            self._aio.add_reader(fd, self._on_socket, fd, pycurl.CSELECT_IN)
+        if ev & pycurl.POLL_OUT:
+            self._aio.add_writer(fd, self._on_socket, fd, pycurl.CSELECT_OUT)
+
+    def _unwatch(self, fd: int, ev: int) -> None:
+        if ev & pycurl.POLL_IN:
+            self._aio.remove_reader(fd)
+        if ev & pycurl.POLL_OUT:
+            self._aio.remove_writer(fd)
+
+    def _on_socket(self, fd: int, action: int) -> None:
+        """The asyncio loop's reader/writer callback (Tornado's _handle_events)."""
+        multi = self._multi
+        while True:
+            try:
+                ret = multi.socket_action(fd, action)[0]
+            except pycurl.error as e:
+                ret = e.args[0]
+            if ret != pycurl.E_CALL_MULTI_PERFORM:
+                break
+        self._finish_pending_requests()
+
+    # -- streaming -------------------------------------------------------------------
     def _deliver(self) -> None:
         """One ``on_data`` call per transfer per socket action, not one per HTTP chunk.
 
@@ -101,17 +364,8 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
                     t.abort_kind = ErrorKind.INTERNAL  # client went away
                 self.abort(t)
 
-    def _process_queue(self) -> None:
-        need = len(self._requests) - len(self._free_list)
-        while need > 0 and len(self._curls) < self._max_handles:
-            curl = self._curl_create()
-            self._curls.append(curl)
-            self._free_list.append(curl)
-            need -= 1
-        super()._process_queue()
-
-    def _curl_setup_request(self, curl: pycurl.Curl, request: Any, buffer: Any, headers: Any) -> None:
-        """Our own transfers get a lean setup; anything else (OAuth refreshes) Tornado's.
+    def _setup_transfer(self, curl: pycurl.Curl, request: "Transfer") -> None:
+        """A lean setup for our own transfers (Tornado's is for its own requests only).
 
         Tornado's generic setup costs more per request than the rest of our pipeline
         (two dozen options, header objects, a request proxy). The handle was reset()
@@ -119,10 +373,6 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         TLS verification, IPv4/IPv6 and environment proxies keep libcurl's defaults,
         as they do under Tornado's setup.
         """
-        if not isinstance(request, Transfer):
-            super()._curl_setup_request(curl, request, buffer, headers)
-            return
-        request.curl = curl
         req = request.req
         setopt = curl.setopt
         setopt(pycurl.PROTOCOLS, _HTTP_ONLY)
@@ -150,21 +400,12 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         elif method != "GET":
             setopt(pycurl.CUSTOMREQUEST, method)
 
-    def abort(self, transfer: "Transfer") -> None:
-        curl = transfer.curl
-        info = getattr(curl, "info", None) if curl is not None else None
-        if info is not None and info["request"] is transfer:
-            # Not called from inside a curl callback (those return 0 instead), so
-            # finishing the handle here is safe; _finish removes it from the multi.
-            self._finish(curl, _E_ABORTED, "aborted by the gateway")
-            self._process_queue()
-            return
-        # Still queued for a free handle: take it out of the queue.
-        for item in list(self._requests):
-            if item[0] is transfer:
-                self._requests.remove(item)
-                item[1](None)
-                return
+
+def _complete(t: "Transfer", errno: int | None, starttransfer: float) -> None:
+    """Resolve ``t``'s future with the outcome ``Upstream.wait`` turns into a Result."""
+    fut = t.future
+    if fut is not None and not fut.done():
+        fut.set_result((errno, starttransfer))
 
 
 _HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
@@ -199,7 +440,7 @@ class Transfer:
         self.first_byte = max(1, int(first_byte * TICKS_PER_SECOND)) if first_byte else 0
         self.idle = max(1, int(idle * TICKS_PER_SECOND)) if idle else 0
         self.client_proxy: str | None = None
-        self.url = req.url  # read by Tornado's HTTPResponse
+        self.url = req.url
         self.connect_ms = 10000
         self.future: Any = None
         self.started_at = 0.0
@@ -247,11 +488,6 @@ class Transfer:
                 raise ProxyError(ErrorKind.INTERNAL, f"illegal character in upstream header {k!r}")
             out.append(line)
         return out
-
-    def done(self, resp: HTTPResponse | None) -> None:
-        """Tornado's completion callback (None: taken out of the queue by abort)."""
-        if not self.future.done():
-            self.future.set_result(resp)
 
     # -- control ---------------------------------------------------------------
     def abort(self, kind: ErrorKind) -> None:
@@ -312,38 +548,32 @@ class Upstream:
         t = Transfer(self, req, on_data, first_byte, idle)
         t.connect_ms = int(connect_timeout * 1000)
         t.client_proxy = proxy
-        loop = IOLoop.current()
-        t.started_at = loop.time()
-        t.future = loop.asyncio_loop.create_future()  # type: ignore[attr-defined]
+        aio = self.http._aio  # the loop the curl client (one per IOLoop) runs on
+        t.started_at = aio.time()  # = IOLoop.time()
+        t.future = aio.create_future()
         self.active.add(t)
-        # Straight into the curl client's queue: no HTTPRequest, no request proxy.
+        # Straight to the curl client: no HTTPRequest, no request proxy, sent in this call
+        # when a handle is free (GatewayCurlClient.start_transfer).
         # No total timeout (streams are long): first-byte and idle are the sweeper's.
-        self.http.fetch_impl(t, t.done)  # type: ignore[arg-type]
+        self.http.start_transfer(t)
         return t
 
     async def wait(self, t: Transfer) -> Result:
         """The outcome of a transfer.  Never raises for transport problems: ``Result.error`` says."""
-        errno: int | None = None
         try:
-            resp: HTTPResponse | None = await t.future
+            # (curl's errno or None, libcurl's STARTTRANSFER_TIME or 0.0): see
+            # GatewayCurlClient._finish_transfer.  Errno 42 also stands for "taken out of
+            # the queue by abort" and "setup failed", as the curl client reported them.
+            errno, st = await t.future
         finally:
             self.active.discard(t)
-            # Transfer -> future -> HTTPResponse -> Transfer is a cycle that would hold the
-            # whole request (handler, connection, stream) until the slowest GC pass.
+            # Transfer -> future -> (its awaiting task, until resolved) -> Transfer: drop the
+            # link so nothing can keep the whole request (handler, connection, stream)
+            # alive until the slowest GC pass.  (The outcome itself is a plain tuple; the
+            # curl.transfer <-> t.curl links are cut in _finish_transfer.)
             t.future = None
-        if resp is None:  # taken out of the queue before it started
-            errno = _E_ABORTED
-        ttfb = None
-        if resp is not None and resp.time_info:
-            st = resp.time_info.get("starttransfer")
-            if st:
-                ttfb = float(st)
-        if ttfb is None:
-            ttfb = IOLoop.current().time() - t.started_at
+        ttfb = float(st) if st else self.http._aio.time() - t.started_at
         status = t.status or t._header_status
-        if resp is not None and resp.code == 599 and resp.error is not None:
-            errno = getattr(resp.error, "errno", None) or _E_ABORTED
-        # (a CurlError carries curl's errno; fetch_impl hands it to us instead of raising)
         return Result(status, t.headers, b"".join(t.body), self._error(t, errno), ttfb)
 
     async def fetch(self, req: UpstreamRequest, **kw: Any) -> Result:
