@@ -673,10 +673,10 @@ class AnthropicStream(StreamTranslator):
 
     def feed(self, event: Any) -> list[JSON]:
         try:
-            obj = jsonutil.loads(event.data)
+            obj = event.json()
         except ValueError:
             raise self._bad("data that is not JSON") from None
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             raise self._bad("data that is not an object")
         etype = obj.get("type") or event.event
         if etype == "content_block_delta" and self.phase is Phase.CONTENT:

@@ -16,15 +16,33 @@ from . import jsonutil
 
 
 class SSEEvent:
-    __slots__ = ("event", "data", "id", "retry")
+    """One event.  ``data`` is text; an event cut out by the fast path keeps its data as
+    the raw bytes and decodes them only if asked, since ``json()`` parses the bytes."""
 
-    def __init__(self, event: str | None, data: str, id: str | None = None, retry: int | None = None) -> None:
+    __slots__ = ("event", "_data", "raw", "id", "retry")
+
+    def __init__(self, event: str | None, data: str | None, id: str | None = None, retry: int | None = None,
+                 raw: bytes | None = None) -> None:
         self.event = event
-        self.data = data
+        self._data = data
+        self.raw = raw
         self.id = id
         self.retry = retry
 
+    @property
+    def data(self) -> str:
+        d = self._data
+        if d is None:
+            d = self._data = self.raw.decode("utf-8", "replace")  # type: ignore[union-attr]
+        return d
+
     def json(self) -> Any:
+        raw = self.raw
+        if raw is not None:
+            try:
+                return jsonutil.loads(raw)
+            except ValueError:
+                pass  # e.g. invalid UTF-8 inside a string: decoded with replacement below
         return jsonutil.loads(self.data)
 
     def __repr__(self) -> str:
@@ -33,6 +51,19 @@ class SSEEvent:
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, SSEEvent) and self.event == other.event and self.data == other.data
                 and self.id == other.id and self.retry == other.retry)
+
+
+# Event names repeat: decoded once each (bounded).
+_NAMES: dict[bytes, str] = {}
+
+
+def _name(raw: bytes) -> str:
+    n = _NAMES.get(raw)
+    if n is None:
+        n = raw.decode("utf-8", "replace")
+        if len(_NAMES) < 256:
+            _NAMES[raw] = n
+    return n
 
 
 _BLANK = [b""]
@@ -77,19 +108,21 @@ class SSEDecoder:
         blocks = buf.split(b"\n\n")
         self._buf = blocks.pop()
         out: list[SSEEvent] = []
+        append = out.append
+        ident = self._id
         for block in blocks:
-            if block[:6] == b"data: ":
-                if b"\n" not in block:
-                    out.append(SSEEvent(None, block[6:].decode("utf-8", "replace"), self._id))
+            nl = block.find(b"\n")
+            if nl < 0:
+                if block.startswith(b"data: "):
+                    append(SSEEvent(None, None, ident, None, block[6:]))
                     continue
-            elif block[:7] == b"event: ":
-                nl = block.find(b"\n")
-                if nl > 0 and block[nl + 1:nl + 7] == b"data: " and block.find(b"\n", nl + 1) < 0:
-                    out.append(SSEEvent(block[7:nl].decode("utf-8", "replace"),
-                                        block[nl + 7:].decode("utf-8", "replace"), self._id))
-                    continue
+            elif block.startswith(b"event: ") and block.startswith(b"data: ", nl + 1) \
+                    and block.find(b"\n", nl + 1) < 0:
+                append(SSEEvent(_name(block[7:nl]), None, ident, None, block[nl + 7:]))
+                continue
             out.extend(self._lines(block.split(b"\n")))
             out.extend(self._lines(_BLANK))
+            ident = self._id
         return out
 
     def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
