@@ -72,6 +72,20 @@ class Metrics:
         self._ttfb: dict[tuple[str, str], Any] = {}
         self._tok: dict[tuple[str, str, str], Any] = {}
         self._out: dict[tuple[str, str], Any] = {}
+        self._up_ttfb: dict[str, Any] = {}
+        self._streams: dict[str, Any] = {}
+
+    def observe_upstream_ttfb(self, provider: str, seconds: float) -> None:
+        h = self._up_ttfb.get(provider)
+        if h is None:
+            h = self._up_ttfb[provider] = self.upstream_ttfb.labels(provider)
+        h.observe(seconds)
+
+    def streams_gauge(self, route: str) -> Any:
+        g = self._streams.get(route)
+        if g is None:
+            g = self._streams[route] = self.active_streams.labels(route)
+        return g
 
     def init_providers(self, providers: Iterable[str]) -> None:
         """Create every provider x outcome series at start, so rates exist before traffic."""

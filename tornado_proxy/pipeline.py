@@ -298,7 +298,7 @@ class LLMHandler(BaseHandler):
             self._transfer = t
             res = await self.gw.upstream.wait(t)
             self._transfer = None
-            self.gw.metrics.upstream_ttfb.labels(provider.name).observe(res.ttfb or 0.0)
+            self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
             if self._gone:
                 return
             if res.error is None and not (200 <= res.status < 300):
@@ -338,7 +338,7 @@ class LLMHandler(BaseHandler):
         self._transfer = t
         res = await self.gw.upstream.wait(t)
         self._transfer = None
-        self.gw.metrics.upstream_ttfb.labels(provider.name).observe(res.ttfb or 0.0)
+        self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
         if self._gone:
             return
         if res.error is not None:
@@ -414,7 +414,7 @@ class LLMHandler(BaseHandler):
 
     def _start_stream(self) -> None:
         self._streaming = True
-        self.gw.metrics.active_streams.labels(self.route_name).inc()
+        self.gw.metrics.streams_gauge(self.route_name).inc()
         for k, v in SSE_HEADERS:
             self.set_header(k, v)
 
@@ -457,7 +457,7 @@ class LLMHandler(BaseHandler):
             self._counted = False
             self.gw.active_requests -= 1
             if self._streaming:
-                self.gw.metrics.active_streams.labels(self.route_name).dec()
+                self.gw.metrics.streams_gauge(self.route_name).dec()
             if self._usage:
                 self.gw.metrics.observe_tokens(self.provider_name, self.model_id, self._usage)
 
