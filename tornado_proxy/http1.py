@@ -138,6 +138,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.last_read = 0                      # server tick of the last byte read
         self.writable = True                    # False while the socket buffer is over its high-water mark
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._on_writable: list[Callable[[], None]] = []
         self._paused_reading = False
         self._done: asyncio.Future[None] | None = None
 
@@ -190,6 +191,7 @@ class HTTP1Connection(asyncio.Protocol):
                 w.set_exception(StreamClosedError())
                 w.exception()
         self._drain_waiters = []
+        self._on_writable = []
         for r in [self.current, *self.queue]:
             if r is None or r.answered:
                 continue
@@ -217,6 +219,20 @@ class HTTP1Connection(asyncio.Protocol):
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+        callbacks, self._on_writable = self._on_writable, []
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:
+                log.exception("resume callback failed")
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the socket's buffer is under its high-water mark again
+        (for the synchronous stream path, which cannot await ``flush()``)."""
+        if self.writable or self.closed:
+            callback()
+        else:
+            self._on_writable.append(callback)
 
     # -- parser callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -430,6 +430,16 @@ class LLMHandler(BaseHandler):
             self._mark_first()
         self.write(data)
         self.flush()
+        conn = self.request.connection
+        if not getattr(conn, "writable", True):
+            # The client reads slower than the upstream sends: stop reading upstream
+            # until its socket buffer drains, so the stream waits in the kernel's
+            # buffers rather than in ours.
+            t = self._transfer
+            if t is not None and not t.paused:
+                http = self.gw.upstream.http
+                http.pause(t)
+                conn.when_writable(lambda: http.resume(t))
 
     def _fail_stream(self, err: ProxyError) -> None:
         """After the first byte: the error becomes a frame in the client's format."""

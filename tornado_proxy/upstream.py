@@ -251,6 +251,39 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
                 _complete(transfer, _E_ABORTED, 0.0)
                 return
 
+    # -- backpressure ------------------------------------------------------------------
+    def pause(self, t: "Transfer") -> None:
+        """Stop reading ``t``'s upstream socket: its client is not keeping up.
+
+        What the upstream sends meanwhile waits in the kernel's socket buffers (and
+        then the upstream's), not in our memory.  Never from inside a curl callback.
+        """
+        curl = t.curl
+        if curl is None or t.paused or curl.transfer is not t:  # type: ignore[attr-defined]
+            return
+        try:
+            curl.pause(pycurl.PAUSE_RECV)
+        except pycurl.error:
+            return  # the transfer failed meanwhile: its completion reports it
+        t.paused = True
+
+    def resume(self, t: "Transfer") -> None:
+        """Read again (the client's buffer has drained).  Never from inside a curl callback."""
+        if not t.paused:
+            return
+        t.paused = False
+        t.last_tick = t.client.tick  # the idle timeout counts from now
+        curl = t.curl
+        if curl is None or curl.transfer is not t:  # type: ignore[attr-defined]
+            return
+        try:
+            # libcurl may hand over what it held back right here (our write callback
+            # queues it) and asks for a timer to carry on reading.
+            curl.pause(pycurl.PAUSE_CONT)
+        except pycurl.error:
+            pass  # the transfer failed while paused: its completion reports it
+        self._finish_pending_requests()  # deliver what came out of the unpause
+
     # -- libcurl's callbacks into the event loop ---------------------------------------
     def _set_timeout(self, msecs: int) -> None:
         """libcurl's timer callback, keeping one timer instead of replacing it per call.
@@ -417,7 +450,7 @@ class Transfer:
     __slots__ = ("req", "curl", "status", "headers", "on_data", "body", "streaming",
                  "started", "first_tick", "last_tick", "abort_kind", "abort_err", "first_byte",
                  "idle", "client", "client_proxy", "_header_status", "future", "started_at", "connect_ms",
-                 "url", "pending")
+                 "url", "pending", "paused")
 
     def __init__(self, client: "Upstream", req: UpstreamRequest, on_data: Callable[[bytes], bool] | None,
                  first_byte: float, idle: float) -> None:
@@ -430,6 +463,7 @@ class Transfer:
         self.on_data = on_data
         self.body: list[bytes] = []
         self.pending: list[bytes] = []  # streamed bytes not yet handed to on_data
+        self.paused = False             # not reading: the client is behind (GatewayCurlClient.pause)
         self.streaming = False        # decided at the first body byte
         self.started = False          # any body byte seen
         tick = client.tick
@@ -532,7 +566,7 @@ class Upstream:
             if not t.started:
                 if t.first_byte and tick - t.first_tick >= t.first_byte:
                     expired.append((t, ErrorKind.FIRST_BYTE_TIMEOUT))
-            elif t.idle and tick - t.last_tick >= t.idle:
+            elif t.idle and not t.paused and tick - t.last_tick >= t.idle:
                 expired.append((t, ErrorKind.IDLE_TIMEOUT))
         for t, kind in expired:
             t.abort(kind)
