@@ -83,6 +83,13 @@ class UpstreamRequest:
     body: bytes | None
     stream: bool = False
 
+    def __post_init__(self) -> None:
+        # orjson writes into a 4 KiB buffer and a small result keeps all of it: a body
+        # held for a whole stream would cost 4 KiB instead of its size.  Copied exact.
+        body = self.body
+        if body is not None and len(body) < 3072:
+            self.body = bytes(memoryview(body))
+
 
 @dataclass
 class Account:

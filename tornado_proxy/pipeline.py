@@ -116,8 +116,7 @@ class LLMHandler(BaseHandler):
         self._translator: Any = None
         self._encoder: Any = None
         self._usage: dict[str, Any] | None = None
-        self._tail_parts: list[bytes] = []
-        self._tail_len = 0
+        self._tail = b""
         self._t0 = 0.0
         self._ttfb: float | None = None
         self._streaming = False
@@ -313,7 +312,7 @@ class LLMHandler(BaseHandler):
             try:
                 if passthrough:
                     marker = provider.stream_complete_marker()
-                    tail = b"".join(self._tail_parts)
+                    tail = self._tail
                     if marker is not None and marker not in tail:
                         raise ProxyError(ErrorKind.UPSTREAM_STREAM_CUT, "upstream stream ended before it finished")
                     self._usage = usage_from_tail(tail)
@@ -403,12 +402,9 @@ class LLMHandler(BaseHandler):
     def _on_passthrough(self, data: bytes) -> bool:
         if self._gone:
             return False
-        # Keep the last ~4 KiB: the end marker and the usage event live there.
-        tail = self._tail_parts
-        tail.append(data)
-        self._tail_len += len(data)
-        while self._tail_len - len(tail[0]) >= TAIL_BYTES:
-            self._tail_len -= len(tail.pop(0))
+        # Keep the last 4 KiB (one object): the end marker and the usage event live there.
+        tail = self._tail + data if self._tail else data
+        self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
         self._send(data)
         return True
 
