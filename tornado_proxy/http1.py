@@ -51,7 +51,7 @@ SWEEP_SECONDS = 1.0
 # A request's answer is held back (and reading paused) behind this many pipelined ones.
 MAX_PIPELINED = 16
 
-_REASONS = {code: reason for code, reason in httputil.responses.items()}
+_REASONS = httputil.responses
 
 # Header names seen on the wire -> Tornado's Http-Header-Case (bounded: names are few).
 _NAMES: dict[bytes, str] = {}
@@ -571,8 +571,3 @@ class HTTP1Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-
-    # tornado's HTTPServerConnectionDelegate counterpart: the app's start_request gets us
-    # as the server connection; nothing reads it.
-    def on_close(self, server_conn: Any) -> None:
-        pass
