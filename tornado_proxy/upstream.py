@@ -450,7 +450,7 @@ class Transfer:
     __slots__ = ("req", "curl", "status", "headers", "on_data", "body", "streaming",
                  "started", "first_tick", "last_tick", "abort_kind", "abort_err", "first_byte",
                  "idle", "client", "client_proxy", "_header_status", "future", "started_at", "connect_ms",
-                 "url", "pending", "paused")
+                 "pending", "paused")
 
     def __init__(self, client: "Upstream", req: UpstreamRequest, on_data: Callable[[bytes], bool] | None,
                  first_byte: float, idle: float) -> None:
@@ -474,7 +474,6 @@ class Transfer:
         self.first_byte = max(1, int(first_byte * TICKS_PER_SECOND)) if first_byte else 0
         self.idle = max(1, int(idle * TICKS_PER_SECOND)) if idle else 0
         self.client_proxy: str | None = None
-        self.url = req.url
         self.connect_ms = 10000
         self.future: Any = None
         self.started_at = 0.0
