@@ -24,8 +24,8 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, anthropic_body, from_status
 
 from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
-                   StreamTranslator, UpstreamRequest, bad_request, error_message_from_body,
-                   parse_retry_after, stream_cut, unsupported)
+                   StreamTranslator, TextLane, UpstreamRequest, bad_request, error_message_from_body,
+                   parse_retry_after, stream_cut, text_chunk, unsupported)
 
 JSON = dict[str, Any]
 
@@ -662,6 +662,11 @@ class AnthropicStream(StreamTranslator):
         self.n_tools = 0
         self.usage: JSON = {}
         self.stop_reason: str | None = None
+        # The fused text lane while a text block is open (None otherwise).
+        self._lane: TextLane | None = None
+
+    def text_lane(self) -> TextLane | None:
+        return self._lane
 
     def _chunk(self, delta: JSON, finish: str | None = None) -> JSON:
         return {"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
@@ -669,6 +674,7 @@ class AnthropicStream(StreamTranslator):
 
     def _bad(self, what: str) -> ProxyError:
         self.phase = Phase.FAILED
+        self._lane = None
         return ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, f"unexpected upstream stream event: {what}")
 
     def feed(self, event: Any) -> list[JSON]:
@@ -686,10 +692,11 @@ class AnthropicStream(StreamTranslator):
                 b = self.blocks.get(obj.get("index"))  # type: ignore[arg-type]
                 if b is not None and b.kind == "text":
                     text = delta.get("text")
-                    return [self._chunk({"content": text})] if text else []
+                    return [text_chunk(self.ctx, text)] if text else []
             return self._block_delta(obj)
         if etype == "error":
             self.phase = Phase.FAILED
+            self._lane = None
             raise upstream_error_event(obj)
         if self.phase is Phase.DONE or self.phase is Phase.FAILED:
             raise self._bad(f"'{etype}' after the stream ended")
@@ -745,7 +752,10 @@ class AnthropicStream(StreamTranslator):
         kind = cb.get("type")
         if kind == "text":
             self.blocks[index] = _Block("text")
-            return [self._chunk({"content": cb["text"]})] if cb.get("text") else []
+            # Deltas into this block, as Anthropic writes them (its SDK's wire format).
+            self._lane = TextLane.of(b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+                                     b'"delta":{"type":"text_delta","text":"' % index, b'"}}')
+            return [text_chunk(self.ctx, cb["text"])] if cb.get("text") else []
         if kind == "tool_use":
             # The pivot's tool index counts tool calls only, whatever blocks came first.
             b = _Block("tool_use", tool_index=self.n_tools, start_input=cb.get("input"))
@@ -775,7 +785,7 @@ class AnthropicStream(StreamTranslator):
         dtype = delta.get("type")
         if dtype == "text_delta" and b.kind == "text":
             text = delta.get("text") or ""
-            return [self._chunk({"content": text})] if text else []
+            return [text_chunk(self.ctx, text)] if text else []
         if dtype == "input_json_delta" and b.kind == "tool_use":
             part = delta.get("partial_json") or ""
             if not part:
@@ -800,6 +810,8 @@ class AnthropicStream(StreamTranslator):
         b = self.blocks.pop(index, None)
         if b is None:
             raise self._bad(f"content_block_stop for block {index}, which is not open")
+        if b.kind == "text":
+            self._lane = None
         if b.kind == "thinking":
             # The signature must survive: the complete block travels in the pivot so an
             # OpenAI-format client can send it back on its next turn.
@@ -821,6 +833,7 @@ class AnthropicStream(StreamTranslator):
 
     def fail(self, err: ProxyError) -> list[JSON]:
         self.phase = Phase.FAILED
+        self._lane = None
         return []
 
 

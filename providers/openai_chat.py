@@ -18,13 +18,15 @@ from tornado_proxy.jsonutil import dumpb
 from tornado_proxy.sse import DONE, encode_json
 
 from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
-                   StreamTranslator, UpstreamRequest, error_message_from_body, stream_cut)
+                   StreamTranslator, UpstreamRequest, error_message_from_body, stream_cut, text_chunk)
 
 # Pivot-only fields that are not part of the OpenAI wire format.
 _MESSAGE_EXTENSIONS = ("thinking_blocks",)
 _TOOL_CALL_EXTENSIONS = ("extra_content",)
 # OpenAI models that take max_completion_tokens only (o-series, gpt-5 family).
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+# What follows the text in the text_chunk of the pivot, encoded.
+_TEXT_TAIL = b'"},"finish_reason":null}]}\n\n'
 
 
 def _clean_messages(messages: list[Any], keep_reasoning: bool) -> list[Any]:
@@ -187,10 +189,27 @@ class OpenAIChatStream(StreamTranslator):
 
 
 class OpenAIEncoder(StreamEncoder):
-    __slots__ = ("include_usage",)
+    __slots__ = ("include_usage", "ctx", "_text_head")
 
-    def __init__(self, include_usage: bool) -> None:
+    def __init__(self, include_usage: bool, ctx: StreamContext | None = None) -> None:
         self.include_usage = include_usage
+        self.ctx = ctx
+        self._text_head: bytes | None = None
+
+    def text_bytes(self, literals: list[bytes]) -> bytes:
+        """``feed(text_chunk(ctx, text))`` for each literal: the chunk around it is the same every time."""
+        head = self._text_head
+        if head is None:
+            ctx = self.ctx
+            if ctx is None:
+                raise ValueError("the text lane needs the stream context")
+            whole = dumpb(text_chunk(ctx, ""))  # ...,"delta":{"content":""},"finish_reason":null}]}
+            end = len(whole) - len(_TEXT_TAIL) + 2
+            assert whole[end - 1:] + b"\n\n" == b'"' + _TEXT_TAIL
+            head = self._text_head = b"data: " + whole[:end]
+        if len(literals) == 1:
+            return head + literals[0] + _TEXT_TAIL
+        return head + (_TEXT_TAIL + head).join(literals) + _TEXT_TAIL
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         if not self.include_usage and "usage" in chunk:
@@ -221,7 +240,7 @@ class OpenAIChatFormat(ClientFormat):
         return pivot
 
     def new_encoder(self, ctx: StreamContext) -> StreamEncoder:
-        return OpenAIEncoder(ctx.include_usage)
+        return OpenAIEncoder(ctx.include_usage, ctx)
 
     def error_body(self, err: ProxyError) -> dict[str, Any]:
         return openai_body(err)

@@ -90,6 +90,23 @@ def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
     return best
 
 
+def translate_read(decoder: Any, translator: Any, encoder: Any, data: bytes, out: list[bytes],
+                   on_usage: Callable[[dict[str, Any]], None]) -> None:
+    """One upstream read through decoder, translator and encoder: the client bytes are
+    appended to ``out`` and each usage a chunk carries goes to ``on_usage``, also when
+    an event raises ``ProxyError`` part way."""
+    for ev in decoder.feed(data):
+        if ev.__class__ is bytes:  # from the fused text lane: already client bytes
+            out.append(ev)
+            continue
+        for chunk in translator.feed(ev):
+            if "usage" in chunk and chunk["usage"]:
+                on_usage(chunk["usage"])
+            b = encoder.feed(chunk)
+            if b:
+                out.append(b)
+
+
 def _scrub(err: ProxyError, account: Account) -> None:
     """Some upstreams quote the credential they rejected: never pass it on to the client."""
     for secret in (account.api_key, account.extra.get("aws_secret_access_key"), account.extra.get("access_token")):
@@ -288,9 +305,16 @@ class LLMHandler(BaseHandler):
                 on_data = self._on_passthrough
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
             else:
-                self._decoder = provider.new_decoder() if provider.stream_decoder != "sse" else SSEDecoder()  # type: ignore[attr-defined]
-                self._translator = provider.new_stream(ctx)
-                self._encoder = fmt.new_encoder(ctx)
+                self._translator = translator = provider.new_stream(ctx)
+                self._encoder = encoder = fmt.new_encoder(ctx)
+                if provider.stream_decoder != "sse":
+                    self._decoder = provider.new_decoder()  # type: ignore[attr-defined]
+                else:
+                    self._decoder = SSEDecoder()
+                    if translator.text_lane is not None and encoder.text_bytes is not None:
+                        # Plain text deltas go from upstream bytes to client bytes without
+                        # being parsed (see providers.base.TextLane).
+                        self._decoder.fuse(translator.text_lane, encoder.text_bytes)
                 on_data = self._on_translated
             t = self.gw.upstream.start(up, on_data=on_data, connect_timeout=timeouts["connect"],
                                        first_byte=timeouts["first_byte"], idle=timeouts["idle"], proxy=proxy)
@@ -377,17 +401,9 @@ class LLMHandler(BaseHandler):
     def _on_translated(self, data: bytes) -> bool:
         if self._gone:
             return False
-        out = []
-        translator = self._translator
-        encoder = self._encoder
+        out: list[bytes] = []
         try:
-            for ev in self._decoder.feed(data):
-                for chunk in translator.feed(ev):
-                    if "usage" in chunk and chunk["usage"]:
-                        self._usage = chunk["usage"]
-                    b = encoder.feed(chunk)
-                    if b:
-                        out.append(b)
+            translate_read(self._decoder, self._translator, self._encoder, data, out, self._set_usage)
         except ProxyError:
             # Text translated from this read before the failing event still reaches a
             # client that already has the stream; before the first byte we would rather
@@ -398,6 +414,9 @@ class LLMHandler(BaseHandler):
         if out:
             self._send(out[0] if len(out) == 1 else b"".join(out))
         return True
+
+    def _set_usage(self, usage: dict[str, Any]) -> None:
+        self._usage = usage
 
     def _on_passthrough(self, data: bytes) -> bool:
         if self._gone:

@@ -10,7 +10,7 @@ multi-byte character split across reads is never mangled.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from . import jsonutil
 
@@ -57,6 +57,14 @@ class SSEEvent:
 _NAMES: dict[bytes, str] = {}
 
 
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _name(raw: bytes) -> str:
     n = _NAMES.get(raw)
     if n is None:
@@ -70,7 +78,7 @@ _BLANK = [b""]
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf")
+    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf", "_lit", "_enc")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -80,6 +88,21 @@ class SSEDecoder:
         self._retry: int | None = None
         self._seen = False  # any field seen since the last dispatch
         self._skip_lf = False
+        self._lit: Any = None
+        self._enc: Any = None
+
+    def fuse(self, text_lane: Any, text_bytes: Any) -> None:
+        """Turn on the fused text lane (see ``providers.base.TextLane``).
+
+        ``feed`` then returns an iterator, not a list, over events and, in place of
+        each run of event blocks the translator's ``text_lane()`` takes, the client
+        bytes ``text_bytes(literals)`` (never empty).  The lane is asked again each
+        time the consumer wants the next item, so the translator has seen every event
+        before it.  The lane runs on the fast path; anything unusual is an event, and
+        so is a run that is not valid UTF-8 (the event path replaces the bad bytes).
+        """
+        self._lit = text_lane
+        self._enc = text_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._skip_lf:
@@ -93,20 +116,49 @@ class SSEDecoder:
             self._skip_lf = buf.endswith(b"\r")
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         elif not self._seen:
-            return self._blocks(buf)
+            if self._lit is not None:
+                end = buf.rfind(b"\n\n") + 2
+                if end < 2:
+                    self._buf = buf
+                    return []
+                self._buf = buf[end:]  # what follows the last blank line waits whole
+                return self._lane(buf, end)
+            blocks = buf.split(b"\n\n")
+            self._buf = blocks.pop()  # what follows the last blank line waits whole
+            return self._blocks(blocks)
         lines = buf.split(b"\n")
         self._buf = lines.pop()
         return self._lines(lines) if lines else []
 
-    def _blocks(self, buf: bytes) -> list[SSEEvent]:
+    def _lane(self, buf: bytes, end: int) -> Iterator[Any]:
+        """The blocks of ``buf[:end]`` (which ends in a blank line), runs of text deltas fused."""
+        text_lane = self._lit
+        ascii_only = buf.isascii()
+        pos = 0
+        while pos < end:
+            lane = text_lane()
+            if lane is not None:
+                m = lane.run.match(buf, pos, end)
+                if m is not None:
+                    stop = m.end()
+                    if ascii_only or _utf8(buf[pos:stop]):
+                        lits = lane.one.findall(buf, pos, stop)
+                        if not all(lits):
+                            lits = [x for x in lits if x]
+                        if lits:
+                            yield self._enc(lits)
+                        pos = stop
+                        continue
+            stop = buf.find(b"\n\n", pos, end)
+            yield from self._blocks((buf[pos:stop],))
+            pos = stop + 2
+
+    def _blocks(self, blocks: Any) -> list[SSEEvent]:
         """The fast path (LF line ends, no event half-read): whole events at a time.
 
         The usual event is ``event: NAME\\ndata: JSON`` or ``data: JSON``; those are cut
-        out directly, anything else goes through the line rules.  What follows the
-        last blank line stays buffered whole until its event is complete.
+        out directly, anything else goes through the line rules.
         """
-        blocks = buf.split(b"\n\n")
-        self._buf = blocks.pop()
         out: list[SSEEvent] = []
         append = out.append
         ident = self._id
