@@ -21,7 +21,7 @@ Our transfers bypass Tornado's per-request bookkeeping in the curl client (see
 :class:`GatewayCurlClient`): a transfer is sent in the call that starts it rather than
 on the next IOLoop turn, finishes by resolving its future with ``(errno, starttransfer)``
 rather than an ``HTTPResponse``, libcurl's timer is kept rather than replaced per
-callback, and sockets are registered with the asyncio loop directly.  Tornado's own
+callback, and sockets live in an epoll set of our own that the asyncio loop watches.  Tornado's own
 requests (OAuth refreshes) still take Tornado's code paths in the same client.
 
 Timeouts: ``connect`` is curl's own.  ``first_byte`` and ``idle`` are enforced by
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 from typing import Any, Callable
 
 import pycurl
@@ -82,11 +83,15 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         # (before Tornado's initialize: its dummy add_handle already calls _set_timeout)
         self._timeout_at = 0.0   # when self._timeout (if not None) fires, in IOLoop time
         self._adding = False     # inside add_handle on the fetch path: the kick follows at once
+        # libcurl's sockets live in an epoll set of their own, which the asyncio loop
+        # watches as one fd (see _handle_socket).
+        self._ep = select.epoll()
         super().initialize(max_clients=0, defaults=defaults, max_body_size=max_body_size)
         self._max_handles = max_clients
         # Transfers that received body bytes during the current socket action.
         self.dirty: list[Transfer] = []
         self._aio = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
+        self._aio.add_reader(self._ep.fileno(), self._on_ready)
 
     def _curl_create(self) -> pycurl.Curl:
         curl = super()._curl_create()
@@ -99,11 +104,8 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         # not through Tornado's add_handler: take them out before the multi goes.
         aio = self._aio
         if not aio.is_closed():
-            for fd, ev in self._fds.items():
-                if ev & pycurl.POLL_IN:
-                    aio.remove_reader(fd)
-                if ev & pycurl.POLL_OUT:
-                    aio.remove_writer(fd)
+            aio.remove_reader(self._ep.fileno())
+        self._ep.close()
         self._fds.clear()
         super().close()
 
@@ -311,52 +313,64 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         self._timeout = io_loop.add_timeout(when, self._handle_timeout)
 
     def _handle_socket(self, event: int, fd: int, multi: pycurl.CurlMulti, data: Any) -> None:
-        """libcurl's socket callback, registering with the asyncio loop directly.
+        """libcurl's socket callback: its sockets go into our own epoll set.
 
-        Tornado always removes and re-adds the handler (through its own add_handler
-        layer), because an old libcurl could close a socket and reuse its fd without a
-        POLL_REMOVE, and epoll silently drops a closed fd.  Current libcurl announces
-        every close with POLL_REMOVE, so: a new fd is one add, POLL_REMOVE one remove,
-        a change of events an update; an update that fails because the fd went stale
-        (asyncio's selector then forgets it) and a repeat of the same events for a known
-        fd (libcurl thinks the socket is new) re-register from scratch.
+        Tornado registers each socket with the IOLoop and removes it again when libcurl
+        is done with it.  libcurl asks for that twice per transfer (the connection and
+        the multi's wakeup eventfd), and through asyncio each registration costs object
+        churn in its selector on top of the syscall.  In our own ``select.epoll`` it is
+        the syscall alone; the asyncio loop watches that epoll's fd (:meth:`_on_ready`).
+        A closed fd leaves an epoll set by itself, so an fd libcurl closed and got back
+        as a new socket fails an update and is registered afresh, and a repeat of the
+        same events for a known fd (libcurl thinks the socket is new) updates it.
         ``self._fds`` maps fd -> libcurl's POLL_* mask (bit 1 in, bit 2 out).
         """
         fds = self._fds
-        old = fds.get(fd)
         if event == pycurl.POLL_REMOVE:
-            if old is not None:
-                del fds[fd]
-                self._unwatch(fd, old)
+            if fds.pop(fd, None) is not None:
+                try:
+                    self._ep.unregister(fd)
+                except OSError:
+                    pass  # closed already: epoll forgot it
             return
-        if old is None:
-            self._watch(fd, event)
-        elif old == event:
-            self._unwatch(fd, old)
-            self._watch(fd, event)
+        mask = _EPOLL_MASK[event]
+        if not mask:  # POLL_NONE: known, but not watched for now
+            if fds.get(fd):
+                try:
+                    self._ep.unregister(fd)
+                except OSError:
+                    pass
+            fds[fd] = 0
+            return
+        if fd in fds:
+            try:
+                self._ep.modify(fd, mask)
+            except FileNotFoundError:
+                self._ep.register(fd, mask)
         else:
             try:
-                self._unwatch(fd, old & ~event)
-                self._watch(fd, event & ~old)
-            except OSError:
-                self._unwatch(fd, pycurl.POLL_INOUT)
-                self._watch(fd, event)
+                self._ep.register(fd, mask)
+            except FileExistsError:
+                self._ep.modify(fd, mask)
         fds[fd] = event
 
-    def _watch(self, fd: int, ev: int) -> None:
-        if ev & pycurl.POLL_IN:
-            self._aio.add_reader(fd, self._on_socket, fd, pycurl.CSELECT_IN)
-        if ev & pycurl.POLL_OUT:
-            self._aio.add_writer(fd, self._on_socket, fd, pycurl.CSELECT_OUT)
-
-    def _unwatch(self, fd: int, ev: int) -> None:
-        if ev & pycurl.POLL_IN:
-            self._aio.remove_reader(fd)
-        if ev & pycurl.POLL_OUT:
-            self._aio.remove_writer(fd)
+    def _on_ready(self) -> None:
+        """The asyncio loop's reader callback for our epoll set: drive each ready socket,
+        then finish what completed, once for all of them."""
+        fds = self._fds
+        for fd, ev in self._ep.poll(0):
+            want = fds.get(fd, 0)  # (libcurl may have let go of it meanwhile)
+            # As asyncio's selector reports them: an error or hang-up wakes both sides.
+            action = 0
+            if want & pycurl.POLL_IN and ev & ~select.EPOLLOUT:
+                action = pycurl.CSELECT_IN
+            if want & pycurl.POLL_OUT and ev & ~select.EPOLLIN:
+                action |= pycurl.CSELECT_OUT
+            if action:
+                self._on_socket(fd, action)
+        self._finish_pending_requests()
 
     def _on_socket(self, fd: int, action: int) -> None:
-        """The asyncio loop's reader/writer callback (Tornado's _handle_events)."""
         multi = self._multi
         while True:
             try:
@@ -365,7 +379,6 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
                 ret = e.args[0]
             if ret != pycurl.E_CALL_MULTI_PERFORM:
                 break
-        self._finish_pending_requests()
 
     # -- streaming -------------------------------------------------------------------
     def _deliver(self) -> None:
@@ -442,6 +455,8 @@ def _complete(t: "Transfer", errno: int | None, starttransfer: float) -> None:
 
 
 _HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+_EPOLL_MASK = {pycurl.POLL_NONE: 0, pycurl.POLL_IN: select.EPOLLIN, pycurl.POLL_OUT: select.EPOLLOUT,
+               pycurl.POLL_INOUT: select.EPOLLIN | select.EPOLLOUT}
 
 
 class Transfer:

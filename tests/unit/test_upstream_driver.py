@@ -370,7 +370,7 @@ def test_stale_fd_is_registered_afresh() -> None:
         a, b = socket.socketpair()
         fd = a.fileno()
         http._handle_socket(pycurl.POLL_INOUT, fd, http._multi, None)
-        a.close()  # epoll forgets it; asyncio and http._fds do not
+        a.close()  # epoll forgets it; http._fds does not
         c, d = socket.socketpair()
         try:
             if fd not in (c.fileno(), d.fileno()):
@@ -386,6 +386,19 @@ def test_stale_fd_is_registered_afresh() -> None:
             assert (fd, pycurl.CSELECT_IN) in fired
             # the same events again for a known fd: re-registered, still watched
             fired.clear()
+            http._handle_socket(pycurl.POLL_IN, fd, http._multi, None)
+            for _ in range(100):
+                if fired:
+                    break
+                await asyncio.sleep(0.01)
+            assert fired and fired[0] == (fd, pycurl.CSELECT_IN)
+            # POLL_NONE: still known, not watched; then watched again
+            http._handle_socket(pycurl.POLL_NONE, fd, http._multi, None)
+            assert http._fds[fd] == 0
+            await asyncio.sleep(0.05)
+            fired.clear()
+            await asyncio.sleep(0.05)
+            assert not fired  # (the byte is still unread: a watched fd would fire)
             http._handle_socket(pycurl.POLL_IN, fd, http._multi, None)
             for _ in range(100):
                 if fired:
