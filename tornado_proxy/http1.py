@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any, Callable
 
 import httptools
@@ -77,6 +78,86 @@ def _error_response(status: int, message: str, *, close: bool = True) -> bytes:
     head = "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
         status, _REASONS.get(status, "Error"), len(body), "Connection: close\r\n" if close else "")
     return head.encode("latin-1") + body
+
+
+class _ServerRequest(httputil.HTTPServerRequest):
+    """``HTTPServerRequest``, built without the per-request work that the usual request
+    does not need: a request without a query string skips Tornado's query parsing and
+    its deep copy, and a Host header seen before skips the Host checks (their outcome is
+    kept per distinct value).  Anything else is built by Tornado's own constructor."""
+
+    def __init__(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
+                 connection: "HTTP1Connection", server_connection: Any) -> None:
+        uri = start_line.path
+        host = headers.get("Host")
+        host_name = _HOSTS.get(host) if host is not None else None
+        if host_name is None or "?" in uri:
+            super().__init__(headers=headers, connection=connection, start_line=start_line,
+                             server_connection=server_connection)
+            if host is not None and len(_HOSTS) < 256:
+                _HOSTS[host] = self.host_name  # (Tornado accepted it: it raises otherwise)
+            return
+        self.method, self.uri, self.version = start_line
+        self.headers = headers
+        self.body = b""
+        ctx = connection.context
+        self.remote_ip = ctx.remote_ip
+        self.protocol = ctx.protocol
+        self.host = host
+        self.host_name = host_name
+        self.files = {}
+        self.connection = connection
+        self.server_connection = server_connection
+        self._start_time = time.time()
+        self._finish_time = None
+        self.path = uri
+        self.query = ""
+        self.arguments = {}
+        self.query_arguments = {}
+        self.body_arguments = {}
+
+
+# Host header value -> host name, for values Tornado's request constructor accepted.
+_HOSTS: dict[str, str] = {}
+
+
+def exact_routes(app: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Paths of ``app``'s routes without groups -> (handler class, its kwargs).
+
+    Tornado finds a handler by trying each route's regular expression in turn, through
+    two routers.  For the path a route's pattern spells (``/v1/chat/completions``), if
+    that route matches it and no earlier route does, Tornado's answer is that route,
+    and a dict lookup gives it.  Empty unless ``app`` is a plain
+    ``tornado.web.Application`` (no host-specific rules).
+    """
+    import tornado.routing
+    import tornado.web
+
+    out: dict[str, tuple[Any, dict[str, Any]]] = {}
+    if not isinstance(app, tornado.web.Application) or len(app.default_router.rules) != 1:
+        return out
+    rules = app.wildcard_router.rules
+    for i, rule in enumerate(rules):
+        m = rule.matcher
+        if not isinstance(m, tornado.routing.PathMatches) or m.regex.groups:
+            continue
+        # A route whose pattern, read as a path, is matched by the route itself.
+        path = m.regex.pattern[:-1] if m.regex.pattern.endswith("$") else ""
+        if not path.startswith("/") or m.regex.match(path) is None:
+            continue
+        if not (isinstance(rule.target, type) and issubclass(rule.target, tornado.web.RequestHandler)):
+            continue
+        if any(r.matcher.match(_Probe(path)) is not None for r in rules[:i]):
+            continue
+        out.setdefault(path, (rule.target, rule.target_kwargs))
+    return out
+
+
+class _Probe:
+    """Just enough of a request for a route matcher."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 class _Context:
@@ -320,8 +401,19 @@ class HTTP1Connection(asyncio.Protocol):
         self.context = ctx
         self.current = r
         start_line = httputil.RequestStartLine(r.method, r.url.decode("latin-1"), r.version)
-        r.delegate = srv.app.start_request(srv, self)
         try:
+            if srv.exact is None:  # not a Tornado Application: its own delegate does it all
+                r.delegate = srv.app.start_request(srv, self)
+                r.delegate.headers_received(start_line, r.headers)
+                return
+            # What Tornado's routing delegate does (build the request, find the handler),
+            # with the request built leaner and literal paths found by a dict lookup.
+            request = _ServerRequest(start_line, r.headers, self, srv)
+            hit = srv.exact.get(request.path)
+            if hit is not None:
+                r.delegate = srv.app.get_handler_delegate(request, hit[0], hit[1])
+            else:
+                r.delegate = srv.app.find_handler(request)
             # For a streamed-body handler this returns a future that resolves once
             # prepare() has run; our handlers' data_received only buffers, so the body
             # is handed over without waiting for it (one IOLoop turn less per request).
@@ -515,6 +607,10 @@ class HTTP1Server:
     def __init__(self, app: Any, *, xheaders: bool = True, max_body_size: int = 100 << 20,
                  idle_timeout: float = 75.0, sweep_seconds: float = SWEEP_SECONDS) -> None:
         self.app = app
+        import tornado.web
+
+        # Literal paths -> handler; None: app is not a Tornado Application (see _start).
+        self.exact = exact_routes(app) if isinstance(app, tornado.web.Application) else None
         self.xheaders = xheaders
         self.max_body_size = max_body_size
         self.sweep_seconds = sweep_seconds

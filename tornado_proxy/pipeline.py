@@ -359,6 +359,8 @@ class LLMHandler(BaseHandler):
         t = self.gw.upstream.start(up, connect_timeout=timeouts["connect"], first_byte=timeouts["first_byte"],
                                    idle=timeouts["idle"], proxy=proxy)
         self._transfer = t
+        self._answer_args = (provider, ctx, passthrough)
+        t.on_done = self._answer_early
         res = await self.gw.upstream.wait(t)
         self._transfer = None
         self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
@@ -369,21 +371,45 @@ class LLMHandler(BaseHandler):
         if not (200 <= res.status < 300):
             raise provider.classify_error(res.status, res.headers, res.body)
         lease.success(res.ttfb or 0.0, res.headers)
+        if not self._finished:  # (else answered from the transfer's completion already)
+            self._answer(provider, res, ctx, passthrough)
+
+    def _answer(self, provider: Provider, res: Any, ctx: StreamContext, passthrough: bool) -> None:
+        """A 2xx non-stream upstream answer -> the client's response.  Raises ProxyError,
+        before anything is sent, for a body that is not what the upstream format promises."""
         if passthrough:
             try:
-                self._usage = usage_of(jsonutil.loads(res.body))
+                usage = usage_of(jsonutil.loads(res.body))
             except ValueError:
                 raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
-            self.set_header("Content-Type", res.headers.get("content-type", "application/json"))
-            self._mark_first()
-            self.finish(res.body)
-            return
-        pivot = provider.translate_response(res.body, ctx)
-        self._usage = pivot.get("usage")
-        out = fmt.render_response(pivot, ctx)
-        self.set_header("Content-Type", "application/json")
+            ctype = res.headers.get("content-type", "application/json")
+            body = res.body
+        else:
+            pivot = provider.translate_response(res.body, ctx)
+            usage = pivot.get("usage")
+            body = jsonutil.dumpb(self.client_format.render_response(pivot, ctx))
+            ctype = "application/json"
+        self._usage = usage
+        self.set_header("Content-Type", ctype)
         self._mark_first()
-        self.finish(jsonutil.dumpb(out))
+        self.finish(body)
+
+    def _answer_early(self, errno: int | None, st: float) -> None:
+        """The transfer's completion callback: a good answer goes to the client now, not
+        one IOLoop turn later when the task awaiting the transfer resumes; the
+        bookkeeping (scheduler, metrics) follows then.  Anything else (an error status,
+        a transport error, a bad body) is left to that task: failover or the error."""
+        t = self._transfer
+        if t is None or self._gone or self._finished:
+            return
+        res = self.gw.upstream.result(t, errno, st)
+        if res.error is not None or not 200 <= res.status < 300:
+            return
+        provider, ctx, passthrough = self._answer_args
+        try:
+            self._answer(provider, res, ctx, passthrough)
+        except ProxyError:
+            return  # nothing was sent: the task meets the same error and handles it
 
     def _finish_translator(self) -> list[dict[str, Any]]:
         chunks = []

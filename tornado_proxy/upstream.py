@@ -448,10 +448,19 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
 
 
 def _complete(t: "Transfer", errno: int | None, starttransfer: float) -> None:
-    """Resolve ``t``'s future with the outcome ``Upstream.wait`` turns into a Result."""
+    """Resolve ``t``'s future with the outcome ``Upstream.wait`` turns into a Result,
+    and run ``t.on_done`` with it right away (the awaiting task only wakes up on the
+    next IOLoop turn)."""
     fut = t.future
     if fut is not None and not fut.done():
         fut.set_result((errno, starttransfer))
+        cb = t.on_done
+        if cb is not None:
+            t.on_done = None
+            try:
+                cb(errno, starttransfer)
+            except Exception:  # the awaiting task still gets the outcome
+                log.exception("transfer completion callback failed")
 
 
 _HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
@@ -465,7 +474,7 @@ class Transfer:
     __slots__ = ("req", "curl", "status", "headers", "on_data", "body", "streaming",
                  "started", "first_tick", "last_tick", "abort_kind", "abort_err", "first_byte",
                  "idle", "client", "client_proxy", "_header_status", "future", "started_at", "connect_ms",
-                 "pending", "paused")
+                 "pending", "paused", "on_done")
 
     def __init__(self, client: "Upstream", req: UpstreamRequest, on_data: Callable[[bytes], bool] | None,
                  first_byte: float, idle: float) -> None:
@@ -492,6 +501,9 @@ class Transfer:
         self.connect_ms = 10000
         self.future: Any = None
         self.started_at = 0.0
+        # Called with (errno, starttransfer) as the transfer completes, before the task
+        # awaiting it resumes: see Upstream.result.
+        self.on_done: Callable[[int | None, float], None] | None = None
 
     # -- curl callbacks (run synchronously inside curl's socket action) --------
     def _header(self, line: bytes) -> None:
@@ -620,9 +632,14 @@ class Upstream:
             # alive until the slowest GC pass.  (The outcome itself is a plain tuple; the
             # curl.transfer <-> t.curl links are cut in _finish_transfer.)
             t.future = None
+        return self.result(t, errno, st)
+
+    def result(self, t: Transfer, errno: int | None, st: float) -> Result:
+        """The Result of a completed transfer (what ``wait`` returns), for ``on_done``."""
         ttfb = float(st) if st else self.http._aio.time() - t.started_at
         status = t.status or t._header_status
-        return Result(status, t.headers, b"".join(t.body), self._error(t, errno), ttfb)
+        body = t.body
+        return Result(status, t.headers, body[0] if len(body) == 1 else b"".join(body), self._error(t, errno), ttfb)
 
     async def fetch(self, req: UpstreamRequest, **kw: Any) -> Result:
         return await self.wait(self.start(req, **kw))

@@ -325,3 +325,78 @@ def test_request_headers_are_case_insensitive_and_keep_repeats(server: Server) -
     assert json.loads(body) == {"key": "k1", "multi": ["a", "b"], "joined": "a,b", "has": True,
                                 "all": ["Content-Type", "Host", "X-Api-Key", "X-Multi", "X-Multi"]}
     assert headers["date"].endswith(" GMT")
+
+
+class Which(tornado.web.RequestHandler):
+    def initialize(self, name: str) -> None:
+        self.name = name
+
+    def get(self, *args: str) -> None:
+        self.finish({"name": self.name, "args": list(args)})
+
+
+def test_literal_paths_find_the_same_handler_as_tornado(harness: LoopThread) -> None:
+    from tornado_proxy.http1 import exact_routes
+
+    app = tornado.web.Application([
+        (r"/items/([a-z]+)", Which, {"name": "pattern"}),   # matches /items/new first: Tornado picks it
+        (r"/items/new", Which, {"name": "literal-shadowed"}),
+        (r"/items/1", Which, {"name": "literal"}),
+        (r"/file.json", Which, {"name": "dot"}),             # "." is any character to the regex
+        (r"/opt/?", Which, {"name": "optional-slash"}),
+    ], log_function=lambda h: None)
+    exact = exact_routes(app)
+    assert set(exact) == {"/items/1", "/file.json"}
+    assert exact["/items/1"][1] == {"name": "literal"}
+    srv = HTTP1Server(app)
+
+    async def start() -> None:
+        await srv.add_sockets(bind_sockets(0, "127.0.0.1"))
+
+    harness.run(start())
+    want = {"/items/new": ("pattern", ["new"]), "/items/1": ("literal", []), "/file.json": ("dot", []),
+            "/fileXjson": ("dot", []), "/opt": ("optional-slash", []), "/opt/": ("optional-slash", []),
+            "/items/1?x=2": ("literal", [])}
+    buf = bytearray()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        for path, (name, args) in want.items():
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            status, _, body = read_response(s, buf)
+            assert status == 200, path
+            assert json.loads(body) == {"name": name, "args": args}, path
+        s.sendall(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, buf)[0] == 404
+
+
+def test_lean_request_has_the_fields_tornado_gives() -> None:
+    from tornado import httputil
+
+    from tornado_proxy.http1 import _HOSTS, _Context, _ServerRequest
+
+    class Conn:
+        context = _Context("192.0.2.1", "https", ("192.0.2.1", 5))
+
+        def set_close_callback(self, cb: Any) -> None:
+            pass
+
+    def headers(host: str | None) -> httputil.HTTPHeaders:
+        h = httputil.HTTPHeaders()
+        if host is not None:
+            h["Host"] = host
+        h["Content-Type"] = "application/json"
+        return h
+
+    fields = ("method", "uri", "version", "body", "remote_ip", "protocol", "host", "host_name", "files", "path",
+              "query", "arguments", "query_arguments", "body_arguments")
+    for uri, host in (("/v1/chat/completions", "Example.COM:8080"), ("/v1/chat/completions", "Example.COM:8080"),
+                      ("/a?b=1&b=2&c", "h"), ("/a?b=1", "h"), ("/plain", "[::1]:80")):
+        line = httputil.RequestStartLine("POST", uri, "HTTP/1.1")
+        ours = _ServerRequest(line, headers(host), Conn(), None)  # type: ignore[arg-type]
+        theirs = httputil.HTTPServerRequest(start_line=line, headers=headers(host), connection=Conn())  # type: ignore[arg-type]
+        assert {f: getattr(ours, f) for f in fields} == {f: getattr(theirs, f) for f in fields}, (uri, host)
+        assert isinstance(ours, httputil.HTTPServerRequest) and ours.request_time() >= 0
+    assert _HOSTS.get("Example.COM:8080") == "example.com"
+    for bad in (None, "a,b", "bad host"):  # refused exactly as Tornado refuses them, never remembered
+        with pytest.raises(httputil.HTTPInputError):
+            _ServerRequest(httputil.RequestStartLine("GET", "/", "HTTP/1.1"), headers(bad), Conn(), None)  # type: ignore[arg-type]
+        assert bad not in _HOSTS

@@ -49,6 +49,31 @@ class BaseHandler(tornado.web.RequestHandler):
     # The error, if any, for the access log and metrics.
     error_kind: ErrorKind | None = None
 
+    def __init__(self, application: tornado.web.Application, request: Any, **kwargs: Any) -> None:
+        # Tornado's __init__ minus the template namespace (``self.ui``, two objects per
+        # request): nothing here renders a template; ``ui`` is built if ever asked for.
+        self.application = application
+        self.request = request
+        self._headers_written = False
+        self._finished = False
+        self._auto_finish = True
+        self._prepared_future = None
+        self.clear()
+        request.connection.set_close_callback(self.on_connection_close)
+        self.initialize(**kwargs)
+
+    @property
+    def ui(self) -> Any:
+        ui = self.__dict__.get("_ui")
+        if ui is None:
+            from tornado.util import ObjectDict
+
+            ui = ObjectDict((n, self._ui_method(m)) for n, m in self.application.ui_methods.items())
+            ui["_tt_modules"] = tornado.web._UIModuleNamespace(self, self.application.ui_modules)
+            ui["modules"] = ui["_tt_modules"]
+            self.__dict__["_ui"] = ui
+        return ui
+
     def clear(self) -> None:
         # Tornado's clear() builds its three default headers through HTTPHeaders'
         # validating constructor and formats the Date every time: ~6 µs a request.

@@ -22,6 +22,7 @@ after the first byte of a stream, as ``error`` + ``response.failed`` events.
 from __future__ import annotations
 
 import os
+import logging
 import time
 from typing import Any
 
@@ -43,6 +44,7 @@ from ..response_store import ResponseStore, StoredResponse
 from .base import BaseHandler
 
 RESPONSES_FORMAT = ResponsesFormat()
+log = logging.getLogger("tornado_proxy.responses")
 
 
 def response_store(gw: Any) -> ResponseStore:
@@ -135,6 +137,9 @@ class ResponsesHandler(LLMHandler):
                              param="previous_response_id")
         history = stored.messages if stored is not None else None
         pivot = RESPONSES_FORMAT.parse_with_history(body, history)
+        # Stored as the answer is finished (on_finish), not after this coroutine resumes:
+        # a client may ask for the response as soon as it has read the last byte.
+        self._memo = (store, ctx, body, history)
         if provider.local:
             await self.serve_local(provider, pivot, ctx, stream)
         else:
@@ -142,7 +147,16 @@ class ResponsesHandler(LLMHandler):
                 return provider.build_request(pivot, model, acct, stream)
 
             await self.with_accounts(provider, build, ctx, passthrough=False)
-        self._remember(store, ctx, body, history)
+
+    def on_finish(self) -> None:
+        memo = getattr(self, "_memo", None)
+        if memo is not None:
+            self._memo = None
+            try:
+                self._remember(*memo)
+            except Exception:  # the answer is out; a store failure must not hide that
+                log.exception("could not store response %s", memo[1].id)
+        super().on_finish()
 
     def _remember(self, store: ResponseStore, ctx: StreamContext, body: dict[str, Any],
                   history: list[dict[str, Any]] | None) -> None:
