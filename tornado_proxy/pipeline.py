@@ -20,7 +20,6 @@ import time
 from typing import Any, Callable
 
 import tornado.web
-from tornado.ioloop import IOLoop
 
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
 
@@ -143,7 +142,8 @@ class LLMHandler(BaseHandler):
 
     # -- body ------------------------------------------------------------------------
     def prepare(self) -> None:
-        self._t0 = IOLoop.current().time()
+        # (the IOLoop's clock, read without looking the loop up: asyncio's is time.monotonic)
+        self._t0 = time.monotonic()
         self.gw.active_requests += 1
         self._counted = True
         super().prepare()
@@ -258,8 +258,7 @@ class LLMHandler(BaseHandler):
                             ctx: StreamContext, passthrough: bool) -> None:
         sched = self.gw.scheduler
         policy = sched.policy(provider.name)
-        loop = IOLoop.current()
-        deadline = loop.time() + policy.max_seconds
+        deadline = time.monotonic() + policy.max_seconds
         tried: list[str] = []
         last: ProxyError | None = None
         for attempt in range(max(1, policy.max_tries)):
@@ -288,7 +287,7 @@ class LLMHandler(BaseHandler):
                     lease.failure(err)
                 if err.upstream_status is not None or err.info.retryable:
                     self.gw.metrics.upstream_errors.labels(provider.name, err.kind.value).inc()
-                if self._first_sent or self._gone or not err.info.retryable or loop.time() >= deadline:
+                if self._first_sent or self._gone or not err.info.retryable or time.monotonic() >= deadline:
                     raise
             finally:
                 lease.release()
@@ -462,7 +461,7 @@ class LLMHandler(BaseHandler):
     def _mark_first(self) -> None:
         if not self._first_sent:
             self._first_sent = True
-            self._ttfb = IOLoop.current().time() - self._t0
+            self._ttfb = time.monotonic() - self._t0
 
     def _send(self, data: bytes) -> None:
         if not self._first_sent:
@@ -516,4 +515,4 @@ class LLMHandler(BaseHandler):
         self._done()
         status = 499 if self._gone else self.get_status()
         self.gw.metrics.observe_request(self.route_name, self.model_id, self.provider_name, status,
-                                        self.error_kind, IOLoop.current().time() - self._t0, self._ttfb)
+                                        self.error_kind, time.monotonic() - self._t0, self._ttfb)

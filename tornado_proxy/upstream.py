@@ -424,7 +424,9 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         setopt(pycurl.PROTOCOLS, _HTTP_ONLY)
         setopt(pycurl.URL, req.url)
         setopt(pycurl.HTTPHEADER, request.header_lines())
-        setopt(pycurl.HEADERFUNCTION, request._header)
+        # Header lines are only collected here (a C call each, no Python frame) and
+        # parsed once, when the status is first needed (Transfer.parse_head).
+        setopt(pycurl.HEADERFUNCTION, request.head.append)
         setopt(pycurl.WRITEFUNCTION, request._write)
         setopt(pycurl.CONNECTTIMEOUT_MS, request.connect_ms)
         setopt(pycurl.USERAGENT, request.client.user_agent)
@@ -474,7 +476,7 @@ class Transfer:
     __slots__ = ("req", "curl", "status", "headers", "on_data", "body", "streaming",
                  "started", "first_tick", "last_tick", "abort_kind", "abort_err", "first_byte",
                  "idle", "client", "client_proxy", "_header_status", "future", "started_at", "connect_ms",
-                 "pending", "paused", "on_done")
+                 "pending", "paused", "on_done", "head", "_parsed")
 
     def __init__(self, client: "Upstream", req: UpstreamRequest, on_data: Callable[[bytes], bool] | None,
                  first_byte: float, idle: float) -> None:
@@ -484,6 +486,8 @@ class Transfer:
         self.status = 0
         self._header_status = 0
         self.headers: dict[str, str] = {}
+        self.head: list[bytes] = []  # raw header lines as libcurl hands them over
+        self._parsed = 0             # how many of them parse_head has read
         self.on_data = on_data
         self.body: list[bytes] = []
         self.pending: list[bytes] = []  # streamed bytes not yet handed to on_data
@@ -506,25 +510,32 @@ class Transfer:
         self.on_done: Callable[[int | None, float], None] | None = None
 
     # -- curl callbacks (run synchronously inside curl's socket action) --------
-    def _header(self, line: bytes) -> None:
-        if line[:5] == b"HTTP/":
-            # A new header block (100 Continue, proxy CONNECT, redirects): start over.
-            parts = line.split(b" ", 2)
-            try:
-                self._header_status = int(parts[1])
-            except (IndexError, ValueError):
-                self._header_status = 0
-            self.headers = {}
-            return
-        name, sep, value = line.partition(b":")
-        if sep:
-            self.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    def parse_head(self) -> int:
+        """Read the header lines received so far: the status of the last header block
+        (100 Continue, a proxy's CONNECT answer and redirects come with blocks of their
+        own; a new block starts over) and its headers.  Returns the status (0: none yet)."""
+        head = self.head
+        for i in range(self._parsed, len(head)):
+            line = head[i]
+            if line[:5] == b"HTTP/":
+                parts = line.split(b" ", 2)
+                try:
+                    self._header_status = int(parts[1])
+                except (IndexError, ValueError):
+                    self._header_status = 0
+                self.headers = {}
+                continue
+            name, sep, value = line.partition(b":")
+            if sep:
+                self.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        self._parsed = len(head)
+        return self._header_status
 
     def _write(self, data: bytes) -> int | None:
         self.last_tick = self.client.tick
         if not self.started:
             self.started = True
-            self.status = self._header_status
+            self.status = self.parse_head()
             self.streaming = self.on_data is not None and 200 <= self.status < 300
         if self.streaming:
             # Delivered at the end of this socket action (GatewayCurlClient._deliver).
@@ -637,7 +648,8 @@ class Upstream:
     def result(self, t: Transfer, errno: int | None, st: float) -> Result:
         """The Result of a completed transfer (what ``wait`` returns), for ``on_done``."""
         ttfb = float(st) if st else self.http._aio.time() - t.started_at
-        status = t.status or t._header_status
+        status = t.parse_head()  # (also any header lines after the body: trailers)
+        status = t.status or status
         body = t.body
         return Result(status, t.headers, body[0] if len(body) == 1 else b"".join(body), self._error(t, errno), ttfb)
 
@@ -661,13 +673,13 @@ class Upstream:
         if errno == _E_COULDNT_CONNECT:
             return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"cannot connect to upstream {host}")
         if errno == _E_OPERATION_TIMEDOUT:
-            if not t.started and not t._header_status:
+            if not t.started and not t.parse_head():
                 return ProxyError(ErrorKind.CONNECT_TIMEOUT, f"timed out connecting to upstream {host}")
             return ProxyError(ErrorKind.IDLE_TIMEOUT, f"upstream {host} timed out")
         if errno in _E_SSL:
             return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"TLS error talking to upstream {host}")
         if errno in _E_CUT:
-            if t.started or t._header_status:
+            if t.started or t.parse_head():
                 return ProxyError(ErrorKind.UPSTREAM_STREAM_CUT, f"upstream {host} closed the connection mid-response")
             return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"upstream {host} closed the connection without answering")
         return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"upstream {host} transport error (curl {errno})")
