@@ -74,6 +74,10 @@ class BaseHandler(tornado.web.RequestHandler):
             self.__dict__["_ui"] = ui
         return ui
 
+    @ui.setter
+    def ui(self, value: Any) -> None:  # Tornado's finish() drops it (_break_cycles)
+        self.__dict__["_ui"] = value
+
     def clear(self) -> None:
         # Tornado's clear() builds its three default headers through HTTPHeaders'
         # validating constructor and formats the Date every time: ~6 µs a request.
