@@ -53,11 +53,8 @@ class AccessLog:
                 if v is not None:
                     out[k] = v
             return jsonutil.dumps(out) + "\n"
-        parts = ["%s INFO tornado_proxy.access:" % stamp]
-        for k, v in fields.items():
-            if v is not None:
-                parts.append("%s=%s" % (k, v))
-        return " ".join(parts) + "\n"
+        return "%s INFO tornado_proxy.access: %s\n" % (
+            stamp, " ".join([f"{k}={v}" for k, v in fields.items() if v is not None]))
 
     def record(self, fields: dict[str, Any]) -> None:
         if not self.enabled:

@@ -648,7 +648,8 @@ class Upstream:
     def result(self, t: Transfer, errno: int | None, st: float) -> Result:
         """The Result of a completed transfer (what ``wait`` returns), for ``on_done``."""
         ttfb = float(st) if st else self.http._aio.time() - t.started_at
-        status = t.parse_head()  # (also any header lines after the body: trailers)
+        # (also any header lines after the body: trailers)
+        status = t.parse_head() if t._parsed != len(t.head) else t._header_status
         status = t.status or status
         body = t.body
         return Result(status, t.headers, body[0] if len(body) == 1 else b"".join(body), self._error(t, errno), ttfb)
