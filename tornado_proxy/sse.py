@@ -78,7 +78,7 @@ _BLANK = [b""]
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf", "_lit", "_enc")
+    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf", "_lane_of", "_lane_bytes")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -88,8 +88,8 @@ class SSEDecoder:
         self._retry: int | None = None
         self._seen = False  # any field seen since the last dispatch
         self._skip_lf = False
-        self._lit: Any = None
-        self._enc: Any = None
+        self._lane_of: Any = None     # the translator's text_lane (fuse)
+        self._lane_bytes: Any = None  # the encoder's text_bytes
 
     def fuse(self, text_lane: Any, text_bytes: Any) -> None:
         """Turn on the fused text lane (see ``providers.base.TextLane``).
@@ -101,10 +101,10 @@ class SSEDecoder:
         before it.  The lane runs on the fast path; anything unusual is an event, and
         so is a run that is not valid UTF-8 (the event path replaces the bad bytes).
         """
-        self._lit = text_lane
-        self._enc = text_bytes
+        self._lane_of = text_lane
+        self._lane_bytes = text_bytes
 
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
+    def feed(self, chunk: bytes) -> list[SSEEvent] | Iterator[Any]:
         if self._skip_lf:
             # The previous read ended in CR, which already ended a line: an LF
             # that starts this read is the second half of that CRLF.
@@ -116,7 +116,7 @@ class SSEDecoder:
             self._skip_lf = buf.endswith(b"\r")
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         elif not self._seen:
-            if self._lit is not None:
+            if self._lane_of is not None:
                 end = buf.rfind(b"\n\n") + 2
                 if end < 2:
                     self._buf = buf
@@ -132,7 +132,7 @@ class SSEDecoder:
 
     def _lane(self, buf: bytes, end: int) -> Iterator[Any]:
         """The blocks of ``buf[:end]`` (which ends in a blank line), runs of text deltas fused."""
-        text_lane = self._lit
+        text_lane = self._lane_of
         ascii_only = buf.isascii()
         pos = 0
         while pos < end:
@@ -146,7 +146,7 @@ class SSEDecoder:
                         if not all(lits):
                             lits = [x for x in lits if x]
                         if lits:
-                            yield self._enc(lits)
+                            yield self._lane_bytes(lits)
                         pos = stop
                         continue
             stop = buf.find(b"\n\n", pos, end)

@@ -114,8 +114,6 @@ def run(data: bytes, mode: str, fused: bool) -> tuple[list[Any], str | None, int
     enc = OpenAIChatFormat().new_encoder(CTX)
     lane_items = 0
     if fused:
-        dec.fuse(tr.text_lane, enc.text_bytes)
-
         def text_bytes(lits: list[bytes]) -> bytes:
             nonlocal lane_items
             lane_items += len(lits)
