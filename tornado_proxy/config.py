@@ -39,6 +39,7 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "log_format": "text",
     "log_level": "info",
     "workers": 0,   # 0: one per core
+    "busy_poll_us": 50,  # the event loop polls up to this long before sleeping (busypoll.py); 0: off
 }
 
 TIMEOUT_DEFAULTS = {"connect": 10.0, "first_byte": 300.0, "idle": 300.0}

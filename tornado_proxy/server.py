@@ -10,6 +10,7 @@ from typing import Any
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
+from . import busypoll
 from .app import Gateway, make_app
 from .config import Config
 from .http1 import HTTP1Server
@@ -128,7 +129,7 @@ def serve(config: Config, host: str | None = None, port: int | None = None, work
     host = host if host is not None else config.server["host"]
     port = port if port is not None else config.server["port"]
     if workers <= 1:
-        asyncio.run(_worker_main(config, host, port, None))
+        busypoll.run(_worker_main(config, host, port, None), config.server["busy_poll_us"])
         return 0
     return _prefork(config, host, port, workers)
 
@@ -172,7 +173,7 @@ def _prefork(config: Config, host: str, port: int, workers: int) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                asyncio.run(_worker_main(config, host, port, sockets))
+                busypoll.run(_worker_main(config, host, port, sockets), config.server["busy_poll_us"])
             except BaseException:
                 log.exception("worker %d failed", slot)
                 code = 1

@@ -1,0 +1,160 @@
+"""The event loop's spinning selector (tornado_proxy/busypoll.py): it polls before it
+blocks, never past the loop's timeout, and its window follows how soon events come."""
+from __future__ import annotations
+
+import asyncio
+import selectors
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from tornado_proxy import busypoll
+from tornado_proxy.busypoll import SpinningSelector
+
+pytestmark = pytest.mark.skipif(not hasattr(selectors, "EpollSelector"), reason="epoll only")
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def make(max_spin: float, sock: socket.socket) -> SpinningSelector:
+    sel = SpinningSelector(max_spin)
+    sel.register(sock, selectors.EVENT_READ)
+    return sel
+
+
+def test_events_come_back_at_once_and_soon_events_open_the_window(pair) -> None:
+    a, b = pair
+    sel = make(0.1, a)
+    assert sel.window == 0.0
+    b.send(b"x")
+    assert [k.fileobj for k, _ in sel.select(5.0)] == [a]
+    assert sel.window == pytest.approx(0.025)  # max/4: the first window after none
+    a.recv(10)
+    # An event just after the window: polling a little longer would have caught it.
+    timer = threading.Timer(0.035, b.send, (b"x",))
+    timer.start()
+    assert [k.fileobj for k, _ in sel.select(5.0)] == [a]
+    timer.join()
+    assert sel.window == pytest.approx(0.05)
+    assert (sel.polled, sel.caught) == (1, 0)
+    a.recv(10)
+    # Now polling catches it, and the window stays.
+    timer = threading.Timer(0.01, b.send, (b"x",))
+    timer.start()
+    assert [k.fileobj for k, _ in sel.select(5.0)] == [a]
+    timer.join()
+    assert sel.window == pytest.approx(0.05)
+    assert (sel.polled, sel.caught) == (2, 1)
+    a.recv(10)
+    sel.window = 0.08
+    b.send(b"x")
+    sel.select(5.0)
+    assert sel.window == 0.08 and sel.caught == 2
+    a.recv(10)
+    sel.window = 0.075
+    timer = threading.Timer(0.085, b.send, (b"x",))
+    timer.start()
+    sel.select(5.0)
+    timer.join()
+    assert sel.window == pytest.approx(0.1)  # doubled, capped at max_spin
+
+
+def test_long_waits_close_the_window(pair) -> None:
+    a, _ = pair
+    sel = make(0.0004, a)
+    sel.window = 0.0004
+    assert sel.select(0.01) == []  # nothing comes: polled, then blocked until the timeout
+    assert sel.window == pytest.approx(0.0002)
+    sel.select(0.01)
+    assert sel.window == pytest.approx(0.0001)
+    sel.select(0.01)
+    assert sel.window == 0.0  # below the first window: no polling at all
+    sel.select(0.01)
+    assert sel.window == 0.0
+    assert sel.polled == 3 and sel.caught == 0
+
+
+def test_polling_never_outlasts_the_loops_timeout(pair) -> None:
+    a, _ = pair
+    sel = make(0.5, a)
+    sel.window = 0.5
+    t0 = time.monotonic()
+    assert sel.select(0.02) == []
+    assert time.monotonic() - t0 < 0.25
+    t0 = time.monotonic()
+    assert sel.select(0) == []  # a zero timeout never polls or blocks
+    assert sel.select(-1) == []
+    assert time.monotonic() - t0 < 0.05
+    assert sel.polled == 1
+
+
+def test_an_event_during_the_poll_ends_it(pair) -> None:
+    a, b = pair
+    sel = make(2.0, a)
+    sel.window = 2.0
+    timer = threading.Timer(0.05, b.send, (b"x",))
+    timer.start()
+    t0 = time.monotonic()
+    ready = sel.select(10.0)
+    took = time.monotonic() - t0
+    timer.join()
+    assert [k.fileobj for k, _ in ready] == [a]
+    assert 0.03 < took < 1.5
+    assert sel.caught == 1 and sel.window == 2.0  # caught while polling: the window stays
+
+
+def test_a_long_wait_with_no_window_leaves_it_shut(pair) -> None:
+    a, b = pair
+    sel = make(0.0001, a)
+    timer = threading.Timer(0.02, b.send, (b"x",))
+    timer.start()
+    assert [k.fileobj for k, _ in sel.select(5.0)] == [a]
+    timer.join()
+    assert sel.window == 0.0 and sel.polled == 0
+
+
+async def _ping_pong(rounds: int) -> tuple[type, int]:
+    loop = asyncio.get_running_loop()
+
+    ended = loop.create_future()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(100):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        ended.set_result(None)
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    got = 0
+    for i in range(rounds):
+        writer.write(b"%d" % i)
+        await writer.drain()
+        got += len(await reader.read(100))
+    writer.close()
+    await ended
+    server.close()
+    await server.wait_closed()
+    return type(loop._selector), got  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner")
+def test_run_serves_on_a_spinning_loop_and_zero_turns_it_off() -> None:
+    kind, got = busypoll.run(_ping_pong(200), 50)
+    assert kind is SpinningSelector
+    assert got == sum(len(b"%d" % i) for i in range(200))
+    kind, got = busypoll.run(_ping_pong(5), 0)
+    assert kind is not SpinningSelector and got == 5
