@@ -139,6 +139,9 @@ class LLMHandler(BaseHandler):
         self.model_id = ""
         self.provider_name = ""
         self.account_id = ""
+        # The parsed request (client body, pivot): needed until the first byte goes to
+        # the client (a failover rebuilds the upstream request from it), not after.
+        self._held: list[dict[str, Any]] = []
 
     # -- body ------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -222,11 +225,10 @@ class LLMHandler(BaseHandler):
         if provider.local:
             await self.serve_local(provider, pivot, ctx, stream)
             return
+        self._held = [body, pivot]  # let go of at the first byte (_mark_first)
         if provider.native_format == fmt.name:
-            raw = self._raw
-
             def build(acct: Account) -> UpstreamRequest:
-                return provider.build_native_request(body, raw, model, acct, stream, self.request.headers)
+                return provider.build_native_request(body, self._raw, model, acct, stream, self.request.headers)
         else:
             def build(acct: Account) -> UpstreamRequest:
                 return provider.build_request(pivot, model, acct, stream)
@@ -462,6 +464,19 @@ class LLMHandler(BaseHandler):
         if not self._first_sent:
             self._first_sent = True
             self._ttfb = time.monotonic() - self._t0
+            if self._held:
+                self._release()
+
+    def _release(self) -> None:
+        """The first byte is out, so no failover will rebuild the request: empty the
+        parsed request's top-level dicts (the coroutine frames still refer to them, and
+        a long conversation is megabytes of objects), and drop the raw body.  Anything
+        that still needs them after this point keeps its own copy (a Responses request
+        is not held here)."""
+        for d in self._held:
+            d.clear()
+        self._held = []
+        self._raw = b""
 
     def _send(self, data: bytes) -> None:
         if not self._first_sent:

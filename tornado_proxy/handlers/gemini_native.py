@@ -86,12 +86,12 @@ class GeminiNativeHandler(LLMHandler):
         self.provider_name = provider.name
         stream = method == "streamGenerateContent" and self.get_query_argument("alt", "") == "sse"
         ctx = StreamContext(id=os.urandom(12).hex(), created=int(time.time()), model=name)
-        raw = self._raw
         headers = {k.lower(): v for k, v in self.request.headers.get_all()}
 
         def build(acct: Account) -> UpstreamRequest:
-            return provider.build_native_request(body, raw, model, acct, stream, headers, method)
+            return provider.build_native_request(body, self._raw, model, acct, stream, headers, method)
 
+        self._held = [body]  # let go of at the first byte (LLMHandler._release)
         await self.with_accounts(provider, build, ctx, passthrough=True)
 
 
