@@ -470,9 +470,9 @@ class LLMHandler(BaseHandler):
     def _release(self) -> None:
         """The first byte is out, so no failover will rebuild the request: empty the
         parsed request's top-level dicts (the coroutine frames still refer to them, and
-        a long conversation is megabytes of objects), and drop the raw body.  Anything
-        that still needs them after this point keeps its own copy (a Responses request
-        is not held here)."""
+        a long conversation is megabytes of objects) and drop our raw body (the
+        transfer's own request bytes go when it ends).  Nothing reads them after this
+        point; a Responses request, which its store needs at the end, is not held here."""
         for d in self._held:
             d.clear()
         self._held = []
