@@ -27,6 +27,16 @@ def pair():
     b.close()
 
 
+def select_sent_after(sel: SpinningSelector, peer: socket.socket, delay: float) -> list:
+    """``sel.select(5.0)`` while ``peer`` sends a byte after ``delay`` seconds."""
+    timer = threading.Timer(delay, peer.send, (b"x",))
+    timer.start()
+    try:
+        return sel.select(5.0)
+    finally:
+        timer.join()
+
+
 def make(max_spin: float, sock: socket.socket) -> SpinningSelector:
     sel = SpinningSelector(max_spin)
     sel.register(sock, selectors.EVENT_READ)
@@ -42,18 +52,12 @@ def test_events_come_back_at_once_and_soon_events_open_the_window(pair) -> None:
     assert sel.window == pytest.approx(0.025)  # max/4: the first window after none
     a.recv(10)
     # An event just after the window: polling a little longer would have caught it.
-    timer = threading.Timer(0.035, b.send, (b"x",))
-    timer.start()
-    assert [k.fileobj for k, _ in sel.select(5.0)] == [a]
-    timer.join()
+    assert [k.fileobj for k, _ in select_sent_after(sel, b, 0.035)] == [a]
     assert sel.window == pytest.approx(0.05)
     assert (sel.polled, sel.caught) == (1, 0)
     a.recv(10)
     # Now polling catches it, and the window stays.
-    timer = threading.Timer(0.01, b.send, (b"x",))
-    timer.start()
-    assert [k.fileobj for k, _ in sel.select(5.0)] == [a]
-    timer.join()
+    assert [k.fileobj for k, _ in select_sent_after(sel, b, 0.01)] == [a]
     assert sel.window == pytest.approx(0.05)
     assert (sel.polled, sel.caught) == (2, 1)
     a.recv(10)
@@ -63,10 +67,7 @@ def test_events_come_back_at_once_and_soon_events_open_the_window(pair) -> None:
     assert sel.window == 0.08 and sel.caught == 2
     a.recv(10)
     sel.window = 0.075
-    timer = threading.Timer(0.085, b.send, (b"x",))
-    timer.start()
-    sel.select(5.0)
-    timer.join()
+    select_sent_after(sel, b, 0.085)
     assert sel.window == pytest.approx(0.1)  # doubled, capped at max_spin
 
 
@@ -117,10 +118,7 @@ def test_an_event_during_the_poll_ends_it(pair) -> None:
 def test_a_long_wait_with_no_window_leaves_it_shut(pair) -> None:
     a, b = pair
     sel = make(0.0001, a)
-    timer = threading.Timer(0.02, b.send, (b"x",))
-    timer.start()
-    assert [k.fileobj for k, _ in sel.select(5.0)] == [a]
-    timer.join()
+    assert [k.fileobj for k, _ in select_sent_after(sel, b, 0.02)] == [a]
     assert sel.window == 0.0 and sel.polled == 0
 
 

@@ -367,6 +367,12 @@ def test_stale_fd_is_registered_afresh() -> None:
         http = up.http
         fired: list[tuple[int, int]] = []
         http._on_socket = lambda fd, action: fired.append((fd, action))  # type: ignore[method-assign]
+
+        async def until_fired() -> None:
+            for _ in range(100):
+                if fired:
+                    return
+                await asyncio.sleep(0.01)
         a, b = socket.socketpair()
         fd = a.fileno()
         http._handle_socket(pycurl.POLL_INOUT, fd, http._multi, None)
@@ -379,18 +385,12 @@ def test_stale_fd_is_registered_afresh() -> None:
             http._handle_socket(pycurl.POLL_IN, fd, http._multi, None)
             assert http._fds[fd] == pycurl.POLL_IN
             peer.send(b"x")
-            for _ in range(100):
-                if fired:
-                    break
-                await asyncio.sleep(0.01)
+            await until_fired()
             assert (fd, pycurl.CSELECT_IN) in fired
             # the same events again for a known fd: re-registered, still watched
             fired.clear()
             http._handle_socket(pycurl.POLL_IN, fd, http._multi, None)
-            for _ in range(100):
-                if fired:
-                    break
-                await asyncio.sleep(0.01)
+            await until_fired()
             assert fired and fired[0] == (fd, pycurl.CSELECT_IN)
             # POLL_NONE: still known, not watched; then watched again
             http._handle_socket(pycurl.POLL_NONE, fd, http._multi, None)
@@ -400,10 +400,7 @@ def test_stale_fd_is_registered_afresh() -> None:
             await asyncio.sleep(0.05)
             assert not fired  # (the byte is still unread: a watched fd would fire)
             http._handle_socket(pycurl.POLL_IN, fd, http._multi, None)
-            for _ in range(100):
-                if fired:
-                    break
-                await asyncio.sleep(0.01)
+            await until_fired()
             assert fired and fired[0] == (fd, pycurl.CSELECT_IN)
             http._handle_socket(pycurl.POLL_REMOVE, fd, http._multi, None)
             assert fd not in http._fds
