@@ -22,6 +22,7 @@ TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
                 60.0, 120.0, 300.0)
 
 OUTCOMES = ("ok", "client_error", "upstream_error", "timeout", "rate_limited", "cancelled")
+TIMEOUT_KINDS = (ErrorKind.CONNECT_TIMEOUT, ErrorKind.FIRST_BYTE_TIMEOUT, ErrorKind.IDLE_TIMEOUT)
 
 
 def outcome_of(status: int, kind: ErrorKind | None) -> str:
@@ -94,6 +95,10 @@ class Metrics:
                 self._outcome(p, o)
             self.upstream_ttfb.labels(p)
             self.failovers.labels(p)
+            # The timeout alert takes increase() of these: a series born at 1 would hide
+            # its first timeout from it.
+            for kind in TIMEOUT_KINDS:
+                self.upstream_errors.labels(p, kind.value)
 
     def _outcome(self, provider: str, outcome: str) -> Any:
         key = (provider, outcome)
