@@ -54,8 +54,9 @@ class Process:
 
     def __init__(self, argv: list[str], env: dict[str, str], **popen: Any) -> None:
         self.argv = argv
+        # A session (and process group) of its own: cleanup reaches workers a dead parent left.
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, **popen)
+                                     text=True, start_new_session=True, **popen)
         self.pid = self.proc.pid
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -86,17 +87,33 @@ class Process:
         return code
 
     def kill(self) -> None:
-        """Stop it if a test left it running (SIGKILL to it, then to its workers)."""
+        """Stop whatever a test left running: its process group, workers a dead parent left
+        included (those are found by group and command line, so a reused id is never hit)."""
         if self.proc.poll() is None:
-            children = _children(self.pid)
-            self.proc.kill()
-            self.proc.wait(10)
-            for pid in children:
+            os.killpg(self.pid, signal.SIGKILL)
+        else:
+            for pid in _group_members(self.pid, self.argv):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        self.proc.wait(10)
         self._reader.join(5)
+
+
+def _group_members(pgid: int, argv: list[str]) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmdline = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[2]) == pgid and argv[-1].encode() in cmdline:
+            found.append(int(d.name))
+    return found
 
 
 def _children(pid: int) -> list[int]:
