@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the tools tests/deploy/ uses, if missing: promtool, systemd-analyze (systemd),
-# pkill (procps, for the unit's ExecReload), setpriv (util-linux) and docker-compose (to
+# pkill (procps, for the unit's ExecReload) and docker-compose (to
 # validate compose.yaml). Idempotent and quiet; without root or apt-get it installs nothing,
 # and the tests that need a missing tool skip, saying which.
 #
@@ -11,7 +11,6 @@ set -euo pipefail
 apt_want=()
 command -v systemd-analyze >/dev/null 2>&1 || apt_want+=(systemd)
 command -v pkill >/dev/null 2>&1 || apt_want+=(procps)
-command -v setpriv >/dev/null 2>&1 || apt_want+=(util-linux)
 command -v docker-compose >/dev/null 2>&1 || apt_want+=(docker-compose)
 need_promtool=0
 command -v promtool >/dev/null 2>&1 || need_promtool=1
