@@ -6,7 +6,11 @@ from typing import Callable
 
 import pytest
 
-from .support import Scraped, scrape_after_traffic
+from .support import Scraped, release_shared_builds, scrape_after_traffic
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    release_shared_builds()
 
 
 @pytest.fixture(scope="session")

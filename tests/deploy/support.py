@@ -140,6 +140,66 @@ def wait_http(url: str, timeout: float = 20.0, proc: Process | None = None) -> N
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
+_HELD: dict[Path, Any] = {}  # users file -> its open file, shared-locked while this process may use the build
+
+
+def shared_build(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder ``build`` fills once, shared by the xdist workers of this run: the first to
+    come builds it under a lock, the others wait and reuse it.  Each process holds a shared
+    lock on ``<name>.users`` while it may use the folder; the last to finish removes it
+    (release_shared_builds, from conftest.py).  World-readable, for a gateway run as
+    another user."""
+    import fcntl
+    import tempfile
+
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the controller's, shared by every worker
+    users = base / f"{name}.users"
+    if users not in _HELD:
+        f = open(users, "a")
+        fcntl.flock(f, fcntl.LOCK_SH)
+        _HELD[users] = f
+    record = base / f"{name}.json"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.exists():
+            done = json.loads(record.read_text())
+            if not done["ok"]:
+                pytest.fail(f"building {name} failed in another worker:\n{done['error']}", pytrace=False)
+            if Path(done["root"]).is_dir():
+                return Path(done["root"])
+        root = Path(tempfile.mkdtemp(prefix=f"tornado-proxy-{name}-"))
+        root.chmod(0o755)
+        try:
+            build(root)
+        except BaseException as exc:
+            record.write_text(json.dumps({"ok": False, "root": str(root), "error": str(exc)}))
+            raise
+        record.write_text(json.dumps({"ok": True, "root": str(root)}))
+        return root
+
+
+def release_shared_builds() -> None:
+    """This process is done: if no other holds the folder, remove it."""
+    import fcntl
+
+    for users, f in list(_HELD.items()):
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # only once every other user let go
+        except OSError:
+            f.close()  # another process still uses it: the last one removes it
+            continue
+        record = users.with_suffix(".json")
+        try:
+            shutil.rmtree(json.loads(record.read_text())["root"], ignore_errors=True)
+            record.unlink()
+        except (OSError, ValueError, KeyError):
+            pass
+        f.close()
+    _HELD.clear()
+
+
 # -- the Dockerfile ---------------------------------------------------------------------
 
 @dataclass

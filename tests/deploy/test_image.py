@@ -33,24 +33,58 @@ import pytest
 from tornado_proxy.cli import default_workers
 
 from .support import (Process, Stage, docker_context, dockerfile_env, dockerfile_stages, exec_form, free_port,
-                      wait_http)
+                      shared_build, wait_http)
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
 class Image:
+    """The image as the Dockerfile describes it, built (its pip lines run) under ``root``."""
     root: Path
     final: Stage
-    paths: dict[str, Path]        # image path -> local folder
+    venv: str                     # image paths: the venv, the config folder, the volume
+    etc: str
+    volume: str
     entrypoint: list[str]
     cmd: list[str]
     healthcheck: list[str]
     health_options: dict[str, str]
-    uid: int | None
+    uid: int | None               # None: the test is not root and runs it as itself
     gid: int | None
     port: int
-    build_seconds: float
+
+    def container(self) -> "Container":
+        """What `docker run` starts from: the config folder with the Dockerfile's COPYs and
+        an empty state volume owned by the image's user."""
+        d = Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
+        d.chmod(0o755)
+        c = Container(self, d, {self.venv: self.root / "venv", self.etc: d / "etc", self.volume: d / "state"})
+        (d / "etc").mkdir(mode=0o755)
+        (d / "state").mkdir(mode=0o700)
+        if self.uid is not None:
+            os.chown(d / "state", self.uid, self.gid or 0)
+        for args in self.final.all("COPY"):
+            if "--from" not in args:
+                src, dest = shlex.split(args)
+                shutil.copy(self.root / "src" / src, c.local(dest))
+                os.chmod(c.local(dest), 0o644)
+        return c
+
+
+@dataclass
+class Container:
+    image: Image
+    dir: Path
+    paths: dict[str, Path]        # image path -> local folder
+
+    @property
+    def etc(self) -> Path:
+        return self.paths[self.image.etc]
+
+    @property
+    def state(self) -> Path:
+        return self.paths[self.image.volume]
 
     def local(self, s: str) -> str:
         for image_path, here in self.paths.items():
@@ -58,43 +92,30 @@ class Image:
         return s
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: self.local(v) for k, v in dockerfile_env(self.final, BASE_PATH).items()}
-        env.update(LANG="C.UTF-8", HOME=self.local("/var/lib/tornado-proxy"), **extra)
+        env = {k: self.local(v) for k, v in dockerfile_env(self.image.final, BASE_PATH).items()}
+        env.update(LANG="C.UTF-8", HOME=str(self.state), **extra)
         return env
 
     def as_user(self) -> dict[str, Any]:
-        return {} if self.uid is None else {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def container_dirs(self) -> tuple[Path, Path]:
-        """A fresh /etc/tornado-proxy (with the COPYs of the Dockerfile) and a fresh state
-        volume owned by the image's user, as `docker run` starts with."""
-        etc, state = self.paths["/etc/tornado-proxy"], self.paths["/var/lib/tornado-proxy"]
-        for d in (etc, state):
-            shutil.rmtree(d, ignore_errors=True)
-        etc.mkdir(mode=0o755)
-        state.mkdir(mode=0o700)
-        if self.uid is not None:
-            os.chown(state, self.uid, self.gid or 0)
-        for args in self.final.all("COPY"):
-            if "--from" in args:
-                continue
-            src, dest = shlex.split(args)
-            shutil.copy(self.root / "src" / src, self.local(dest))
-            os.chmod(self.local(dest), 0o644)
-        return etc, state
+        img = self.image
+        return {} if img.uid is None else {"user": img.uid, "group": img.gid, "extra_groups": []}
 
     def argv(self, port: int) -> list[str]:
         """ENTRYPOINT + CMD, the image's paths mapped, and the port moved to a free one."""
-        args = [self.local(a) for a in self.entrypoint + self.cmd]
-        return [str(port) if a == str(self.port) and args[i - 1] == "--port" else a for i, a in enumerate(args)]
+        args = [self.local(a) for a in self.image.entrypoint + self.image.cmd]
+        return [str(port) if a == str(self.image.port) and args[i - 1] == "--port" else a
+                for i, a in enumerate(args)]
+
+    def start(self, port: int, **env: str) -> Process:
+        return Process(self.argv(port), self.env(**env), cwd=str(self.state), **self.as_user())
 
     def run_healthcheck(self, port: int) -> subprocess.CompletedProcess[str]:
-        argv = [a.replace(f":{self.port}/", f":{port}/") for a in self.healthcheck]
+        argv = [a.replace(f":{self.image.port}/", f":{port}/") for a in self.image.healthcheck]
         exe = shutil.which(argv[0], path=self.env()["PATH"])
         assert exe, f"HEALTHCHECK's {argv[0]} is not on the image's PATH"
         # Only what the Dockerfile installs counts: the slim base image has no curl or wget.
-        assert Path(exe).parent == self.root / "venv" / "bin", f"HEALTHCHECK runs {exe}, not from the image's venv"
-        timeout = float(self.health_options.get("timeout", "30s").rstrip("s"))
+        assert Path(exe).parent == self.paths[self.image.venv] / "bin", f"HEALTHCHECK runs {exe}, not the image's"
+        timeout = float(self.image.health_options.get("timeout", "30s").rstrip("s"))
         return subprocess.run([exe, *argv[1:]], env=self.env(), capture_output=True, text=True,
                               timeout=timeout, **self.as_user())
 
@@ -120,79 +141,85 @@ def base_python() -> str | None:
     return None
 
 
-def _port_of(argv: list[str]) -> int:
-    return int(argv[argv.index("--port") + 1])
-
-
-@pytest.fixture(scope="module")
-def image() -> Iterator[Image]:
-    t0 = time.monotonic()
+def read_dockerfile() -> tuple[Stage, Stage, dict[str, str], tuple[int | None, int | None, str]]:
     stages = dockerfile_stages()
     assert len(stages) >= 2, "multi-stage: a build stage and a runtime stage"
     build, final = stages[0], stages[-1]
-    root = Path(tempfile.mkdtemp(prefix="tornado-proxy-image-"))
-    root.chmod(0o755)  # the image's user must reach the venv and the config
+    path_env = dockerfile_env(final, BASE_PATH)["PATH"]
+    venv = str(Path(path_env.split(":")[0]).parent)          # ENV PATH=/opt/tornado-proxy/bin:...
+    volume = json.loads(final.last("VOLUME"))[0]
+    config = next(a for a in json.loads(final.last("CMD")) if a.endswith(".json"))
+    places = {"venv": venv, "etc": str(Path(config).parent), "volume": volume}
+    assert sorted(places.values()) == ["/etc/tornado-proxy", "/opt/tornado-proxy", "/var/lib/tornado-proxy"]
+    user = final.last("USER").split(":")
+    assert user[0].isdigit() and user[0] != "0", "USER: a numeric, non-root uid (Kubernetes' runAsNonRoot)"
+    if os.geteuid() != 0:
+        return build, final, places, (None, None, f"not root: it runs as this test's user, not as USER {user[0]}")
+    return build, final, places, (int(user[0]), int(user[1] if len(user) > 1 else user[0]), "")
+
+
+def build(root: Path) -> None:
+    """The Dockerfile's pip lines, as `docker build` runs them, into ``root``."""
+    build_stage, final, places, (uid, _, _) = read_dockerfile()
+    paths = {places["venv"]: root / "venv", "/wheels": root / "wheels"}
+    src = root / "src"  # the build context, as `docker build .` sends it (.dockerignore applied)
+    src.mkdir()
+    assert "setup.cfg" in docker_context(src)
+    python = base_python() if uid is not None else sys.executable
+    # `python` and `pip` of the base image: a venv of a Python the image's user may run.
+    subprocess.run([python or sys.executable, "-m", "venv", str(root / "base")], check=True, timeout=300)
+    shim = root / "shim"
+    shim.mkdir()
+    (shim / "python").symlink_to(root / "base" / "bin" / "python")
+    (shim / "pip").symlink_to(root / "base" / "bin" / "pip")
+    (root / "python").write_text(python or "")
+
+    def run(stage: Stage, cwd: Path) -> None:
+        for args in stage.all("RUN"):
+            if "pip" not in args:
+                continue  # apt-get, useradd: the base image's business, not ours
+            line = re.sub(r"--mount=\S+\s+", "", args).replace("--no-cache-dir", "")  # the local pip cache may serve
+            for image_path, here in paths.items():
+                line = re.sub(re.escape(image_path) + r"(?=/|\s|$)", str(here), line)
+            r = subprocess.run(["sh", "-c", line], cwd=cwd, capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
+            assert r.returncode == 0, f"RUN {args}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+
+    run(build_stage, src)
+    assert list((root / "wheels").glob("tornado_proxy-*.whl")), "the build stage made no wheel of ours"
+    run(final, root)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    t0 = time.monotonic()
+    root = shared_build(tmp_path_factory, "image", build)  # once per run, whichever xdist worker comes first
+    print(f"wheel built and installed in a fresh venv in {time.monotonic() - t0:.1f} s")
+    _, final, places, (uid, gid, why) = read_dockerfile()
+    if uid is not None and not (root / "python").read_text():
+        uid = gid = None
+        why = "no Python here that another user may run: it runs as root"
+    if why:
+        print(why)
+    entrypoint = exec_form(final.last("ENTRYPOINT"), "ENTRYPOINT")
+    cmd = exec_form(final.last("CMD"), "CMD")
+    hc = final.last("HEALTHCHECK")
+    opts = dict(re.findall(r"--([\w-]+)=(\S+)", hc.split(" CMD ", 1)[0]))
+    healthcheck = exec_form(hc.split(" CMD ", 1)[1], "HEALTHCHECK CMD")
+    port = int(cmd[cmd.index("--port") + 1])
+    assert final.last("EXPOSE") == str(port), "EXPOSE and CMD's --port differ"
+    assert any(f"127.0.0.1:{port}/health" in a for a in healthcheck), "HEALTHCHECK probes another port"
+    return Image(root, final, places["venv"], places["etc"], places["volume"], entrypoint, cmd, healthcheck,
+                 opts, uid, gid, port)
+
+
+@pytest.fixture
+def container(image: Image) -> Iterator[Container]:
+    c = image.container()
     try:
-        path_env = dockerfile_env(final, BASE_PATH)["PATH"]
-        venv = Path(path_env.split(":")[0]).parent          # ENV PATH=/opt/tornado-proxy/bin:...
-        volume = json.loads(final.last("VOLUME"))[0]
-        config = next(a for a in json.loads(final.last("CMD")) if a.endswith(".json"))
-        paths = {str(venv): root / "venv", str(Path(config).parent): root / "etc", volume: root / "state",
-                 "/wheels": root / "wheels"}
-        assert set(paths) >= {"/opt/tornado-proxy", "/etc/tornado-proxy", "/var/lib/tornado-proxy"}
-        # The build context, as `docker build .` sends it (.dockerignore applied).
-        src = root / "src"
-        src.mkdir()
-        assert "setup.cfg" in docker_context(src)
-        user = final.last("USER").split(":")
-        assert user[0].isdigit() and user[0] != "0", "USER: a numeric, non-root uid (Kubernetes' runAsNonRoot)"
-        uid, gid = (int(user[0]), int(user[1] if len(user) > 1 else user[0])) if os.geteuid() == 0 else (None, None)
-        python = base_python() if uid is not None else sys.executable
-        if python is None:
-            print(f"no Python here that uid {uid} may run: the gateway runs as root, not as USER {user[0]}")
-            uid = gid = None
-            python = sys.executable
-        elif uid is None:
-            print(f"not root: the gateway runs as this test's user (uid {os.geteuid()}), not as USER {user[0]}")
-        # `python` and `pip` of the base image: a venv of that Python (its pip, not the system's).
-        subprocess.run([python, "-m", "venv", str(root / "base")], check=True, timeout=300)
-        shim = root / "shim"
-        shim.mkdir()
-        (shim / "python").symlink_to(root / "base" / "bin" / "python")
-        (shim / "pip").symlink_to(root / "base" / "bin" / "pip")
-
-        def run(stage: Stage, cwd: Path) -> None:
-            for args in stage.all("RUN"):
-                if "pip" not in args:
-                    continue  # apt-get, useradd: the base image's business, not ours
-                line = re.sub(r"--mount=\S+\s+", "", args).replace("--no-cache-dir", "")  # the local pip cache may serve
-                for image_path, here in paths.items():
-                    line = re.sub(re.escape(image_path) + r"(?=/|\s|$)", str(here), line)
-                r = subprocess.run(["sh", "-c", line], cwd=cwd, capture_output=True, text=True, timeout=600,
-                                   env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
-                assert r.returncode == 0, f"RUN {args}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
-
-        run(build, src)
-        assert list((root / "wheels").glob("tornado_proxy-*.whl")), "the build stage made no wheel of ours"
-        run(final, root)
-        entrypoint = exec_form(final.last("ENTRYPOINT"), "ENTRYPOINT")
-        cmd = exec_form(final.last("CMD"), "CMD")
-        hc = final.last("HEALTHCHECK")
-        opts = dict(re.findall(r"--([\w-]+)=(\S+)", hc.split(" CMD ", 1)[0]))
-        healthcheck = exec_form(hc.split(" CMD ", 1)[1], "HEALTHCHECK CMD")
-        port = _port_of(cmd)
-        assert final.last("EXPOSE") == str(port), "EXPOSE and CMD's --port differ"
-        assert any(f"127.0.0.1:{port}/health" in a for a in healthcheck), "HEALTHCHECK probes another port"
-        img = Image(root, final, paths, entrypoint, cmd, healthcheck, opts, uid, gid, port, 0.0)
-        img.build_seconds = time.monotonic() - t0
-        print(f"wheel built and installed in a fresh venv in {img.build_seconds:.1f} s")
-        yield img
+        yield c
     finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def start(img: Image, port: int, **env: str) -> Process:
-    return Process(img.argv(port), img.env(**env), cwd=img.local("/var/lib/tornado-proxy"), **img.as_user())
+        shutil.rmtree(c.dir, ignore_errors=True)
 
 
 def test_the_image_installs_the_built_wheel_not_the_source_tree(image: Image) -> None:
@@ -204,18 +231,17 @@ def test_the_image_installs_the_built_wheel_not_the_source_tree(image: Image) ->
     assert not any('"editable": true' in p.read_text() for p in direct), "an editable install"
 
 
-def test_the_entrypoint_runs_as_the_image_user_and_passes_its_healthcheck(image: Image) -> None:
+def test_the_entrypoint_runs_as_the_image_user_and_passes_its_healthcheck(image: Image, container: Container) -> None:
     """The image as shipped (its own default config, no mounts): the HEALTHCHECK passes once
     it listens and fails once it is gone; one worker per CPU the cgroup allows."""
-    image.container_dirs()
     port = free_port()
-    assert image.run_healthcheck(port).returncode != 0, "the healthcheck passes with nothing listening"
-    p = start(image, port)
+    assert container.run_healthcheck(port).returncode != 0, "the healthcheck passes with nothing listening"
+    p = container.start(port)
     try:
         workers = default_workers()
         p.wait_for("listening on", count=workers)
         deadline = time.monotonic() + float(image.health_options.get("start-period", "0s").rstrip("s") or 0) + 5
-        while (r := image.run_healthcheck(port)).returncode != 0 and time.monotonic() < deadline:
+        while (r := container.run_healthcheck(port)).returncode != 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert r.returncode == 0, r.stderr
         status = Path(f"/proc/{p.pid}/status").read_text()
@@ -227,28 +253,29 @@ def test_the_entrypoint_runs_as_the_image_user_and_passes_its_healthcheck(image:
         assert p.wait() == 0, p.stderr
     finally:
         p.kill()
-    assert image.run_healthcheck(port).returncode != 0
+    assert container.run_healthcheck(port).returncode != 0
 
 
-def test_sigterm_to_the_entrypoint_drains_a_stream_then_exits_0(image: Image, harness: Any) -> None:
+def test_sigterm_to_the_entrypoint_drains_a_stream_then_exits_0(image: Image, container: Container,
+                                                               harness: Any) -> None:
     """A config mounted over the default one, secrets from the environment, the accounts
     file in the state volume: an admin disable is saved there by the image's user, a stream
     in flight when SIGTERM reaches the entrypoint's process finishes, and it exits 0."""
     from tests.e2e.harness import Reply
 
-    etc, state = image.container_dirs()
+    etc, state = container.etc, container.state
     up = harness.upstream()
     up.default = Reply.sse_file("openai/text.sse", delay=0.15)
     port = free_port()
     (etc / "config.json").write_text(json.dumps({
         "server": {"drain_seconds": 20, "admin_token": "${TP_ADMIN_TOKEN}", "log_format": "json"},
-        "accounts_file": image.local("/var/lib/tornado-proxy/accounts.json"),  # as the mounted file says it
+        "accounts_file": container.local("/var/lib/tornado-proxy/accounts.json"),  # as the mounted file says it
         "providers": [{"name": "up", "type": "openai", "base_url": up.url + "/v1",
                        "accounts": [{"id": "a1", "api_key": "${UP_KEY_1}"}, {"id": "a2", "api_key": "${UP_KEY_2}"}]}],
         "models": [{"id": "m", "provider": "up", "upstream_model": "gpt-4o-mini"}]}))
     secrets = {"UP_KEY_1": "sk-upstream-secret-one-1111", "UP_KEY_2": "sk-upstream-secret-two-2222",
                "TP_ADMIN_TOKEN": "admin-token-secret-3333"}
-    p = start(image, port, **secrets)
+    p = container.start(port, **secrets)
     try:
         workers = default_workers()
         p.wait_for("listening on", count=workers)
