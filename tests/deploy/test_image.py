@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -280,8 +281,6 @@ def test_sigterm_to_the_entrypoint_drains_a_stream_then_exits_0(image: Image, co
         workers = default_workers()
         p.wait_for("listening on", count=workers)
         wait_http(f"http://127.0.0.1:{port}/health", proc=p)
-        import urllib.request
-
         req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/accounts/a2/disable", data=b"{}", method="POST",
                                      headers={"Authorization": "Bearer " + secrets["TP_ADMIN_TOKEN"]})
         assert urllib.request.urlopen(req, timeout=10).status == 200
@@ -305,7 +304,6 @@ def test_sigterm_to_the_entrypoint_drains_a_stream_then_exits_0(image: Image, co
     finally:
         p.kill()
     assert sum("drained; exiting" in line for line in p.lines) == workers
-    assert all(up.requests[i].headers["authorization"] == "Bearer " + secrets["UP_KEY_1"]
-               for i in range(len(up.requests)))
+    assert {r.headers["authorization"] for r in up.requests} == {"Bearer " + secrets["UP_KEY_1"]}
     for value in secrets.values():
         assert value not in p.stderr and value not in (etc / "config.json").read_text()
