@@ -24,6 +24,7 @@ import base64
 import binascii
 import enum
 import functools
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -814,9 +815,13 @@ class ResponsesProvider(Provider):
             raw = jsonutil.dumpb(body)
         return UpstreamRequest("POST", self._url(model, path), self._headers(account, model, stream), raw, stream)
 
-    def build_resource_request(self, method: str, suffix: str, query: str, account: Account) -> UpstreamRequest:
-        """``GET/DELETE /responses/{id}``, ``.../cancel``, ``.../input_items``: forwarded as they are."""
-        url = self._url({}, suffix)
+    def build_resource_request(self, method: str, segments: list[str], query: str,
+                               account: Account) -> UpstreamRequest:
+        """``GET/DELETE /responses/{id}``, ``.../cancel``, ``.../input_items``.
+
+        ``segments`` are the path's parts after ``/responses`` (each quoted here, so none
+        can add a path level or a query), ``query`` an already encoded query string."""
+        url = self._url({}, "".join("/" + urllib.parse.quote(s, safe="") for s in segments))
         if query:
             url += ("&" if "?" in url else "?") + query
         headers = self._headers(account, {}, False)

@@ -52,6 +52,7 @@ TICKS_PER_SECOND = 4
 _E_COULDNT_RESOLVE = (5, 6)        # proxy, host
 _E_COULDNT_CONNECT = 7
 _E_OPERATION_TIMEDOUT = 28
+_E_URL_MALFORMAT = 3                # a URL we built from the client's input: not the account's fault
 _E_WRITE_ERROR = 23                # our write function returned 0 (client gone / translator error)
 _E_ABORTED = 42                    # CURLE_ABORTED_BY_CALLBACK: GatewayCurlClient.abort
 _E_SSL = (35, 51, 53, 54, 58, 59, 60, 77, 80, 82, 83, 90, 91)
@@ -136,11 +137,15 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
     def _start(self, curl: pycurl.Curl, t: "Transfer", kick: bool) -> bool:
         try:
             self._setup_transfer(curl, t)
-        except Exception:
+        except Exception as exc:
             # As Tornado does when a request's setup fails: the handle goes back and
-            # the transfer ends at once (Upstream.wait reports it as curl error 42).
+            # the transfer ends at once.  libcurl refused what we built from the
+            # client's request (a NUL in a header or URL, say): the client's fault,
+            # never the account's.
             curl.reset()
             self._free_list.append(curl)
+            t.abort_err = ProxyError(ErrorKind.INVALID_REQUEST, "the request could not be sent upstream: "
+                                     f"libcurl refused it ({type(exc).__name__})")
             _complete(t, _E_ABORTED, 0.0)
             return False
         curl.transfer = t  # type: ignore[attr-defined]
@@ -669,6 +674,8 @@ class Upstream:
         if errno is None:
             return None
         host = _host_of(t.req.url)
+        if errno == _E_URL_MALFORMAT:
+            return ProxyError(ErrorKind.INVALID_REQUEST, "the request could not be sent upstream: its URL is malformed")
         if errno in _E_COULDNT_RESOLVE:
             return ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, f"cannot resolve upstream host {host}")
         if errno == _E_COULDNT_CONNECT:

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import logging
+import re
 import time
+import urllib.parse
 from typing import Any
 
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
@@ -179,6 +181,46 @@ class ResponsesHandler(LLMHandler):
         return super()._on_passthrough(data)
 
 
+# What an id of ours or OpenAI's looks like ("resp_" + hex, "msg_...", ...).  Anything
+# else -- "/", "?", "#", "%", dots, whitespace, control or non-ASCII characters -- could
+# steer the forwarded request to another upstream resource, or be unsendable (which
+# would count against the account), so it is refused before anything is sent.
+RESOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+# The query parameters each forwarded resource takes (OpenAI's API reference).  Only
+# these go upstream, each re-encoded; anything else (our own access key as ``?key=``,
+# say) stays here.
+FORWARDED_QUERY = {
+    None: frozenset({"include", "include[]", "stream", "starting_after", "include_obfuscation"}),
+    "input_items": frozenset({"after", "before", "limit", "order", "include", "include[]"}),
+    "cancel": frozenset(),
+}
+
+
+def check_resource_id(resp_id: str) -> None:
+    if not RESOURCE_ID.fullmatch(resp_id):
+        raise ProxyError(ErrorKind.INVALID_REQUEST, "Invalid 'response_id': expected an ID made of letters, "
+                         "digits, '_' and '-' (like 'resp_abc123').", param="response_id")
+
+
+def forwarded_query(args: dict[str, list[bytes]], sub: str | None) -> str:
+    """The client's query string as it may go upstream: known names only, each value
+    decoded and re-encoded (so no raw byte of the client's reaches the URL)."""
+    allowed = FORWARDED_QUERY.get(sub, frozenset())
+    pairs = []
+    for name, values in args.items():
+        if name not in allowed:
+            continue
+        for v in values:
+            try:
+                text = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProxyError(ErrorKind.INVALID_REQUEST, f"Invalid '{name}': not UTF-8 text.",
+                                 param=name) from None
+            pairs.append((name, text))
+    return urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
+
+
 def _responses_provider(gw: Any) -> ResponsesProvider | None:
     for p in gw.providers.values():
         if isinstance(p, ResponsesProvider):
@@ -193,6 +235,7 @@ class ResponseResourceHandler(BaseHandler):
     route_name = "responses"
 
     async def get(self, resp_id: str, sub: str | None = None) -> None:
+        check_resource_id(resp_id)
         if sub not in (None, "input_items"):
             raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"GET is not allowed on {self.request.path}")
         entry = response_store(self.gw).get(resp_id)
@@ -207,6 +250,7 @@ class ResponseResourceHandler(BaseHandler):
             self.send_json(self._list(entry.input_items))
 
     async def delete(self, resp_id: str, sub: str | None = None) -> None:
+        check_resource_id(resp_id)
         if sub is not None:
             raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"DELETE is not allowed on {self.request.path}")
         if response_store(self.gw).delete(resp_id):
@@ -215,6 +259,7 @@ class ResponseResourceHandler(BaseHandler):
             await self.forward("DELETE", resp_id, None)
 
     async def post(self, resp_id: str, sub: str | None = None) -> None:
+        check_resource_id(resp_id)
         if sub != "cancel":
             raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"POST is not allowed on {self.request.path}")
         if response_store(self.gw).get(resp_id) is not None:
@@ -251,13 +296,14 @@ class ResponseResourceHandler(BaseHandler):
         if provider is None:
             raise ProxyError(ErrorKind.NOT_FOUND, f"No response found with id '{resp_id}'.", param="response_id")
         self.provider_name = provider.name
-        await self._forward_to(provider, method, f"/{resp_id}" + (f"/{sub}" if sub else ""))
+        await self._forward_to(provider, method, [resp_id] + ([sub] if sub else []),
+                               forwarded_query(self.request.query_arguments, sub))
 
-    async def _forward_to(self, provider: ResponsesProvider, method: str, suffix: str) -> None:
+    async def _forward_to(self, provider: ResponsesProvider, method: str, segments: list[str], query: str) -> None:
         lease = self.gw.scheduler.acquire(provider.name, headers=self.request.headers)
         try:
             await lease.prepare()
-            up = provider.build_resource_request(method, suffix, self.request.query, lease.account)
+            up = provider.build_resource_request(method, segments, query, lease.account)
             timeouts = provider.conf["timeouts"]
             res = await self.gw.upstream.fetch(up, connect_timeout=timeouts["connect"],
                                                first_byte=timeouts["first_byte"], idle=timeouts["idle"],
