@@ -99,6 +99,15 @@ class Gateway:
         self.access_keys: list[bytes] = [k.encode("utf-8") for k in s["access_keys"]]
         self.access_key_header: str = s["access_key_header"]
         self.admin_token: str = s.get("admin_token") or ""
+        self.metrics_token: bytes = (s.get("metrics_token") or "").encode("utf-8")
+        # Who may pin an account with x-auth-id: everyone (True), nobody (False), or the
+        # holders of the listed access keys.
+        pinning = s.get("account_pinning", True)
+        self.pinning_keys: frozenset[bytes] | None = (
+            None if pinning is True else frozenset(k.encode("utf-8") for k in (pinning or ()) if k))
+        self.pin_headers: tuple[str, ...] = tuple(sorted({
+            str((p.get("scheduler") or {}).get(n) or d).lower()
+            for p in config.providers for n, d in (("pin_header", "x-auth-id"), ("strict_pin_header", "x-auth-strict"))}))
         self.cors_origins: list[str] = list(s["cors_origins"])
         self.max_body_bytes: int = s["max_body_bytes"]
         types = dict(PROVIDER_TYPES)
@@ -164,5 +173,4 @@ def make_app(gw: Gateway) -> tornado.web.Application:
         default_handler_args={"gw": gw},
         log_function=log_request,
         compress_response=False,   # SSE must not be buffered by a compressor
-        xheaders=True,
     )

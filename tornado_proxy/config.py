@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import ipaddress
 import os
 import re
 import sys
@@ -236,6 +237,18 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
 
     types = dict(PROVIDER_TYPES)
     problems: list[str] = []
+    server = raw.get("server") or {}
+    for i, net in enumerate(server.get("trusted_proxies") or []):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"$.server.trusted_proxies[{i}]: expected an IP address or CIDR, got {net!r}")
+    pinning = server.get("account_pinning")
+    if isinstance(pinning, list):
+        keys = set(server.get("access_keys") or [])
+        for i, k in enumerate(pinning):
+            if k and k not in keys:
+                problems.append(f"$.server.account_pinning[{i}]: not one of server.access_keys")
     names: dict[str, int] = {}
     for i, p in enumerate(raw.get("providers") or []):
         if p["name"] in names:

@@ -35,6 +35,7 @@ Malformed requests get a 400 with a JSON error body and the connection is closed
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -234,6 +235,8 @@ class HTTP1Connection(asyncio.Protocol):
         else:
             ip = "0.0.0.0"
         self._base_context = self.context = _Context(ip, "http", peer)
+        # Forwarding headers count only from a configured proxy: decided once per connection.
+        self._trusted_peer = self.server.trusts(ip)
         self.last_read = self.server.tick
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
@@ -394,10 +397,10 @@ class HTTP1Connection(asyncio.Protocol):
         """Hand a request's head to the application (its body follows as it comes)."""
         srv = self.server
         ctx = self._base_context
-        if srv.xheaders:
+        if self._trusted_peer:
             h = r.headers
             if "X-Forwarded-For" in h or "X-Real-Ip" in h or "X-Scheme" in h or "X-Forwarded-Proto" in h:
-                ctx = _forwarded_context(ctx, h)  # type: ignore[arg-type]
+                ctx = _forwarded_context(ctx, h, srv.trusts)  # type: ignore[arg-type]
         self.context = ctx
         self.current = r
         start_line = httputil.RequestStartLine(r.method, r.url.decode("latin-1"), r.version)
@@ -583,13 +586,22 @@ def _safe(s: str) -> str:
     return "".join(c for c in s if c.isprintable() and c not in '"\\')[:200]
 
 
-def _forwarded_context(base: _Context, headers: httputil.HTTPHeaders) -> _Context:
-    """Tornado's ``xheaders`` rules: the client address from X-Real-Ip or the last
-    X-Forwarded-For hop, the scheme from X-Scheme or X-Forwarded-Proto."""
+def _forwarded_context(base: _Context, headers: httputil.HTTPHeaders,
+                       trusts: Callable[[str], bool]) -> _Context:
+    """For a request from a trusted proxy: the client address from X-Real-Ip or, in
+    X-Forwarded-For, the right-most hop that is not itself a trusted proxy (hops to its
+    left were written by whoever sent the request and prove nothing); the scheme from
+    X-Scheme or X-Forwarded-Proto."""
     ip = base.remote_ip
     fwd = headers.get("X-Forwarded-For")
     if fwd:
-        ip = fwd.split(",")[-1].strip()
+        for hop in reversed(fwd.split(",")):
+            hop = hop.strip()
+            if not is_valid_ip(hop):
+                break
+            ip = hop
+            if not trusts(hop):
+                break
     ip = headers.get("X-Real-Ip", ip)
     if not is_valid_ip(ip):
         ip = base.remote_ip
@@ -604,14 +616,18 @@ def _forwarded_context(base: _Context, headers: httputil.HTTPHeaders) -> _Contex
 class HTTP1Server:
     """Listening sockets, the open connections and their idle sweeper."""
 
-    def __init__(self, app: Any, *, xheaders: bool = True, max_body_size: int = 100 << 20,
+    def __init__(self, app: Any, *, trusted_proxies: list[str] | tuple[str, ...] = (),
+                 max_body_size: int = 100 << 20,
                  idle_timeout: float = 75.0, sweep_seconds: float = SWEEP_SECONDS) -> None:
         self.app = app
         import tornado.web
 
         # Literal paths -> handler; None: app is not a Tornado Application (see _start).
         self.exact = exact_routes(app) if isinstance(app, tornado.web.Application) else None
-        self.xheaders = xheaders
+        # X-Forwarded-For / X-Real-Ip / X-Forwarded-Proto are believed only from these
+        # (IPs or CIDRs): from anyone else they are the client's own words.
+        self.trusted_proxies = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+        self._trust_cache: dict[str, bool] = {}
         self.max_body_size = max_body_size
         self.sweep_seconds = sweep_seconds
         self.idle_ticks = max(1, round(idle_timeout / sweep_seconds))
@@ -621,6 +637,20 @@ class HTTP1Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._sockets: dict[int, socket.socket] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def trusts(self, ip: str) -> bool:
+        if not self.trusted_proxies:
+            return False
+        hit = self._trust_cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            hit = any(addr in net for net in self.trusted_proxies)
+            if len(self._trust_cache) < 4096:
+                self._trust_cache[ip] = hit
+        return hit
 
     async def add_sockets(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()

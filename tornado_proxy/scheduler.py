@@ -461,6 +461,25 @@ def _credential_kind(entry: Mapping[str, Any]) -> str:
     return "oauth" if entry.get("refresh_token") else "key"
 
 
+def client_credential(raw: str, access_keys: frozenset[bytes]) -> str | None:
+    """The client's own upstream credential in ``raw`` (a Bearer token or a bare key), or
+    None.  Other schemes (Basic, Digest...) are not pass-through credentials: a Basic
+    header carries user:password, which could be one of our own access keys.  Nothing
+    that is one of our access keys is ever forwarded."""
+    raw = raw.strip()
+    if raw[:7].lower() == "bearer ":
+        cred = raw[7:].strip()
+    elif " " in raw:
+        return None
+    else:
+        cred = raw
+    if not cred:
+        return None
+    if cred.encode("utf-8", "surrogateescape") in access_keys:
+        return None
+    return cred
+
+
 class Scheduler:
     def __init__(self, providers_conf: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic, *,
                  wall_clock: Callable[[], float] = time.time, accounts_file: str | None = None,
@@ -794,8 +813,8 @@ class Scheduler:
         raw = h.get(pool.policy.client_auth_header)
         if not raw:
             return None
-        cred = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
-        if not cred or cred.encode("utf-8", "surrogateescape") in self._access_keys:
+        cred = client_credential(raw, self._access_keys)
+        if cred is None:
             return None
         account = Account(id="client", api_key=cred, extra={"credential": "client"})
         return Lease(self, pool.name, account, None, False, self._proxy(pool, None))

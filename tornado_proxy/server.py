@@ -73,7 +73,7 @@ class Server:
         _warm_up()
         # Bodies are size-checked by the handlers (413 in the client's format); the
         # server's own limit only stops absurd uploads before a handler sees them.
-        self.http = HTTP1Server(self.app, xheaders=True,
+        self.http = HTTP1Server(self.app, trusted_proxies=config.server.get("trusted_proxies") or (),
                                 max_body_size=max(config.server["max_body_bytes"] * 2, 1 << 20),
                                 idle_timeout=75)
         self._stopped: asyncio.Event | None = None

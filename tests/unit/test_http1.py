@@ -276,14 +276,30 @@ def test_head_has_length_and_no_body(server: Server) -> None:
     assert rest == b""
 
 
-def test_forwarded_headers_set_the_client_address_and_scheme(server: Server) -> None:
+def test_forwarded_headers_set_the_client_address_and_scheme(harness: LoopThread) -> None:
+    server = Server(harness, trusted_proxies=["127.0.0.0/8"])  # the peer is a configured load balancer
+    try:
+        s = server.connect()
+        buf = bytearray()
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9, 198.51.100.7\r\n"
+                  b"X-Forwarded-Proto: https\r\n\r\n")
+        assert json.loads(read_response(s, buf)[2]) == {"ip": "198.51.100.7", "proto": "https"}
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Real-Ip: not-an-ip\r\n\r\n")
+        assert json.loads(read_response(s, buf)[2]) == {"ip": "127.0.0.1", "proto": "http"}  # per request
+        # Hops added by other trusted proxies are skipped: the client is the right-most other one.
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6, 198.51.100.7, 127.0.0.9\r\n\r\n")
+        assert json.loads(read_response(s, buf)[2])["ip"] == "198.51.100.7"
+    finally:
+        server.stop()
+
+
+def test_forwarded_headers_from_an_untrusted_peer_are_ignored(server: Server) -> None:
+    """Without server.trusted_proxies, anyone could write the address we log."""
     s = server.connect()
     buf = bytearray()
-    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9, 198.51.100.7\r\n"
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nX-Real-Ip: 203.0.113.10\r\n"
               b"X-Forwarded-Proto: https\r\n\r\n")
-    assert json.loads(read_response(s, buf)[2]) == {"ip": "198.51.100.7", "proto": "https"}
-    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Real-Ip: not-an-ip\r\n\r\n")
-    assert json.loads(read_response(s, buf)[2]) == {"ip": "127.0.0.1", "proto": "http"}  # per request
+    assert json.loads(read_response(s, buf)[2]) == {"ip": "127.0.0.1", "proto": "http"}
 
 
 def test_idle_and_stalled_connections_are_closed(harness: LoopThread) -> None:

@@ -134,6 +134,8 @@ class BaseHandler(tornado.web.RequestHandler):
     def check_access(self) -> None:
         keys = self.gw.access_keys
         if not keys:
+            if self.gw.pinning_keys is not None:
+                self.check_pinning(False)
             return
         given = self.presented_key()
         if not given:
@@ -146,6 +148,19 @@ class BaseHandler(tornado.web.RequestHandler):
             ok |= hmac.compare_digest(g, k)
         if not ok:
             raise ProxyError(ErrorKind.AUTH_INVALID, "invalid access key")
+        allowed = self.gw.pinning_keys
+        if allowed is not None:
+            self.check_pinning(g in allowed)
+
+    def check_pinning(self, allowed: bool) -> None:
+        """``x-auth-id`` picks an account; only the keys ``server.account_pinning`` names may."""
+        if allowed:
+            return
+        h = self.request.headers
+        for name in self.gw.pin_headers:
+            if name in h:
+                raise ProxyError(ErrorKind.FORBIDDEN, f"'{name}' is not allowed with this access key: "
+                                 "server.account_pinning does not grant it", param=name)
 
     # -- bodies --------------------------------------------------------------------
     def json_body(self, raw: bytes | None = None) -> Any:

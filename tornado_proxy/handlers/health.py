@@ -1,7 +1,10 @@
 """Liveness, readiness, models, metrics and the OpenAPI document."""
 from __future__ import annotations
 
+import hmac
+
 from .. import jsonutil
+from ..errors import ErrorKind, ProxyError
 from .base import BaseHandler
 
 
@@ -74,6 +77,13 @@ class MetricsHandler(BaseHandler):
     route_name = "metrics"
 
     def get(self) -> None:
+        token = self.gw.metrics_token
+        if token:  # account ids, states and quotas are for the operator's scraper only
+            auth = self.request.headers.get("Authorization", "")
+            given = auth[7:].strip().encode("utf-8", "surrogateescape") if auth[:7].lower() == "bearer " else b""
+            if not hmac.compare_digest(given, token):
+                raise ProxyError(ErrorKind.AUTH_INVALID if given else ErrorKind.AUTH_MISSING,
+                                 "/metrics needs 'Authorization: Bearer <server.metrics_token>'")
         body, ctype = self.gw.metrics.render()
         self.set_header("Content-Type", ctype)
         self.finish(body)
