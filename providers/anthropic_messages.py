@@ -17,10 +17,10 @@ import base64
 import binascii
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from tornado_proxy import jsonutil
+from tornado_proxy.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, anthropic_body, from_status
 
 from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
@@ -841,7 +841,7 @@ class AnthropicStream(StreamTranslator):
 # The provider
 # ---------------------------------------------------------------------------
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "providers" / "anthropic.options.json"
+SCHEMA_NAME = "providers/anthropic.options"
 # Native /v1/messages/count_tokens takes these fields of a Messages request only.
 COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
                        "output_config", "output_format", "context_management")
@@ -868,7 +868,7 @@ class AnthropicProvider(Provider):
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
         import jsonschema
 
-        schema = jsonutil.loads(SCHEMA_PATH.read_bytes())
+        schema = load_schema(SCHEMA_NAME)
         defs = schema["$defs"]
         problems: list[str] = []
         for err in jsonschema.Draft202012Validator({**defs["provider_options"], "$defs": defs}).iter_errors(

@@ -65,7 +65,9 @@ def _data_dir(name: str) -> Path:
 
 
 def schema_dir() -> Path:
-    return _data_dir("schemas")
+    from .validation import schema_dir as found
+
+    return found()
 
 
 def conf_dir() -> Path:

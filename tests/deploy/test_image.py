@@ -33,7 +33,7 @@ import pytest
 
 from tornado_proxy.cli import default_workers
 
-from .support import (Process, Stage, docker_context, dockerfile_env, dockerfile_stages, exec_form, free_port,
+from .support import (ROOT, Process, Stage, docker_context, dockerfile_env, dockerfile_stages, exec_form, free_port,
                       shared_build, wait_http)
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -307,3 +307,32 @@ def test_sigterm_to_the_entrypoint_drains_a_stream_then_exits_0(image: Image, co
     assert {r.headers["authorization"] for r in up.requests} == {"Bearer " + secrets["UP_KEY_1"]}
     for value in secrets.values():
         assert value not in p.stderr and value not in (etc / "config.json").read_text()
+
+
+def test_the_installed_wheel_checks_every_shipped_config_and_every_provider_type(image: Image,
+                                                                                 tmp_path: Path) -> None:
+    """The packaging faults of issue #14 (a package left out of the wheel, a provider reading
+    its options schema from the source tree) only show in an installed wheel: check every
+    shipped config, and one provider of each type with options, with the installed binary."""
+    exe = image.root / "venv" / "bin" / "tornado-proxy"
+    share = list((image.root / "venv").glob("share/tornado-proxy/conf/*.json"))
+    assert sorted(p.name for p in share) == sorted(p.name for p in (ROOT / "conf").glob("*.json"))
+    for conf in share:
+        names = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", conf.read_text()))
+        env = {**{n: f"dummy-{n.lower()}" for n in names}, "PATH": os.environ["PATH"]}
+        for n in names:
+            if n.endswith("_URL"):
+                env[n] = "http://127.0.0.1:9"
+        r = subprocess.run([str(exe), "--check-config", str(conf)], capture_output=True, text=True, env=env,
+                           cwd="/", timeout=60)
+        assert r.returncode == 0, f"{conf.name}: {r.stdout}{r.stderr}"
+    providers = [{"name": t, "type": t, "base_url": "http://127.0.0.1:9", "accounts": [{"id": f"a-{t}", "api_key": "k"}],
+                  "options": {}} for t in ("openai", "anthropic", "openai-responses", "gemini")]
+    providers.append({"name": "bedrock", "type": "bedrock", "options": {"region": "us-east-1"},
+                      "accounts": [{"id": "b", "aws_access_key_id": "AKIDTEST", "aws_secret_access_key": "s"}]})
+    cfg = tmp_path / "all.json"
+    cfg.write_text(json.dumps({"providers": providers,
+                               "models": [{"id": f"m-{p['name']}", "provider": p["name"]} for p in providers]}))
+    r = subprocess.run([str(exe), "--check-config", str(cfg)], capture_output=True, text=True, cwd="/", timeout=60,
+                       env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0, r.stdout + r.stderr
