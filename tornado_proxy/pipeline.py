@@ -335,6 +335,10 @@ class LLMHandler(BaseHandler):
             self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
             if self._gone:
                 return
+            if self._held_line:
+                # The end of a passed-through stream without a newline goes out now, as
+                # it would have unheld: what follows (failover or error frame) is unchanged.
+                self._send(self._held_rest())
             if res.error is None and not (200 <= res.status < 300):
                 raise provider.classify_error(res.status, res.headers, res.body)
             if res.error is not None:
@@ -352,10 +356,9 @@ class LLMHandler(BaseHandler):
                     if marker is not None and marker not in tail:
                         raise ProxyError(ErrorKind.UPSTREAM_STREAM_CUT, "upstream stream ended before it finished")
                     self._usage = usage_from_tail(tail)
-                    rest = self._held_rest()
                     if not self._first_sent:
                         self._start_stream()
-                    self.finish(rest)
+                    self.finish()
                     return
                 out = [self._encoder.feed(c) for c in self._finish_translator()]
                 out.append(self._encoder.finish())
@@ -531,7 +534,7 @@ class LLMHandler(BaseHandler):
         """After the first byte: the error becomes a frame in the client's format."""
         self.error_kind = err.kind
         err.message = redact.text(err.message)
-        extra = self._held_rest()
+        extra = b""
         if self._translator is not None:
             try:
                 extra = b"".join(self._encoder.feed(c) for c in self._translator.fail(err))

@@ -108,7 +108,11 @@ class Scrubber:
     def __init__(self) -> None:
         self._owners: dict[str, frozenset[str]] = {}
         self._retired: collections.deque[str] = collections.deque(maxlen=RETIRED_MAX)
-        self._lock = threading.Lock()
+        # Re-entrant, and nothing is compiled while it is held: any allocation may run the
+        # garbage collector, whose finalizers may log (asyncio's "Task was destroyed"),
+        # and logging comes back here through the record factory on the same thread.
+        self._lock = threading.RLock()
+        self._version = 0
         self._dirty = False
         self._text_re: Pattern[str] | None = None
         self._data_re: Pattern[bytes] | None = None
@@ -127,6 +131,7 @@ class Scrubber:
                 self._owners[owner] = new
             else:
                 self._owners.pop(owner, None)
+            self._version += 1
             self._dirty = True
 
     def secrets(self) -> set[str]:
@@ -140,16 +145,19 @@ class Scrubber:
         with self._lock:
             if not self._dirty:
                 return
+            version = self._version
             out: set[str] = set(self._retired)
             for s in self._owners.values():
                 out |= s
-            self._masks = {s: mask(s) for s in out}
-            self._bmasks = {s.encode("utf-8"): m.encode("ascii") for s, m in self._masks.items()}
-            if out:
-                self._text_re = re.compile(_trie_pattern(out, _unit_str, _STR_SYNTAX))
-                self._data_re = re.compile(_trie_pattern(self._bmasks, _unit_bytes, _BYTES_SYNTAX))
-            else:
-                self._text_re = self._data_re = None
+        masks = {s: mask(s) for s in out}
+        bmasks = {s.encode("utf-8"): m.encode("ascii") for s, m in masks.items()}
+        text_re = re.compile(_trie_pattern(out, _unit_str, _STR_SYNTAX)) if out else None
+        data_re = re.compile(_trie_pattern(bmasks, _unit_bytes, _BYTES_SYNTAX)) if out else None
+        with self._lock:
+            if self._version != version:
+                return  # changed meanwhile: the next look rebuilds
+            self._masks, self._bmasks = masks, bmasks
+            self._text_re, self._data_re = text_re, data_re
             self._dirty = False
 
     def text(self, s: str) -> str:
@@ -209,10 +217,13 @@ _installed = False
 
 
 def _scrub_record(rec: logging.LogRecord) -> None:
-    if rec.name == "tornado.curl_httpclient" and rec.msg == "%s %r" and rec.args and rec.args[0] == ">":
+    args = rec.args
+    if rec.name == "tornado.curl_httpclient" and rec.msg == "%s %r" and isinstance(args, tuple) \
+            and len(args) == 2 and args[0] == ">":
         # Tornado's curl client logs each body it sends: a refresh grant, form-encoded,
         # so its token is not even byte-equal to the one we know.  Never a body.
-        rec.msg, rec.args = "> (%d bytes of request body, not logged)", (len(rec.args[1]),)  # type: ignore[index]
+        size = len(args[1]) if isinstance(args[1], (str, bytes)) else 0
+        rec.msg, rec.args = "> (%d bytes of request body, not logged)", (size,)
         return
     try:
         msg = rec.getMessage()

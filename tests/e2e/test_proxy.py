@@ -59,7 +59,8 @@ class HTTPProxy:
         hostport, _, path = target[len("http://"):].partition("/")
         host, _, port = hostport.rpartition(":")
         headers = [h for h in rest.split(b"\r\n") if h and not h.lower().startswith((b"proxy-", b"connection:"))]
-        out = f"{method} /{path} {version}\r\n".encode() + b"\r\n".join([*headers, b"Connection: close"]) + b"\r\n\r\n"
+        head_out = b"\r\n".join([f"{method} /{path} {version}".encode(), *headers, b"Connection: close"])
+        out = head_out + b"\r\n\r\n"
         await _relay(cr, cw, host, int(port), out)
 
 

@@ -193,17 +193,20 @@ def test_an_error_after_the_first_byte_of_a_translated_stream_is_scrubbed(
     up = harness.upstream()
     quote = f"Overloaded; key {KEY_A}, other key {KEY_B}, someone's {FOREIGN}, admin {ADMIN}, access {ACCESS}"
     up.default = anthropic_midstream_error(quote)
-    gw = harness.gateway(simple_config([two_keys(up, "anth", "anthropic")],
-                                       [{"id": "claude", "provider": "anth", "upstream_model": "claude-sonnet-4-20250514",
-                                         "max_tokens": 256}], admin_token=ADMIN, access_keys=[ACCESS]))
+    model = {"id": "claude", "provider": "anth", "upstream_model": "claude-sonnet-4-20250514", "max_tokens": 256}
+    gw = harness.gateway(simple_config([two_keys(up, "anth", "anthropic")], [model],
+                                       admin_token=ADMIN, access_keys=[ACCESS]))
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:  # the raw bytes the client gets
         body = json.dumps({"model": "claude", "messages": MSGS, "stream": True}).encode()
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Authorization: Bearer " + ACCESS.encode() + b"\r\nConnection: close\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         raw = b""
-        while chunk := s.recv(65536):
-            raw += chunk
+        try:
+            while chunk := s.recv(65536):
+                raw += chunk
+        except TimeoutError:
+            raise AssertionError(f"the stream stopped before its end; got {raw!r}") from None
     text = raw.decode()
     assert "The answer begins" in text and "Overloaded; key" in text  # the text, then the error frame
     assert masked(KEY_A) in text and "sk-****" in text
