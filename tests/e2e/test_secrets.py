@@ -184,7 +184,7 @@ def two_keys(up: FakeUpstream, name: str, ptype: str = "openai") -> dict[str, An
 def anthropic_midstream_error(quote: str) -> Reply:
     good = fixture_bytes("anthropic/error_midstream.sse").split(b"event: error")[0]
     err = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": quote}}).encode()
-    return Reply.sse(good + b"event: error\ndata: " + err + b"\n\n", delay=0.02)  # text first, then the error
+    return Reply.sse(good + b"event: error\ndata: " + err + b"\n\n", delay=0.05)  # text first, then the error
 
 
 def test_an_error_after_the_first_byte_of_a_translated_stream_is_scrubbed(
