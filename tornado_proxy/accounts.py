@@ -35,7 +35,7 @@ import os
 import time
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
-from . import jsonutil
+from . import jsonutil, redact
 
 T = TypeVar("T")
 
@@ -59,6 +59,23 @@ def mask(secret: str | None) -> str:
 def masked_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """An accounts-file entry with every secret replaced by its mask."""
     return {k: (mask(v) if k in SECRET_FIELDS and isinstance(v, str) else v) for k, v in entry.items()}
+
+
+def doc_secrets(doc: dict[str, Any]) -> list[str]:
+    """Every secret value in an accounts document."""
+    return [v for a in doc.get("accounts") or () if isinstance(a, dict)
+            for k, v in a.items() if k in SECRET_FIELDS and isinstance(v, str)]
+
+
+def scrub_reasons(doc: dict[str, Any]) -> None:
+    """Mask any secret of the document (or known to the scrubber) in its free text."""
+    secrets = None
+    for a in doc["accounts"]:
+        r = a.get("disabled_reason")
+        if isinstance(r, str) and r:
+            if secrets is None:
+                secrets = doc_secrets(doc)
+            a["disabled_reason"] = redact.scrub_with(r, secrets)
 
 
 def has_credential(entry: dict[str, Any]) -> bool:
@@ -158,6 +175,7 @@ class AccountsFile:
             doc = self.read()
             result = fn(doc)
             check_doc(doc)
+            scrub_reasons(doc)  # the file is read by people and scripts, and backed up
             doc["version"] = 1
             doc["generation"] = int(doc.get("generation", 0)) + 1
             self._write(doc)

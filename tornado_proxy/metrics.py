@@ -58,7 +58,7 @@ class Metrics:
                                        ["provider"], buckets=TTFB_BUCKETS, registry=r)
         self.active_streams = Gauge("tornado_proxy_active_streams", "Streams in flight", ["route"],
                                     registry=r, multiprocess_mode="livesum")
-        self.active_requests = Gauge("tornado_proxy_active_requests", "Requests in flight", [],
+        self.active_requests = Gauge("tornado_proxy_active_requests", "Requests in flight", ["route"],
                                      registry=r, multiprocess_mode="livesum")
         self.tokens = Counter("tornado_proxy_tokens_total", "Tokens by provider, model and direction (in/out)",
                               ["provider", "model", "direction"], registry=r)
@@ -75,6 +75,7 @@ class Metrics:
         self._out: dict[tuple[str, str], Any] = {}
         self._up_ttfb: dict[str, Any] = {}
         self._streams: dict[str, Any] = {}
+        self._active: dict[str, Any] = {}
 
     def observe_upstream_ttfb(self, provider: str, seconds: float) -> None:
         h = self._up_ttfb.get(provider)
@@ -86,6 +87,12 @@ class Metrics:
         g = self._streams.get(route)
         if g is None:
             g = self._streams[route] = self.active_streams.labels(route)
+        return g
+
+    def requests_gauge(self, route: str) -> Any:
+        g = self._active.get(route)
+        if g is None:
+            g = self._active[route] = self.active_requests.labels(route)
         return g
 
     def init_providers(self, providers: Iterable[str]) -> None:

@@ -24,7 +24,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jsonutil
+from . import jsonutil, redact
 
 # OAuth 2 error codes (RFC 6749 section 5.2) that mean the refresh token itself is dead:
 # retrying cannot help, so the account is disabled at once.
@@ -90,6 +90,7 @@ def build_request(conf: OAuthConfig, refresh_token: str) -> tuple[dict[str, str]
         secret = os.environ.get(conf.client_secret_env)
         if not secret:
             raise RefreshError(f"environment variable {conf.client_secret_env} (oauth client secret) is not set")
+        redact.note(f"env:{conf.client_secret_env}", [secret])
         fields["client_secret"] = secret
     if conf.scope:
         fields["scope"] = conf.scope
@@ -128,7 +129,10 @@ def parse_response(conf: OAuthConfig, status: int, body: bytes, old_refresh_toke
             err = obj.get("error")
             code = err if isinstance(err, str) else str(obj.get("code") or "")
             desc = str(obj.get("error_description") or obj.get("message") or "")
-        # Never echo the body itself: some endpoints repeat the token they rejected.
+        # Never echo the body itself: some endpoints repeat the token they rejected, in
+        # the description too (masked before it is cut, or half a token would be left).
+        desc = redact.scrub_with(desc, (old_refresh_token, conf.client_secret))
+        code = redact.scrub_with(code, (old_refresh_token, conf.client_secret))
         msg = f"token endpoint answered {status}" + (f" {code}" if code else "") + (f": {desc[:200]}" if desc else "")
         dead = code in _DEAD_GRANT_CODES or (status in (400, 401) and not code)
         raise RefreshError(msg, dead=dead, status=status)
@@ -147,15 +151,23 @@ def parse_response(conf: OAuthConfig, status: int, body: bytes, old_refresh_toke
 
 
 def proxy_args(proxy: str | None) -> dict[str, Any]:
-    """``http://user:pass@host:port`` -> tornado HTTPRequest proxy arguments."""
+    """A proxy URL (``http://``, ``https://``, ``socks5://``, ``socks5h://``..., with
+    ``user:pass@``) -> tornado HTTPRequest arguments for the curl client.
+
+    Tornado's own ``proxy_host``/``proxy_port`` drop the scheme, so a SOCKS proxy would
+    be spoken to as an HTTP one: the whole URL goes to libcurl instead (as our own
+    upstream transfers do), which reads the scheme and the credentials from it.
+    """
     if not proxy:
         return {}
-    u = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    args: dict[str, Any] = {"proxy_host": u.hostname, "proxy_port": u.port or 8080}
-    if u.username:
-        args["proxy_username"] = urllib.parse.unquote(u.username)
-        args["proxy_password"] = urllib.parse.unquote(u.password or "")
-    return args
+    url = proxy if "://" in proxy else "http://" + proxy
+
+    def use_proxy(curl: Any) -> None:
+        import pycurl
+
+        curl.setopt(pycurl.PROXY, url)
+
+    return {"prepare_curl_callback": use_proxy}
 
 
 async def refresh(conf: OAuthConfig, refresh_token: str, wall_now: float,
@@ -171,6 +183,9 @@ async def refresh(conf: OAuthConfig, refresh_token: str, wall_now: float,
     # after: AsyncHTTPClient() would otherwise cache one per event loop, and a refresh
     # that ran before the core configured its client would leave it the wrong kind.
     client = AsyncHTTPClient(force_instance=True)
+    if proxy and not hasattr(client, "_curl_setup_request"):
+        client.close()  # Tornado's simple client would ignore the proxy: never go around it
+        raise RefreshError("an outbound proxy needs the curl HTTP client (pycurl)")
     try:
         resp = await client.fetch(req, raise_error=False)
     except Exception as e:  # DNS, refused, TLS: the endpoint was not reached

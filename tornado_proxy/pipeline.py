@@ -23,13 +23,16 @@ import tornado.web
 
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
 
-from . import jsonutil
+from . import jsonutil, redact
 from .errors import ErrorKind, ProxyError
 from .handlers.base import BaseHandler
 from .sse import SSEDecoder
 from .upstream import Transfer
 
 TAIL_BYTES = 4096
+# A passed-through line is held until its newline so that a secret split across two
+# reads is still seen whole; a line longer than this goes out unheld.
+HOLD_MAX = 65536
 
 SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -107,10 +110,12 @@ def translate_read(decoder: Any, translator: Any, encoder: Any, data: bytes, out
 
 
 def _scrub(err: ProxyError, account: Account) -> None:
-    """Some upstreams quote the credential they rejected: never pass it on to the client."""
-    for secret in (account.api_key, account.extra.get("aws_secret_access_key"), account.extra.get("access_token")):
-        if isinstance(secret, str) and len(secret) >= 8 and secret in err.message:
-            err.message = err.message.replace(secret, secret[:3] + "..." + secret[-4:])
+    """Some upstreams quote the credential they rejected: never pass it on to the client
+    (nor to the scheduler's last_error).  The lease's own secrets are masked even when
+    the scrubber does not know them (a client's own key)."""
+    err.message = redact.scrub_with(err.message, (
+        account.api_key, account.extra.get("aws_secret_access_key"), account.extra.get("aws_session_token"),
+        account.extra.get("access_token")))
 
 
 @tornado.web.stream_request_body
@@ -136,6 +141,8 @@ class LLMHandler(BaseHandler):
         self._t0 = 0.0
         self._ttfb: float | None = None
         self._streaming = False
+        self._serving = False
+        self._held_line = b""
         self.model_id = ""
         self.provider_name = ""
         self.account_id = ""
@@ -149,6 +156,7 @@ class LLMHandler(BaseHandler):
         self._t0 = time.monotonic()
         self.gw.active_requests += 1
         self._counted = True
+        self.gw.metrics.requests_gauge(self.route_name).inc()
         super().prepare()
         limit = self.gw.max_body_bytes
         cl = self.request.headers.get("Content-Length")
@@ -192,6 +200,7 @@ class LLMHandler(BaseHandler):
 
     # -- serving ---------------------------------------------------------------------
     async def post(self, *args: Any) -> None:
+        self._serving = True
         try:
             body = self.read_body()
             await self.serve(body)
@@ -304,6 +313,7 @@ class LLMHandler(BaseHandler):
         if up.stream:
             if passthrough:
                 on_data = self._on_passthrough
+                self._tail = self._held_line = b""  # (of an attempt that failed over)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
             else:
                 self._translator = translator = provider.new_stream(ctx)
@@ -325,11 +335,16 @@ class LLMHandler(BaseHandler):
             self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
             if self._gone:
                 return
+            if self._held_line:
+                # The end of a passed-through stream without a newline goes out now, as
+                # it would have unheld: what follows (failover or error frame) is unchanged.
+                self._send(self._held_rest())
             if res.error is None and not (200 <= res.status < 300):
                 raise provider.classify_error(res.status, res.headers, res.body)
             if res.error is not None:
                 if not self._first_sent:
                     raise res.error
+                _scrub(res.error, lease.account)
                 lease.failure(res.error)  # a stream the upstream broke counts against the account
                 self._fail_stream(res.error)
                 return
@@ -384,7 +399,7 @@ class LLMHandler(BaseHandler):
             except ValueError:
                 raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
             ctype = res.headers.get("content-type", "application/json")
-            body = res.body
+            body = redact.data(res.body)
         else:
             pivot = provider.translate_response(res.body, ctx)
             usage = pivot.get("usage")
@@ -451,8 +466,27 @@ class LLMHandler(BaseHandler):
         # Keep the last 4 KiB (one object): the end marker and the usage event live there.
         tail = self._tail + data if self._tail else data
         self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
+        if redact.SCRUBBER.active:
+            # The upstream may quote a key (ours or another account's) in an error
+            # event: one regex search per read over complete lines.  Holding the
+            # incomplete last line costs a client nothing: an SSE event is only
+            # usable at its blank line.
+            if self._held_line:
+                data = self._held_line + data
+            cut = data.rfind(b"\n") + 1
+            if len(data) - cut > HOLD_MAX:
+                cut = len(data)
+            self._held_line = data[cut:]
+            if not cut:
+                return True
+            data = redact.data(data[:cut] if cut < len(data) else data)
         self._send(data)
         return True
+
+    def _held_rest(self) -> bytes:
+        """The end of a passed-through stream that had no newline, scrubbed."""
+        rest, self._held_line = self._held_line, b""
+        return redact.data(rest) if rest else b""
 
     def _start_stream(self) -> None:
         self._streaming = True
@@ -499,6 +533,7 @@ class LLMHandler(BaseHandler):
     def _fail_stream(self, err: ProxyError) -> None:
         """After the first byte: the error becomes a frame in the client's format."""
         self.error_kind = err.kind
+        err.message = redact.text(err.message)
         extra = b""
         if self._translator is not None:
             try:
@@ -515,12 +550,16 @@ class LLMHandler(BaseHandler):
         t = self._transfer
         if t is not None:
             t.abort(ErrorKind.INTERNAL)
+        if not self._serving:
+            # gone before post() ran (mid-upload): neither its finally nor on_finish will
+            self._done()
 
     # -- accounting ----------------------------------------------------------------
     def _done(self) -> None:
         if getattr(self, "_counted", False):
             self._counted = False
             self.gw.active_requests -= 1
+            self.gw.metrics.requests_gauge(self.route_name).dec()
             if self._streaming:
                 self.gw.metrics.streams_gauge(self.route_name).dec()
             if self._usage:

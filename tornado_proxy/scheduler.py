@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from providers.base import Account
 
-from . import oauth
+from . import oauth, redact
 from .accounts import AccountsFile, AccountsFileError, find, has_credential, mask
 from .errors import Action, ErrorKind, ProxyError
 from .state_store import AccountState, MemoryStateStore, StateStore, Status
@@ -342,6 +342,8 @@ def _rescore(st: AccountState, pol: Policy) -> None:
 
 
 def _clip(text: str, n: int = 300) -> str:
+    # scrubbed before the cut: half a secret would no longer match it
+    text = redact.text(text)
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
@@ -457,6 +459,15 @@ def _oauth_for(base: oauth.OAuthConfig | None, entry: Mapping[str, Any]) -> oaut
     return None
 
 
+def _note_secrets(st: AccountState) -> None:
+    """Tell the scrubber this account's secrets (again after a refresh rotated them)."""
+    a = st.account
+    o = st.oauth
+    redact.note(f"account:{st.provider}/{st.id}",
+                (a.api_key, st.refresh_token, st.file_token, o.client_secret if o is not None else None,
+                 *(a.extra.get(f) for f in ("aws_secret_access_key", "aws_session_token", "password"))))
+
+
 def _credential_kind(entry: Mapping[str, Any]) -> str:
     return "oauth" if entry.get("refresh_token") else "key"
 
@@ -488,6 +499,7 @@ class Scheduler:
         self.clock = clock
         # The gateway's own access keys are never forwarded upstream as a client credential.
         self._access_keys = frozenset(k.encode("utf-8") if isinstance(k, str) else k for k in access_keys)
+        redact.note("server:access_keys", (k.decode("utf-8", "replace") for k in self._access_keys))
         self.wall_clock = wall_clock
         self.store: StateStore = store or MemoryStateStore()
         self._pools: dict[str, _Pool] = {}
@@ -521,6 +533,7 @@ class Scheduler:
         if path and not os.path.isabs(path) and source and os.path.isfile(source):
             path = os.path.join(os.path.dirname(os.path.abspath(source)), path)
         keys = (getattr(config, "server", None) or {}).get("access_keys") or ()
+        redact.note("server:admin_token", [(getattr(config, "server", None) or {}).get("admin_token")])
         return cls(config.providers, accounts_file=path, access_keys=keys, **kw)
 
     # -- building states ----------------------------------------------------------
@@ -565,6 +578,7 @@ class Scheduler:
         pol = pool.policy
         st.proxy = own if own else (proxy_for_id(st.id, pol.proxies) if pol.proxies and pol.proxy_mode == "hash"
                                     else None)
+        _note_secrets(st)
 
     def _adopt_tokens(self, st: AccountState, entry: Mapping[str, Any]) -> bool:
         """Take the file's tokens when they differ from what we last saw there."""
@@ -577,6 +591,7 @@ class Scheduler:
         exp = entry.get("expires_at")
         st.expires_at = float(exp) if isinstance(exp, (int, float)) else None
         st.needs_refresh = False
+        _note_secrets(st)
         return True
 
     def _warn(self, key: str, msg: str, *args: Any) -> None:
@@ -962,7 +977,7 @@ class Scheduler:
     def _set_disabled(self, st: AccountState, reason: str, *, persist: bool, at: Any = None) -> None:
         st.status = DISABLED
         st.probe_inflight = False
-        st.disabled_reason = reason
+        st.disabled_reason = redact.text(reason)  # shown by the admin API, saved in the file
         st.disabled_at = float(at) if isinstance(at, (int, float)) else self.wall_clock()
         self.store.publish(f"{st.provider}/{st.id}", st)
         log.warning("account '%s' disabled: %s", st.id, reason)

@@ -10,7 +10,7 @@ from typing import Any
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from . import busypoll
+from . import busypoll, redact
 from .app import Gateway, make_app
 from .config import Config
 from .http1 import HTTP1Server
@@ -46,6 +46,7 @@ def setup_logging(config: Config) -> None:
     fmt = "%(message)s" if config.server.get("log_format") == "json" else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    redact.install_logging()  # every record, at every level, masks every known secret
     # Tornado's own access log would print a second line per request.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
 

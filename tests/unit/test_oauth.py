@@ -163,12 +163,6 @@ def test_parse_response_errors(name, status, body, dead, text):
     assert "rt-old" not in e.value.message
 
 
-def test_proxy_args():
-    assert oauth.proxy_args(None) == {}
-    assert oauth.proxy_args("http://user:p%40ss@proxy.local:3128") == {
-        "proxy_host": "proxy.local", "proxy_port": 3128, "proxy_username": "user", "proxy_password": "p@ss"}
-
-
 # -- against a real endpoint ------------------------------------------------------------------------
 @pytest.fixture
 def lt(harness):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from .. import jsonutil
+from .. import jsonutil, redact
 from ..errors import ErrorKind, ProxyError
 from .base import BaseHandler
 
@@ -41,7 +41,9 @@ class AdminHandler(BaseHandler):
     def send_json(self, obj: Any) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(jsonutil.dumpb(obj))
+        # Reasons and errors were scrubbed when recorded; this is the last look, for a
+        # secret the scrubber learnt only later (a token rotated after its error).
+        self.finish(redact.text(jsonutil.dumps(obj)).encode("utf-8"))
 
     def one(self, account_id: str) -> dict[str, Any]:
         for a in self.gw.scheduler.snapshot():

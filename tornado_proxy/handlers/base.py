@@ -18,7 +18,7 @@ from tornado import httputil
 from providers.base import ClientFormat
 from providers.openai_chat import OpenAIChatFormat
 
-from .. import jsonutil
+from .. import jsonutil, redact
 from ..errors import ErrorKind, ProxyError, retry_after_header
 from ..http1 import new_headers
 
@@ -175,6 +175,7 @@ class BaseHandler(tornado.web.RequestHandler):
     # -- errors --------------------------------------------------------------------
     def send_proxy_error(self, err: ProxyError) -> None:
         self.error_kind = err.kind
+        err.message = redact.text(err.message)  # an upstream may have quoted a key
         self.clear()
         self.set_status(err.status)
         ra = retry_after_header(err)
