@@ -22,6 +22,7 @@ from .handlers.health import (HealthHandler, MetricsHandler, ModelsHandler, Open
                               ReadyHandler)
 from .handlers.messages import CountTokensHandler, MessagesHandler
 from .handlers.responses import ResponseResourceHandler, ResponsesHandler
+from .handlers.status import STATUS_ROUTES
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .upstream import Upstream
@@ -85,6 +86,7 @@ ROUTES: list[Route] = [
     Route(r"/metrics", MetricsHandler, "/metrics",
           {"get": {"summary": "Prometheus metrics", "tags": ["operations"], "public": True}}),
     *(Route(*r) for r in ADMIN_ROUTES),
+    *(Route(*r) for r in STATUS_ROUTES),
     Route(r"/openapi.json", OpenAPIHandler, "/openapi.json",
           {"get": {"summary": "This document", "tags": ["operations"], "public": True}}),
 ]
