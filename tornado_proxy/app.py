@@ -10,6 +10,7 @@ import tornado.web
 from providers import PROVIDER_TYPES
 from providers.base import Provider
 
+from . import tracing
 from .accesslog import AccessLog
 from .account_metrics import AccountCollector
 from .config import Config, Router
@@ -119,6 +120,7 @@ class Gateway:
         # previous_response_id on non-Responses upstreams (handlers/responses.py)
         self.response_store = ResponseStore.from_config(s.get("response_store"))
         self.access_log = AccessLog(s.get("log_format", "text"))
+        self.tracer = tracing.from_config(config)  # None unless observability.otel.enabled
         self._openapi: dict[str, Any] | None = None
 
     def openapi(self) -> dict[str, Any]:
@@ -135,6 +137,8 @@ class Gateway:
     def close(self) -> None:
         self.upstream.close()
         self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
