@@ -151,10 +151,10 @@ class LLMHandler(BaseHandler):
     def prepare(self) -> None:
         # (the IOLoop's clock, read without looking the loop up: asyncio's is time.monotonic)
         self._t0 = time.monotonic()
-        self.gw.active_requests += 1
-        self._counted = True
         if self.gw.tracer is not None:
             self._trace = self.gw.tracer.start(self)
+        self.gw.active_requests += 1
+        self._counted = True
         super().prepare()
         limit = self.gw.max_body_bytes
         cl = self.request.headers.get("Content-Length")
