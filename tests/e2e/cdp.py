@@ -64,7 +64,18 @@ class Browser:
         profile = tempfile.mkdtemp(prefix="tp-chromium-")
         proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = Path(profile) / "DevToolsActivePort"
+        try:
+            return cls(lt, proc, profile, cls._connect(lt, proc, Path(profile), timeout))
+        except BaseException:
+            proc.kill()  # never leave a browser behind a failed start
+            proc.wait(10)
+            shutil.rmtree(profile, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _connect(lt: LoopThread, proc: subprocess.Popen[bytes], profile: Path,
+                 timeout: float) -> WebSocketClientConnection:
+        port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
         lines: list[str] = []
         while time.monotonic() < deadline:
@@ -76,15 +87,14 @@ class Browser:
                     break
             time.sleep(0.05)
         if len(lines) < 2:
-            proc.kill()
             raise RuntimeError("chromium did not open its debugging port in time")
         url = f"ws://127.0.0.1:{lines[0]}{lines[1]}"
 
         async def connect() -> WebSocketClientConnection:
             return await websocket_connect(url, max_message_size=64 << 20)
 
-        ws = lt.run(connect())
-        return cls(lt, proc, profile, ws)
+        ws: WebSocketClientConnection = lt.run(connect())
+        return ws
 
     async def _reader(self) -> None:
         while True:
