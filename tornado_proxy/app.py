@@ -10,6 +10,7 @@ import tornado.web
 from providers import PROVIDER_TYPES
 from providers.base import Provider
 
+from . import tracing
 from .accesslog import AccessLog
 from .account_metrics import AccountCollector
 from .config import Config, Router
@@ -22,6 +23,7 @@ from .handlers.health import (HealthHandler, MetricsHandler, ModelsHandler, Open
                               ReadyHandler)
 from .handlers.messages import CountTokensHandler, MessagesHandler
 from .handlers.responses import ResponseResourceHandler, ResponsesHandler
+from .handlers.status import STATUS_ROUTES
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .upstream import Upstream
@@ -85,6 +87,7 @@ ROUTES: list[Route] = [
     Route(r"/metrics", MetricsHandler, "/metrics",
           {"get": {"summary": "Prometheus metrics", "tags": ["operations"], "public": True}}),
     *(Route(*r) for r in ADMIN_ROUTES),
+    *(Route(*r) for r in STATUS_ROUTES),
     Route(r"/openapi.json", OpenAPIHandler, "/openapi.json",
           {"get": {"summary": "This document", "tags": ["operations"], "public": True}}),
 ]
@@ -126,6 +129,7 @@ class Gateway:
         # previous_response_id on non-Responses upstreams (handlers/responses.py)
         self.response_store = ResponseStore.from_config(s.get("response_store"))
         self.access_log = AccessLog(s.get("log_format", "text"))
+        self.tracer = tracing.from_config(config)  # None unless observability.otel.enabled
         self._openapi: dict[str, Any] | None = None
 
     def openapi(self) -> dict[str, Any]:
@@ -142,6 +146,8 @@ class Gateway:
     def close(self) -> None:
         self.upstream.close()
         self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:

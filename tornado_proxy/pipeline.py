@@ -60,9 +60,12 @@ def usage_of(obj: Any) -> dict[str, Any] | None:
         return {"prompt_tokens": u.get("promptTokenCount") or 0,
                 "completion_tokens": (u.get("candidatesTokenCount") or 0) + (u.get("thoughtsTokenCount") or 0)}
     if "input_tokens" in u or "output_tokens" in u:
-        i = (u.get("input_tokens") or 0) + (u.get("cache_read_input_tokens") or 0) \
-            + (u.get("cache_creation_input_tokens") or 0)
-        return {"prompt_tokens": i, "completion_tokens": u.get("output_tokens") or 0}
+        read, write = u.get("cache_read_input_tokens") or 0, u.get("cache_creation_input_tokens") or 0
+        out: dict[str, Any] = {"prompt_tokens": (u.get("input_tokens") or 0) + read + write,
+                               "completion_tokens": u.get("output_tokens") or 0}
+        if read or write:  # Anthropic's cache counts, for traces (pivot terms: providers/base.py)
+            out["prompt_tokens_details"] = {"cached_tokens": read, "cache_creation_tokens": write}
+        return out
     return None
 
 
@@ -124,6 +127,7 @@ class LLMHandler(BaseHandler):
 
     schema_name: str | None = "chat_completions.request.v1"
     route_name = "chat_completions"
+    _trace: Any = None  # this request's tracing.RequestTrace when tracing is on
 
     def initialize(self, gw: Any) -> None:  # type: ignore[override]
         super().initialize(gw)
@@ -154,6 +158,8 @@ class LLMHandler(BaseHandler):
     def prepare(self) -> None:
         # (the IOLoop's clock, read without looking the loop up: asyncio's is time.monotonic)
         self._t0 = time.monotonic()
+        if self.gw.tracer is not None:
+            self._trace = self.gw.tracer.start(self)
         self.gw.active_requests += 1
         self._counted = True
         self.gw.metrics.requests_gauge(self.route_name).inc()
@@ -285,6 +291,9 @@ class LLMHandler(BaseHandler):
             self.account_id = lease.account.id
             if attempt:
                 self.gw.metrics.failovers.labels(provider.name).inc()
+            trace = self._trace
+            if trace is not None:
+                trace.attempt(self, provider, lease.account.id, ctx)
             try:
                 await lease.prepare()
                 up = build(lease.account)
@@ -294,6 +303,8 @@ class LLMHandler(BaseHandler):
             except ProxyError as err:
                 _scrub(err, lease.account)
                 last = err
+                if trace is not None:
+                    trace.attempt_failed(err)
                 if err.kind is not ErrorKind.INTERNAL:
                     lease.failure(err)
                 if err.upstream_status is not None or err.info.retryable:
@@ -302,6 +313,8 @@ class LLMHandler(BaseHandler):
                     raise
             finally:
                 lease.release()
+                if trace is not None:
+                    trace.attempt_done(self)
         assert last is not None
         raise last
 
@@ -567,6 +580,8 @@ class LLMHandler(BaseHandler):
 
     def on_finish(self) -> None:
         self._done()
+        if self._trace is not None:
+            self._trace.end(self)
         status = 499 if self._gone else self.get_status()
         self.gw.metrics.observe_request(self.route_name, self.model_id, self.provider_name, status,
                                         self.error_kind, time.monotonic() - self._t0, self._ttfb)

@@ -93,6 +93,13 @@ QUOTA_HEADERS = (
     ("input_tokens", ("anthropic-ratelimit-input-tokens-remaining",)),
     ("output_tokens", ("anthropic-ratelimit-output-tokens-remaining",)),
 )
+# The same limits' sizes, so the status page can show headroom as a share of the limit.
+QUOTA_LIMIT_HEADERS = (
+    ("requests", ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit")),
+    ("tokens", ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit")),
+    ("input_tokens", ("anthropic-ratelimit-input-tokens-limit",)),
+    ("output_tokens", ("anthropic-ratelimit-output-tokens-limit",)),
+)
 
 
 # -- configuration ---------------------------------------------------------------
@@ -1113,18 +1120,7 @@ class Scheduler:
         status = st.status
         if status is COOLING and now >= st.cooling_until:
             status = PROBING
-        quota: dict[str, float] = {}
         h = st.last_headers
-        if h:
-            for label, names in QUOTA_HEADERS:
-                for name in names:
-                    v = h.get(name)
-                    if v is not None:
-                        try:
-                            quota[label] = float(v)
-                        except ValueError:
-                            pass
-                        break
         secret = st.account.api_key
         return {
             "provider": st.provider,
@@ -1151,9 +1147,26 @@ class Scheduler:
             "tokens": {"prompt": st.prompt_tokens, "completion": st.completion_tokens},
             "refresh": {"ok": st.refresh_ok, "failed": st.refresh_failed},
             "token_expires_in_s": (round(st.expires_at - wall, 1) if st.expires_at is not None else None),
-            "quota_remaining": quota,
+            "quota_remaining": _quota(h, QUOTA_HEADERS),
+            "quota_limit": _quota(h, QUOTA_LIMIT_HEADERS),
             "proxy": _mask_proxy(st.proxy),
         }
+
+
+def _quota(headers: Mapping[str, str] | None, table: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, float]:
+    """The numbers the last 2xx answer's rate-limit headers gave, by label (read when reporting only)."""
+    out: dict[str, float] = {}
+    if headers:
+        for label, names in table:
+            for name in names:
+                v = headers.get(name)
+                if v is not None:
+                    try:
+                        out[label] = float(v)
+                    except ValueError:
+                        pass
+                    break
+    return out
 
 
 def _mask_proxy(proxy: str | None) -> str | None:
