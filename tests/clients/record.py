@@ -126,6 +126,7 @@ def record_claude(cli: CLI, lt: LoopThread) -> list[str]:
     run = c.ask("say PING-ETA", "--model", "gpt-5")
     r.write_requests(["other_model"], run, take(),
                      "a model name that is not Claude's (--model gpt-5, as a gateway user runs it)", up.port)
+    shutil.rmtree(r.tmp, ignore_errors=True)
     return r.written
 
 
@@ -184,6 +185,7 @@ def record_codex(cli: CLI, lt: LoopThread) -> list[str]:
                 ws.port, {"transport": "websocket", "method": "GET", "path": conn.path,
                           "headers": r.headers(conn.headers), "frames": conn.frames},
                 setup(c))
+    shutil.rmtree(r.tmp, ignore_errors=True)
     return r.written
 
 
