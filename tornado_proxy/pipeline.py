@@ -512,9 +512,14 @@ class LLMHandler(BaseHandler):
 
     def on_connection_close(self) -> None:
         self._gone = True
+        super().on_connection_close()
         t = self._transfer
         if t is not None:
             t.abort(ErrorKind.INTERNAL)
+
+    def on_body_cut(self) -> None:
+        self._chunks = []
+        self.on_finish()  # counted out of the requests in flight, and as a 499
 
     # -- accounting ----------------------------------------------------------------
     def _done(self) -> None:
