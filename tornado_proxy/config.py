@@ -40,6 +40,9 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "log_level": "info",
     "workers": 0,   # 0: one per core
     "busy_poll_us": 50,  # the event loop polls up to this long before sleeping (busypoll.py); 0: off
+    # Upstream body caps (docs/operations-limits.md).
+    "max_upstream_body_bytes": 64 * 1024 * 1024,  # a buffered upstream answer (and one SSE event)
+    "max_upstream_error_bytes": 1024 * 1024,      # a buffered upstream error body
 }
 
 TIMEOUT_DEFAULTS = {"connect": 10.0, "first_byte": 300.0, "idle": 300.0}

@@ -311,7 +311,7 @@ class LLMHandler(BaseHandler):
                 if provider.stream_decoder != "sse":
                     self._decoder = provider.new_decoder()  # type: ignore[attr-defined]
                 else:
-                    self._decoder = SSEDecoder()
+                    self._decoder = SSEDecoder(self.gw.upstream.max_body_bytes)
                     if translator.text_lane is not None and encoder.text_bytes is not None:
                         # Plain text deltas go from upstream bytes to client bytes without
                         # being parsed (see providers.base.TextLane).

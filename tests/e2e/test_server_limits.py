@@ -80,3 +80,68 @@ def test_aborted_uploads_leave_nothing_in_flight_and_free_their_bodies(harness: 
     assert 'route="chat_completions",status="499"} 20.0' in text
     # and the gateway still serves
     assert client(gw).chat.completions.create(model="m", messages=MSGS).choices
+
+
+# -- 7: upstream bodies -------------------------------------------------------------
+
+def test_an_upstream_answer_over_the_cap_is_a_502_and_the_transfer_stops(harness: LoopThread) -> None:
+    up = harness.upstream()
+    big = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * (300 << 10)},
+                        "finish_reason": "stop"}]}
+    up.push(Reply.json(big))
+    gw = harness.gateway(config(up, max_upstream_body_bytes=64 << 10))
+    with pytest.raises(openai.APIStatusError) as e:
+        client(gw).chat.completions.create(model="m", messages=MSGS)
+    assert e.value.status_code == 502
+    assert e.value.body["code"] == "upstream_bad_response"
+    assert "larger than the gateway's limit of 65536 bytes" in e.value.message
+    # under the cap it goes through
+    up.push(Reply.json({**big, "choices": [{**big["choices"][0],
+                                             "message": {"role": "assistant", "content": "small"}}]}))
+    assert client(gw).chat.completions.create(model="m", messages=MSGS).choices[0].message.content == "small"
+
+
+def test_an_upstream_error_body_over_its_cap_is_a_502(harness: LoopThread) -> None:
+    up = harness.upstream()
+    up.push(Reply(500, {"Content-Type": "text/html"}, chunks=[b"<p>" + b"e" * 16384] * 64, hang=True))
+    gw = harness.gateway(config(up, max_upstream_error_bytes=8192))
+    with pytest.raises(openai.APIStatusError) as e:
+        client(gw).chat.completions.create(model="m", messages=MSGS)
+    assert e.value.status_code == 502 and e.value.body["code"] == "upstream_bad_response"
+    assert "error body (status 500) is larger than the gateway's limit of 8192 bytes" in e.value.message
+    # The upstream was cut off long before it finished (it would have hung after its chunks).
+    assert wait_for(lambda: up.closed_early == 1)
+
+
+def test_a_stream_event_that_never_ends_is_an_error_not_our_memory(harness: LoopThread) -> None:
+    """A translated stream (Anthropic client, OpenAI upstream) decodes SSE: an event that
+    never ends is capped.  (A passed-through stream holds no event: nothing to cap.)"""
+    import anthropic
+
+    up = harness.upstream()
+    good = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+            b'"choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}\n\n')
+    endless = [b'data: {"id":"c","choices":[{"delta":{"content":"'] + [b"y" * 16384] * 64
+    # Before the first byte: a 502 in the client's format.
+    up.push(Reply(200, {"Content-Type": "text/event-stream"}, chunks=endless, hang=True))
+    gw = harness.gateway(config(up, max_upstream_body_bytes=64 << 10))
+    ant = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0, timeout=20)
+    with pytest.raises(anthropic.APIStatusError) as e:
+        list(ant.messages.create(model="m", max_tokens=10, messages=MSGS, stream=True))
+    assert e.value.status_code == 502 and e.value.body["error"]["type"] == "api_error"
+    assert "stream event larger than the gateway's limit of 65536 bytes" in e.value.message
+    assert wait_for(lambda: up.closed_early == 1)
+    # After it: the stream ends with an error event in Anthropic's shape.
+    # (the endless event in a later read than the good one: a failure before the first
+    # byte would rather fail over than send a partial answer)
+    up.push(Reply(200, {"Content-Type": "text/event-stream"}, chunks=[good, b"".join(endless)], delay=0.2,
+                  hang=True))
+    text = ""
+    with pytest.raises(anthropic.APIStatusError) as e:
+        for ev in ant.messages.create(model="m", max_tokens=10, messages=MSGS, stream=True):
+            if ev.type == "content_block_delta":
+                text += ev.delta.text
+    assert text == "Hel"
+    assert "stream event larger than the gateway's limit" in str(e.value)
+    assert wait_for(lambda: up.closed_early == 2)
