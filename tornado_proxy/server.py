@@ -73,9 +73,13 @@ class Server:
         _warm_up()
         # Bodies are size-checked by the handlers (413 in the client's format); the
         # server's own limit only stops absurd uploads before a handler sees them.
+        s = config.server
         self.http = HTTP1Server(self.app, xheaders=True,
-                                max_body_size=max(config.server["max_body_bytes"] * 2, 1 << 20),
-                                idle_timeout=75)
+                                max_body_size=max(s["max_body_bytes"] * 2, 1 << 20),
+                                idle_timeout=float(s["keepalive_timeout"]),
+                                header_timeout=float(s["client_header_timeout"]),
+                                body_timeout=float(s["client_body_timeout"]),
+                                max_connections=int(s["max_connections"]))
         self._stopped: asyncio.Event | None = None
 
     async def listen(self, sockets: Any = None) -> int:
@@ -125,7 +129,8 @@ class Server:
 def serve(config: Config, host: str | None = None, port: int | None = None, workers: int = 1) -> int:
     """Serve until SIGTERM/SIGINT.  ``workers`` > 1: that many processes share one listening socket."""
     setup_logging(config)
-    raise_fd_limit(2 * int(config.server["max_clients"]) + 1024)
+    # A stream holds a client and an upstream socket; idle keep-alive connections one.
+    raise_fd_limit(int(config.server["max_connections"]) + int(config.server["max_clients"]) + 1024)
     host = host if host is not None else config.server["host"]
     port = port if port is not None else config.server["port"]
     if workers <= 1:

@@ -145,3 +145,54 @@ def test_a_stream_event_that_never_ends_is_an_error_not_our_memory(harness: Loop
     assert text == "Hel"
     assert "stream event larger than the gateway's limit" in str(e.value)
     assert wait_for(lambda: up.closed_early == 2)
+
+
+# -- 8: slow and idle connections ----------------------------------------------------
+
+def test_slowloris_gets_408_at_the_configured_header_deadline(harness: LoopThread) -> None:
+    gw = harness.gateway(config(client_header_timeout=1, keepalive_timeout=60))
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    s.settimeout(0.1)
+    start = time.monotonic()
+    got = b""
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    for i in range(len(head)):  # a byte every 100 ms
+        try:
+            s.sendall(head[i:i + 1])
+            d = s.recv(65536)
+        except socket.timeout:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        got += d
+        if not d or time.monotonic() - start > 6:
+            break
+    assert got.startswith(b"HTTP/1.1 408 "), got
+    assert time.monotonic() - start < 4  # one second, plus at most one sweep
+
+
+def test_out_of_file_descriptors_a_new_request_is_still_served(tmp_path: Any) -> None:
+    """A worker with a tiny fd limit, every descriptor held by idle keep-alive
+    connections: accept fails with EMFILE, the longest-idle are closed, and a new
+    request is served at once (asyncio's own accept would log an error and stall)."""
+    import resource
+    import urllib.request
+
+    from tests.e2e.processes import echo_config, gateway
+
+    limit = 80
+    with gateway(tmp_path, echo_config(), 1,
+                 preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))) as g:
+        g.wait_ready()
+        idle = []
+        for _ in range(limit + 20):  # more than the worker has descriptors for
+            c = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.append(c)
+        start = time.monotonic()
+        r = urllib.request.urlopen(g.url + "/health", timeout=5)
+        assert r.status == 200 and time.monotonic() - start < 2
+        for c in idle:
+            c.close()
+        err = g.stderr()
+    assert "out of system resource" not in err and " ERROR " not in err
