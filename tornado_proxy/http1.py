@@ -667,6 +667,7 @@ class HTTP1Server:
         self._sweeper: asyncio.TimerHandle | None = None
         self._reserve = -1       # a descriptor kept spare, to turn a connection away when none is left
         self._paused: asyncio.TimerHandle | None = None
+        self._closing: list[Any] = []  # transports closed by close_all_connections, still flushing
 
     async def add_sockets(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -846,9 +847,21 @@ class HTTP1Server:
             if c.current is None and c.incoming is None:
                 c.close()
 
+    async def flushed(self, limit: float) -> None:
+        """Wait, up to ``limit`` seconds, until what closed connections still had
+        buffered has gone out (a transport closes once its buffer is empty)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        while self._closing and loop.time() < end:
+            self._closing = [t for t in self._closing if t.get_write_buffer_size()]
+            if self._closing:
+                await asyncio.sleep(0.01)
+
     async def close_all_connections(self) -> None:
         for c in list(self.connections):
             c.close()
+            if c.transport is not None and c.transport.get_write_buffer_size():
+                self._closing.append(c.transport)
         self.connections.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()

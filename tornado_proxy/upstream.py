@@ -618,6 +618,16 @@ class Upstream:
     def close(self) -> None:
         self._sweeper.stop()
 
+    def abort_all(self, err: ProxyError) -> int:
+        """End every transfer in flight or queued with ``err`` (the drain deadline):
+        each request then fails as it would on that upstream error."""
+        doomed = list(self.active)
+        for t in doomed:
+            if t.abort_err is None:
+                t.abort_err = err
+            self.http.abort(t)
+        return len(doomed)
+
     def _sweep(self) -> None:
         self.tick += 1
         tick = self.tick

@@ -29,7 +29,7 @@ class Gateway:
     """``tornado-proxy --config ... --workers N`` in a process group of its own."""
 
     def __init__(self, tmp: Path, config: dict[str, Any] | None, workers: int, port: int | None = None,
-                 preexec: Callable[[], None] | None = None) -> None:
+                 preexec: Callable[[], None] | None = None, env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         args = [sys.executable, "-m", "tornado_proxy", "--host", "127.0.0.1", "--port", str(self.port),
                 "--workers", str(workers)]
@@ -37,8 +37,10 @@ class Gateway:
             cfg = tmp / f"c{self.port}.json"
             cfg.write_text(json.dumps(config))
             args[3:3] = ["--config", str(cfg)]
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         env["PYTHONPATH"] = str(ROOT)
+        env.update(extra)
         self.log = tmp / f"gw{self.port}.log"
         self._log = self.log.open("wb")
 
