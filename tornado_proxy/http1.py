@@ -236,6 +236,8 @@ class HTTP1Connection(asyncio.Protocol):
         self.last_read = 0                      # server tick of the last byte read
         self.waiting_since = 0                  # server tick the wait for the next request began
         self.fresh = True                       # no request answered yet
+        server.accepted += 1
+        self.seq = server.accepted              # order of arrival (ties between equal ticks)
         self.writable = True                    # False while the socket buffer is over its high-water mark
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._on_writable: list[Callable[[], None]] = []
@@ -658,6 +660,7 @@ class HTTP1Server:
         self.tick = 0
         # What the limits did (for logs and tests): connections closed at a deadline,
         # shed to make room, turned away with a 503.
+        self.accepted = 0
         self.timed_out = 0
         self.shed = 0
         self.turned_away = 0
@@ -868,8 +871,8 @@ class HTTP1Server:
             self._sweeper = None
 
 
-def _waiting_since(c: HTTP1Connection) -> int:
-    return c.waiting_since
+def _waiting_since(c: HTTP1Connection) -> tuple[int, int]:
+    return c.waiting_since, c.seq
 
 
 def _open_reserve() -> int:
