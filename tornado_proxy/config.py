@@ -41,6 +41,13 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "log_level": "info",
     "workers": 0,   # 0: one per core
     "busy_poll_us": 50,  # the event loop polls up to this long before sleeping (busypoll.py); 0: off
+    # Limits at the boundary (docs/operations-limits.md).
+    "max_connections": 10000,        # client connections per worker; at the limit idle ones are shed
+    "client_header_timeout": 10.0,   # seconds for a whole request head (from its first byte / the accept)
+    "client_body_timeout": 30.0,     # seconds without a body byte while a request body is read
+    "keepalive_timeout": 75.0,       # seconds a connection may wait idle between requests
+    "max_upstream_body_bytes": 64 * 1024 * 1024,  # a buffered upstream answer (and one SSE event)
+    "max_upstream_error_bytes": 1024 * 1024,      # a buffered upstream error body
 }
 
 TIMEOUT_DEFAULTS = {"connect": 10.0, "first_byte": 300.0, "idle": 300.0}

@@ -334,7 +334,7 @@ class LLMHandler(BaseHandler):
                 if provider.stream_decoder != "sse":
                     self._decoder = provider.new_decoder()  # type: ignore[attr-defined]
                 else:
-                    self._decoder = SSEDecoder()
+                    self._decoder = SSEDecoder(self.gw.upstream.max_body_bytes)
                     if translator.text_lane is not None and encoder.text_bytes is not None:
                         # Plain text deltas go from upstream bytes to client bytes without
                         # being parsed (see providers.base.TextLane).
@@ -560,12 +560,17 @@ class LLMHandler(BaseHandler):
 
     def on_connection_close(self) -> None:
         self._gone = True
+        super().on_connection_close()
         t = self._transfer
         if t is not None:
             t.abort(ErrorKind.INTERNAL)
         if not self._serving:
             # gone before post() ran (mid-upload): neither its finally nor on_finish will
             self._done()
+
+    def on_body_cut(self) -> None:
+        self._chunks = []
+        self.on_finish()  # counted out of the requests in flight, and as a 499
 
     # -- accounting ----------------------------------------------------------------
     def _done(self) -> None:

@@ -7,12 +7,19 @@ are one line end), ``:`` starts a comment, a field without a colon has an empty
 value, one space after the colon is dropped, ``data`` lines are joined with LF and
 a blank line dispatches.  Lines are decoded as UTF-8 only once complete, so a
 multi-byte character split across reads is never mangled.
+
+An event still incomplete is held, up to ``max_event_bytes``: an upstream that sends
+one endless line (or endless data lines and never a blank one) gets
+``UPSTREAM_BAD_RESPONSE`` rather than our memory.
 """
 from __future__ import annotations
 
 from typing import Any, Iterator
 
 from . import jsonutil
+from .errors import ErrorKind, ProxyError
+
+MAX_EVENT_BYTES = 64 * 1024 * 1024
 
 
 class SSEEvent:
@@ -78,9 +85,12 @@ _BLANK = [b""]
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf", "_lane_of", "_lane_bytes")
+    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf", "_lane_of", "_lane_bytes",
+                 "_max", "_held")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._held = 0  # bytes of data lines of the event being read (the line path)
         self._buf = b""
         self._data: list[str] = []
         self._event: str | None = None
@@ -105,6 +115,22 @@ class SSEDecoder:
         self._lane_bytes = text_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent] | Iterator[Any]:
+        out = self._feed(chunk)
+        if len(self._buf) + self._held > self._max:
+            return self._then_fail(out)
+        return out
+
+    def _then_fail(self, out: Any) -> Iterator[Any]:
+        """The events completed before the oversized one, then the error (as they would
+        be had the oversized event come in a later read)."""
+        self._buf = b""
+        self._data = []
+        self._held = 0
+        yield from out
+        raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE,
+                         f"upstream sent a stream event larger than the gateway's limit of {self._max} bytes")
+
+    def _feed(self, chunk: bytes) -> list[SSEEvent] | Iterator[Any]:
         if self._skip_lf:
             # The previous read ended in CR, which already ended a line: an LF
             # that starts this read is the second half of that CRLF.
@@ -184,6 +210,7 @@ class SSEDecoder:
                 if self._seen:
                     out.append(SSEEvent(self._event, "\n".join(self._data), self._id, self._retry))
                     self._data = []
+                    self._held = 0
                     self._event = None
                     self._retry = None
                     self._seen = False
@@ -197,6 +224,7 @@ class SSEDecoder:
             if field == "data":
                 self._data.append(value)
                 self._seen = True
+                self._held += len(raw)
             elif field == "event":
                 self._event = value
                 self._seen = True

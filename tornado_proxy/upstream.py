@@ -24,6 +24,12 @@ rather than an ``HTTPResponse``, libcurl's timer is kept rather than replaced pe
 callback, and sockets live in an epoll set of our own that the asyncio loop watches.  Tornado's own
 requests (OAuth refreshes) still take Tornado's code paths in the same client.
 
+Size: a body we buffer (a whole answer, or an error body) is capped, at
+``max_body_bytes`` for a 2xx answer and ``max_error_bytes`` for anything else; past the
+cap the transfer is aborted and ends with ``UPSTREAM_BAD_RESPONSE`` (the bytes counted
+are the decoded ones, so a gzip bomb is caught too).  A streamed 2xx body is not
+buffered here: it goes to ``on_data`` as it comes.
+
 Timeouts: ``connect`` is curl's own.  ``first_byte`` and ``idle`` are enforced by
 one shared sweeper that ticks four times a second; a transfer records the tick at
 which it last received bytes (an int copy per chunk, no clock read on the hot path).
@@ -481,7 +487,7 @@ class Transfer:
     __slots__ = ("req", "curl", "status", "headers", "on_data", "body", "streaming",
                  "started", "first_tick", "last_tick", "abort_kind", "abort_err", "first_byte",
                  "idle", "client", "client_proxy", "_header_status", "future", "started_at", "connect_ms",
-                 "pending", "paused", "on_done", "head", "_parsed")
+                 "pending", "paused", "on_done", "head", "_parsed", "room")
 
     def __init__(self, client: "Upstream", req: UpstreamRequest, on_data: Callable[[bytes], bool] | None,
                  first_byte: float, idle: float) -> None:
@@ -495,6 +501,7 @@ class Transfer:
         self._parsed = 0             # how many of them parse_head has read
         self.on_data = on_data
         self.body: list[bytes] = []
+        self.room = 0                   # bytes the buffered body may still take (set at the first byte)
         self.pending: list[bytes] = []  # streamed bytes not yet handed to on_data
         self.paused = False             # not reading: the client is behind (GatewayCurlClient.pause)
         self.streaming = False        # decided at the first body byte
@@ -541,7 +548,9 @@ class Transfer:
         if not self.started:
             self.started = True
             self.status = self.parse_head()
-            self.streaming = self.on_data is not None and 200 <= self.status < 300
+            ok = 200 <= self.status < 300
+            self.streaming = self.on_data is not None and ok
+            self.room = self.client.max_body_bytes if ok else self.client.max_error_bytes
         if self.streaming:
             # Delivered at the end of this socket action (GatewayCurlClient._deliver).
             if self.abort_kind is not None or self.abort_err is not None:
@@ -551,6 +560,17 @@ class Transfer:
                 self.client.http.dirty.append(self)
             pending.append(data)
             return None
+        self.room -= len(data)
+        if self.room < 0:
+            # A rogue or broken upstream must not fill our memory: stop reading now.
+            ok = 200 <= self.status < 300
+            cap = self.client.max_body_bytes if ok else self.client.max_error_bytes
+            self.abort_err = ProxyError(
+                ErrorKind.UPSTREAM_BAD_RESPONSE,
+                f"upstream {'answer' if ok else f'error body (status {self.status})'} is larger than "
+                f"the gateway's limit of {cap} bytes")
+            self.body = []
+            return 0  # curl ends the transfer (CURLE_WRITE_ERROR)
         self.body.append(data)
         return None
 
@@ -588,7 +608,10 @@ class Result:
 class Upstream:
     """The process-wide upstream client and its timeout sweeper."""
 
-    def __init__(self, max_clients: int = 10000, user_agent: str = "tornado-proxy") -> None:
+    def __init__(self, max_clients: int = 10000, user_agent: str = "tornado-proxy", *,
+                 max_body_bytes: int = 64 << 20, max_error_bytes: int = 1 << 20) -> None:
+        self.max_body_bytes = max_body_bytes    # a buffered (non-streamed) 2xx answer
+        self.max_error_bytes = max_error_bytes  # a buffered error body
         AsyncHTTPClient.configure(GatewayCurlClient, max_clients=max_clients)
         self.http: GatewayCurlClient = AsyncHTTPClient()  # type: ignore[assignment]
         self.user_agent = user_agent
@@ -599,6 +622,16 @@ class Upstream:
 
     def close(self) -> None:
         self._sweeper.stop()
+
+    def abort_all(self, err: ProxyError) -> int:
+        """End every transfer in flight or queued with ``err`` (the drain deadline):
+        each request then fails as it would on that upstream error."""
+        doomed = list(self.active)
+        for t in doomed:
+            if t.abort_err is None:
+                t.abort_err = err
+            self.http.abort(t)
+        return len(doomed)
 
     def _sweep(self) -> None:
         self.tick += 1

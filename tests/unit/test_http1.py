@@ -49,6 +49,14 @@ class Slow(tornado.web.RequestHandler):
         self.finish("late")
 
 
+class Wait(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        import asyncio
+
+        await asyncio.sleep(float(self.get_argument("s")))
+        self.finish("waited")
+
+
 @tornado.web.stream_request_body
 class Upload(tornado.web.RequestHandler):
     def initialize(self) -> None:
@@ -65,7 +73,7 @@ class Server:
     def __init__(self, lt: LoopThread, **kw: Any) -> None:
         self.lt = lt
         app = tornado.web.Application([(r"/echo", Echo), (r"/headers", Headers), (r"/stream", Stream), (r"/slow", Slow),
-                                       (r"/upload", Upload)], log_function=lambda h: None)
+                                       (r"/upload", Upload), (r"/wait", Wait)], log_function=lambda h: None)
         self.srv = HTTP1Server(app, **kw)
 
         async def start() -> None:
@@ -302,16 +310,134 @@ def test_forwarded_headers_from_an_untrusted_peer_are_ignored(server: Server) ->
     assert json.loads(read_response(s, buf)[2]) == {"ip": "127.0.0.1", "proto": "http"}
 
 
-def test_idle_and_stalled_connections_are_closed(harness: LoopThread) -> None:
-    srv = Server(harness, idle_timeout=0.2, sweep_seconds=0.1)
+def timed_out(s: socket.socket, within: float) -> bytes | None:
+    """What the server sent before it closed ``s`` (None: still open after ``within`` s)."""
+    s.settimeout(within)
+    got = b""
     try:
-        idle = srv.connect()
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return got
+            got += d
+    except ConnectionResetError:
+        return got
+    except socket.timeout:
+        return None
+
+
+def test_idle_connections_are_closed_and_a_stalled_body_gets_408(harness: LoopThread) -> None:
+    srv = Server(harness, idle_timeout=0.3, header_timeout=0.3, body_timeout=0.3, sweep_seconds=0.1)
+    try:
+        fresh = srv.connect()  # never sends a byte: its first head is due header_timeout after the accept
+        idle = srv.connect()   # keep-alive, after one request
+        idle.sendall(post("/echo", b"one"))
+        read_response(idle, bytearray())
         stalled = srv.connect()
         stalled.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
         busy = srv.connect()
-        busy.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # 0.3 s answer: longer than the timeout
-        assert closed(idle) and closed(stalled)
-        assert read_response(busy, bytearray())[2] == b"late"
+        busy.sendall(b"GET /wait?s=0.8 HTTP/1.1\r\nHost: x\r\n\r\n")  # an answer longer than every timeout
+        assert timed_out(fresh, 3) == b"" and timed_out(idle, 3) == b""  # closed, nothing said
+        got = timed_out(stalled, 3)
+        assert got is not None and got.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in got
+        assert read_response(busy, bytearray())[2] == b"waited"
+    finally:
+        srv.stop()
+
+
+def test_slowloris_head_is_cut_at_the_header_deadline_however_often_it_sends(harness: LoopThread) -> None:
+    srv = Server(harness, idle_timeout=30, header_timeout=0.5, body_timeout=30, sweep_seconds=0.1)
+    try:
+        s = srv.connect()
+        s.settimeout(0.05)
+        start = time.monotonic()
+        got = b""
+        head = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        for i in range(len(head)):  # a byte every 50 ms: never idle, never done
+            try:
+                s.sendall(head[i:i + 1])
+                d = s.recv(65536)
+                got += d
+                if not d:
+                    break
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if time.monotonic() - start > 4:
+                break
+        assert got.startswith(b"HTTP/1.1 408 "), got
+        assert time.monotonic() - start < 2.5
+    finally:
+        srv.stop()
+
+
+def test_a_body_that_keeps_coming_is_read_however_long_it_takes(harness: LoopThread) -> None:
+    """client_body_timeout is about progress (no byte for that long), not the whole body."""
+    srv = Server(harness, idle_timeout=30, header_timeout=0.3, body_timeout=0.3, sweep_seconds=0.1)
+    try:
+        s = srv.connect()
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        for b in b"12345678":  # 8 x 0.1 s: longer than the body timeout, and each wait shorter
+            time.sleep(0.1)
+            s.sendall(bytes([b]))
+        status, _, body = read_response(s, bytearray())
+        assert status == 200 and json.loads(body)["body"] == "12345678"
+    finally:
+        srv.stop()
+
+
+def test_keep_alive_wait_counts_from_the_end_of_the_answer(harness: LoopThread) -> None:
+    srv = Server(harness, idle_timeout=1.0, header_timeout=10, sweep_seconds=0.1)
+    try:
+        s = srv.connect()
+        buf = bytearray()
+        s.sendall(b"GET /wait?s=1.5 HTTP/1.1\r\nHost: x\r\n\r\n")  # longer than the idle timeout
+        assert read_response(s, buf)[2] == b"waited"
+        time.sleep(0.5)  # idle for less than the timeout since the answer
+        s.sendall(post("/echo", b"again"))
+        assert json.loads(read_response(s, buf)[2])["body"] == "again"
+    finally:
+        srv.stop()
+
+
+def test_at_max_connections_the_longest_idle_is_shed_for_a_new_one(harness: LoopThread) -> None:
+    srv = Server(harness, max_connections=4, sweep_seconds=0.1)
+    try:
+        idle = []
+        for i in range(4):
+            c = srv.connect()
+            c.sendall(post("/echo", b"warm %d" % i))
+            read_response(c, bytearray())
+            idle.append(c)
+            time.sleep(0.15)  # (one sweep tick apart: the first is the longest idle)
+        new = srv.connect()
+        new.sendall(post("/echo", b"new"))
+        status, _, body = read_response(new, bytearray())
+        assert status == 200 and json.loads(body)["body"] == "new"
+        assert timed_out(idle[0], 2) == b""  # shed
+        for c in idle[1:]:  # the others are still good
+            c.sendall(post("/echo", b"still"))
+            assert json.loads(read_response(c, bytearray())[2])["body"] == "still"
+        assert srv.srv.shed == 1
+    finally:
+        srv.stop()
+
+
+def test_at_max_connections_with_none_idle_a_new_one_gets_503_at_once(harness: LoopThread) -> None:
+    srv = Server(harness, max_connections=2, sweep_seconds=0.1)
+    try:
+        busy = [srv.connect() for _ in range(2)]
+        for c in busy:
+            c.sendall(b"GET /wait?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        extra = srv.connect()
+        extra.settimeout(3)
+        status, headers, body = read_response(extra, bytearray())
+        assert status == 503 and json.loads(body)["error"]["code"] == "server_overloaded"
+        assert headers["connection"] == "close"
+        for c in busy:  # the busy ones are not touched
+            assert read_response(c, bytearray())[2] == b"waited"
     finally:
         srv.stop()
 

@@ -115,3 +115,28 @@ def test_random_streams_decode_the_same_however_split() -> None:
         cuts = sorted(rnd.sample(range(1, len(raw)), min(len(raw) - 1, rnd.randint(1, 8))))
         parts = [raw[i:j] for i, j in zip([0] + cuts, cuts + [len(raw)])]
         assert decode(parts) == want, (raw, cuts)
+
+
+@pytest.mark.parametrize("name,stream", [
+    ("one endless line", b"data: " + b"y" * 5000),
+    ("endless data lines, never a blank one (CRLF: the line path)", b"data: yyyyyyyyy\r\n" * 400),
+    ("endless data lines, LF", b"data: yyyyyyyyy\n" * 400),
+])
+def test_an_event_over_the_cap_is_an_error_after_the_events_before_it(name: str, stream: bytes) -> None:
+    from tornado_proxy.errors import ErrorKind, ProxyError
+
+    for split in (1, 7, 512, len(stream) + 20):
+        d = SSEDecoder(max_event_bytes=4096)
+        raw = b"data: first\r\n\r\n" + stream
+        got: list[SSEEvent] = []
+        with pytest.raises(ProxyError) as e:
+            for i in range(0, len(raw), split):
+                got.extend(d.feed(raw[i:i + split]))
+        assert e.value.kind is ErrorKind.UPSTREAM_BAD_RESPONSE, name
+        assert got == [SSEEvent(None, "first")], (name, split)
+
+
+def test_events_under_the_cap_are_untouched() -> None:
+    d = SSEDecoder(max_event_bytes=4096)
+    ev = b"data: " + b"y" * 4000 + b"\n\n"
+    assert [e.data for e in d.feed(ev * 20)] == ["y" * 4000] * 20

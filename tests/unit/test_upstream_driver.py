@@ -68,6 +68,14 @@ class FakeUpstream:
                     await w.drain()
                     await r.read(1)  # until the client goes away (bounded by the test's timeout)
                     return
+                if path in (b"/big", b"/big-error"):
+                    # 1 MiB, announced with its length, written in 64 KiB pieces
+                    w.write(b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                            % (b"200 OK" if path == b"/big" else b"500 Internal Server Error", 1 << 20))
+                    for _ in range(16):
+                        w.write(b"z" * 65536)
+                        await w.drain()
+                    continue
                 if path == b"/sse":
                     chunk = b"%x\r\n%s\r\n" % (len(EVENT), EVENT)
                     w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -92,10 +100,10 @@ def _keep_client_config() -> Iterator[None]:
         AsyncHTTPClient._restore_configuration(saved)
 
 
-def run(body: Callable[[FakeUpstream, Upstream], Awaitable[Any]], max_clients: int = 100) -> Any:
+def run(body: Callable[[FakeUpstream, Upstream], Awaitable[Any]], max_clients: int = 100, **kw: Any) -> Any:
     async def main() -> Any:
         fake = await FakeUpstream().start()
-        up = Upstream(max_clients=max_clients)
+        up = Upstream(max_clients=max_clients, **kw)
         try:
             return await body(fake, up)
         finally:
@@ -413,3 +421,33 @@ def test_stale_fd_is_registered_afresh() -> None:
             b.close()
 
     run(body)
+
+
+@pytest.mark.parametrize("path,stream,words", [
+    ("/big", False, "upstream answer is larger than the gateway's limit of 65536 bytes"),
+    ("/big-error", False, "upstream error body (status 500) is larger than the gateway's limit of 4096 bytes"),
+    ("/big-error", True, "upstream error body (status 500) is larger than the gateway's limit of 4096 bytes"),
+])
+def test_a_buffered_body_over_its_cap_ends_the_transfer(path: str, stream: bool, words: str) -> None:
+    async def body(fake: FakeUpstream, up: Upstream) -> None:
+        got: list[bytes] = []
+        on_data = (lambda b: got.append(b) or True) if stream else None
+        r = await up.fetch(post(fake.url(path), stream=stream), on_data=on_data)
+        assert r.error is not None and r.error.kind is ErrorKind.UPSTREAM_BAD_RESPONSE
+        assert r.error.message == words
+        assert r.body == b"" and got == []
+        # the handle is free again and the next transfer goes through
+        http = up.http
+        assert len(http._free_list) == len(http._curls) == 1
+        r2 = await up.fetch(post(fake.url("/json")))
+        assert r2.error is None and r2.body == JSON_BODY
+
+    run(body, max_clients=1, max_body_bytes=65536, max_error_bytes=4096)
+
+
+def test_a_body_under_its_cap_is_whole() -> None:
+    async def body(fake: FakeUpstream, up: Upstream) -> None:
+        r = await up.fetch(post(fake.url("/big")))
+        assert r.error is None and r.status == 200 and r.body == b"z" * (1 << 20)
+
+    run(body, max_body_bytes=1 << 20)

@@ -118,6 +118,22 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(204)
         self.finish()
 
+    # -- the client going away -----------------------------------------------------
+    def on_connection_close(self) -> None:
+        # Tornado's own: a streamed request body that can no longer arrive fails the
+        # future _execute awaits, so _execute returns.  Without it the task waits
+        # forever, and Tornado keeps every pending task referenced: the handler and
+        # the body read so far stay in memory, and the request in flight.
+        fut = getattr(self.request, "_body_future", None)
+        cut = fut is not None and not fut.done()
+        super().on_connection_close()
+        if cut:
+            self.on_body_cut()
+
+    def on_body_cut(self) -> None:
+        """The client went away before its whole body arrived: the method never runs
+        and neither does ``on_finish``; undo here what ``prepare`` did."""
+
     # -- access keys ---------------------------------------------------------------
     def prepare(self) -> None:
         if self.request.method == "OPTIONS" or self.public:
