@@ -17,7 +17,6 @@ import base64
 import binascii
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from tornado_proxy import jsonutil
@@ -841,7 +840,7 @@ class AnthropicStream(StreamTranslator):
 # The provider
 # ---------------------------------------------------------------------------
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "providers" / "anthropic.options.json"
+SCHEMA_NAME = "providers/anthropic.options"  # read by tornado_proxy.validation.load_schema
 # Native /v1/messages/count_tokens takes these fields of a Messages request only.
 COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
                        "output_config", "output_format", "context_management")
@@ -868,7 +867,9 @@ class AnthropicProvider(Provider):
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
         import jsonschema
 
-        schema = jsonutil.loads(SCHEMA_PATH.read_bytes())
+        from tornado_proxy.validation import load_schema  # the one schema reader, checkout or installed
+
+        schema = load_schema(SCHEMA_NAME)
         defs = schema["$defs"]
         problems: list[str] = []
         for err in jsonschema.Draft202012Validator({**defs["provider_options"], "$defs": defs}).iter_errors(

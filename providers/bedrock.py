@@ -22,7 +22,6 @@ import datetime
 import enum
 import struct
 import time
-from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -944,17 +943,7 @@ class BedrockStream(StreamTranslator):
 # the provider
 # ---------------------------------------------------------------------------
 
-_SCHEMA_NAME = "providers/bedrock.options.json"
-
-
-def _schema_path() -> Path:
-    """Beside the package in a checkout; where ``schema_dir()`` says once installed."""
-    here = Path(__file__).resolve().parent.parent / "schemas" / _SCHEMA_NAME
-    if here.is_file():
-        return here
-    from tornado_proxy.config import schema_dir  # no tornado import: safe in providers/
-
-    return schema_dir() / _SCHEMA_NAME
+_SCHEMA_NAME = "providers/bedrock.options"  # read by tornado_proxy.validation.load_schema
 
 
 class BedrockProvider(Provider):
@@ -983,7 +972,9 @@ class BedrockProvider(Provider):
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
         import jsonschema
 
-        schema = jsonutil.loads(_schema_path().read_text(encoding="utf-8"))
+        from tornado_proxy.validation import load_schema
+
+        schema = load_schema(_SCHEMA_NAME)
         problems: list[str] = []
         prov = jsonschema.Draft202012Validator({**schema["$defs"]["provider_options"], "$defs": schema["$defs"]})
         for err in prov.iter_errors(self.options):

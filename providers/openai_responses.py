@@ -24,7 +24,6 @@ import base64
 import binascii
 import enum
 import functools
-from pathlib import Path
 from typing import Any, Iterable
 
 from providers.base import (
@@ -62,24 +61,13 @@ CTX_FAIL_SEQ = "responses.fail_seq"
 # to keep in the response store: {"pivot": chat.completion, "response": Response}.
 CTX_RESULT = "responses.result"
 
-_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-
-
-def _schema_path(name: str) -> Path:
-    here = _SCHEMA_DIR / name
-    if here.is_file():
-        return here
-    from tornado_proxy.config import schema_dir
-
-    return schema_dir() / name
-
-
 @functools.lru_cache(maxsize=None)
 def _validator(name: str) -> Any:
     import jsonschema
 
-    schema = jsonutil.loads(_schema_path(name).read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
+    from tornado_proxy.validation import load_schema  # the one schema reader, checkout or installed
+
+    return jsonschema.Draft202012Validator(load_schema(name))
 
 
 def _json_path(prefix: str, parts: Iterable[Any]) -> str:

@@ -15,16 +15,13 @@ the offending field (``messages[1].content[0].type``) and whose message says
 what was expected, in the style of OpenAI's own 400s, so clients that show
 ``error.message`` to a person show something useful.
 
-Schemas are looked up next to the package (a checkout: ``<repo>/schemas``) and
-then in the installed layout (``<prefix>/share/tornado-proxy/schemas``, where
-setup.cfg puts them as data files).
+Schemas are read from ``tornado_proxy.resources.data_dir("schemas")``: the
+repository's ``schemas/`` in a checkout, the copy inside the package once installed.
+:func:`load_schema` is the one reader; the providers' options schemas come through it.
 """
 from __future__ import annotations
 
 import re
-import site
-import sys
-import sysconfig
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import unquote
@@ -37,6 +34,7 @@ from referencing.exceptions import NoSuchResource
 
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.resources import data_dir
 
 # Every schema's $id starts with this; a $ref to another file resolves to the file
 # of the same relative name in the schema directory.
@@ -45,36 +43,9 @@ SCHEMA_BASE_URI = "https://tornado-proxy.dev/schemas/"
 _SUFFIX = ".json"
 
 
-def _candidate_dirs() -> list[Path]:
-    dirs = [Path(__file__).resolve().parent.parent / "schemas"]
-    # data_files land under the install prefix: the venv or system prefix, or the
-    # user base for ``pip install --user``.
-    prefixes = [sys.prefix, sysconfig.get_path("data"), getattr(site, "USER_BASE", None) or ""]
-    for prefix in prefixes:
-        if prefix:
-            dirs.append(Path(prefix) / "share" / "tornado-proxy" / "schemas")
-    unique: list[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
-
-
-_schema_dir: Path | None = None
-
-
 def schema_dir() -> Path:
-    """The directory the schemas are read from (the first candidate that exists)."""
-    global _schema_dir
-    if _schema_dir is None:
-        candidates = _candidate_dirs()
-        for d in candidates:
-            if d.is_dir():
-                _schema_dir = d
-                break
-        else:
-            raise FileNotFoundError("no schema directory; looked in " + ", ".join(str(d) for d in candidates))
-    return _schema_dir
+    """The directory the schemas are read from (see ``tornado_proxy.resources``)."""
+    return data_dir("schemas")
 
 
 def _normalise(name: str) -> str:
