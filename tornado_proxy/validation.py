@@ -33,7 +33,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
 from tornado_proxy import jsonutil
-from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.errors import ErrorKind, ProxyError, format_path
 from tornado_proxy.resources import data_dir
 
 # Every schema's $id starts with this; a $ref to another file resolves to the file
@@ -145,13 +145,22 @@ def has_fast_path(schema_name: str) -> bool:
 
 def validate_body(schema_name: str, body: Any) -> None:
     """Raise ``ProxyError(INVALID_REQUEST, param=<path>)`` unless ``body`` matches the schema."""
-    if is_valid(schema_name, body):
-        return
-    v = validator(schema_name)
-    shrunk, index_maps = _shrink(_normalise(schema_name), v.schema, body)
-    errors = list(v.iter_errors(shrunk))
-    if errors:
-        raise error_from(errors, index_maps)
+    try:
+        if is_valid(schema_name, body):
+            return
+        v = validator(schema_name)
+        shrunk, index_maps = _shrink(_normalise(schema_name), v.schema, body)
+        errors = list(v.iter_errors(shrunk))
+        if errors:
+            raise error_from(errors, index_maps)
+    except RecursionError:
+        # Bodies from the wire are cut at jsonutil.MAX_DEPTH before they get here; this
+        # is for any other caller: jsonschema (and repr in its messages) recurse per level.
+        path = jsonutil.too_deep_path(body) or []
+        param = format_path(path, 12) or None
+        raise ProxyError(ErrorKind.INVALID_REQUEST,
+                         f"Invalid '{param or 'body'}': nested more than {jsonutil.MAX_DEPTH} levels deep.",
+                         param=param) from None
     # The predicate and jsonschema disagree: jsonschema is the reference (a test
     # keeps them in step; this is the safe way out if they ever drift).
 
@@ -616,23 +625,6 @@ def _show(value: Any, limit: int = 60) -> str:
     except (TypeError, OverflowError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _key(name: str) -> str:
-    # keys that are not plain names (metadata keys, logit_bias token ids) go in brackets
-    return name if name.isidentifier() else "[" + jsonutil.dumps(name) + "]"
-
-
-def format_path(path: Iterable[Any]) -> str:
-    """``["messages", 1, "content"]`` -> ``messages[1].content``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            key = _key(str(part))
-            out += key if key.startswith("[") else ("." + key if out else key)
-    return out
 
 
 def describe(err: ValidationError) -> tuple[str | None, str]:
