@@ -841,7 +841,7 @@ class AnthropicStream(StreamTranslator):
 # The provider
 # ---------------------------------------------------------------------------
 
-SCHEMA_NAME = "providers/anthropic.options"
+SCHEMA_NAME = "providers/anthropic.options"  # read by tornado_proxy.validation.load_schema
 # Native /v1/messages/count_tokens takes these fields of a Messages request only.
 COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
                        "output_config", "output_format", "context_management")

@@ -944,7 +944,7 @@ class BedrockStream(StreamTranslator):
 # the provider
 # ---------------------------------------------------------------------------
 
-_SCHEMA_NAME = "providers/bedrock.options"
+_SCHEMA_NAME = "providers/bedrock.options"  # read by tornado_proxy.validation.load_schema
 
 
 class BedrockProvider(Provider):

@@ -168,10 +168,25 @@ def clean_schema(schema: Any, param: str = "schema") -> dict[str, Any]:
     for key in ("$defs", "definitions"):
         if isinstance(schema.get(key), dict):
             defs.update({f"#/{key}/{k}": v for k, v in schema[key].items()})
-    return _clean(schema, defs, (), param)
+    return _clean(schema, defs, (), param, 0, [MAX_SCHEMA_NODES])
 
 
-def _clean(node: Any, defs: dict[str, Any], seen: tuple[str, ...], param: str) -> dict[str, Any]:
+# A tool schema deeper or bigger than this is no tool a model can fill in.  Both limits
+# bound the walk whatever the client sends: nesting cannot reach Python's recursion
+# limit, and ``$ref``s that each use the next twice (2**n inlined nodes) stop early.
+MAX_SCHEMA_DEPTH = 48
+MAX_SCHEMA_NODES = 5000
+
+
+def _clean(node: Any, defs: dict[str, Any], seen: tuple[str, ...], param: str,
+           depth: int, budget: list[int]) -> dict[str, Any]:
+    if depth > MAX_SCHEMA_DEPTH:
+        raise bad_request(f"'{param}' nests more than {MAX_SCHEMA_DEPTH} levels deep; Gemini's Schema "
+                          "cannot take it", param)
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise bad_request(f"'{param}': the schema expands to more than {MAX_SCHEMA_NODES} subschemas "
+                          "(with its $refs inlined); Gemini's Schema cannot take it", param)
     if not isinstance(node, dict):
         if node is True or node == {}:
             return {}
@@ -183,11 +198,11 @@ def _clean(node: Any, defs: dict[str, Any], seen: tuple[str, ...], param: str) -
         if ref not in defs:
             raise bad_request(f"'{param}' refers to unknown definition {ref}", param)
         merged = {**defs[ref], **{k: v for k, v in node.items() if k != "$ref"}}
-        return _clean(merged, defs, seen + (ref,), param)
+        return _clean(merged, defs, seen + (ref,), param, depth + 1, budget)
     node = dict(node)
     if "allOf" in node:
         for i, sub in enumerate(node.pop("allOf") or []):
-            part = _clean(sub, defs, seen, f"{param}.allOf[{i}]")
+            part = _clean(sub, defs, seen, f"{param}.allOf[{i}]", depth + 1, budget)
             for k, v in part.items():
                 if k == "properties":
                     node.setdefault("properties", {}).update(v)
@@ -224,7 +239,7 @@ def _clean(node: Any, defs: dict[str, Any], seen: tuple[str, ...], param: str) -
             if isinstance(sub, dict) and sub.get("type") == "null" and len(sub) == 1:
                 nullable = True
                 continue
-            subs.append(_clean(sub, defs, seen, f"{param}.anyOf[{i}]"))
+            subs.append(_clean(sub, defs, seen, f"{param}.anyOf[{i}]", depth + 1, budget))
         if len(subs) == 1 and typ is None:
             # anyOf [X, null] is just a nullable X.
             out.update(subs[0])
@@ -252,7 +267,8 @@ def _clean(node: Any, defs: dict[str, Any], seen: tuple[str, ...], param: str) -
         out["type"] = "STRING"
         out.pop("format", None)
     if isinstance(node.get("properties"), dict):
-        props = {k: _clean(v, defs, seen, f"{param}.properties.{k}") for k, v in node["properties"].items()}
+        props = {k: _clean(v, defs, seen, f"{param}.properties.{k}", depth + 1, budget)
+                 for k, v in node["properties"].items()}
         out["properties"] = props
         if isinstance(node.get("required"), list):
             req = [r for r in node["required"] if r in props]
@@ -264,7 +280,7 @@ def _clean(node: Any, defs: dict[str, Any], seen: tuple[str, ...], param: str) -
         items = node["items"]
         if isinstance(items, list):  # tuple form: Gemini has one item schema
             items = {"anyOf": items} if len(items) > 1 else (items[0] if items else {})
-        out["items"] = _clean(items, defs, seen, f"{param}.items")
+        out["items"] = _clean(items, defs, seen, f"{param}.items", depth + 1, budget)
         if "type" not in out:
             out["type"] = "ARRAY"
     if nullable:

@@ -17,13 +17,13 @@ import fnmatch
 import ipaddress
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
 
 from . import jsonutil
+from .resources import data_dir
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -59,26 +59,12 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _data_dir(name: str) -> Path:
-    """``schemas/`` or ``conf/``: beside the package in a checkout, or installed under share/."""
-    here = Path(__file__).resolve().parent.parent / name
-    if here.is_dir():
-        return here
-    for prefix in (sys.prefix, sys.base_prefix, os.path.expanduser("~/.local")):
-        p = Path(prefix) / "share" / "tornado-proxy" / name
-        if p.is_dir():
-            return p
-    return here
-
-
 def schema_dir() -> Path:
-    from .validation import schema_dir as found
-
-    return found()
+    return data_dir("schemas")
 
 
 def conf_dir() -> Path:
-    return _data_dir("conf")
+    return data_dir("conf")
 
 
 def json_path(parts: Any) -> str:

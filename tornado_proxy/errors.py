@@ -10,8 +10,9 @@ here too so that no handler builds an error body by hand.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 
 class Action(enum.Enum):
@@ -158,6 +159,93 @@ def openai_body(err: ProxyError) -> dict[str, Any]:
 
 def anthropic_body(err: ProxyError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": err.info.anthropic_type, "message": err.message}}
+
+
+# -- bodies a client API cannot read, in that API's own words ---------------------
+
+def printable(text: str) -> str:
+    """``text`` safe to put in an error body: a lone surrogate shows as ``\\ud800``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def format_path(path: Iterable[Any], limit: int = 0) -> str:
+    """``["messages", 1, "content"]`` -> ``messages[1].content``; keys that are not plain
+    names go in brackets (``metadata["user id"]``).  With ``limit``, only the first
+    ``limit`` steps are shown, then ``...`` (a path 128 levels deep helps nobody)."""
+    out = ""
+    for n, part in enumerate(path):
+        if limit and n == limit:
+            return out + "..."
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        name = str(part)
+        if name.isidentifier():
+            out += "." + name if out else name
+        else:
+            out += "[" + printable(json.dumps(name, ensure_ascii=False)) + "]"
+    return out
+
+
+# Each client API's opening words for a body it could not read (OpenAI's "We could
+# not parse the JSON body of your request", Anthropic's "The request body is not valid
+# JSON", Google's "Invalid JSON payload received"): clients and people match on them.
+_UNREADABLE = {
+    "anthropic": "The request body is not valid JSON: {detail}",
+    "gemini": "Invalid JSON payload received. {detail}",
+}
+_UNREADABLE_DEFAULT = "We could not parse the JSON body of your request: {detail}"
+# A value the body holds that nothing can be built from (too deep), per API.
+_INVALID_VALUE = {
+    "anthropic": "{param}: {detail}",                  # pydantic-style, as Anthropic answers
+    "gemini": "Invalid value at '{param}': {detail}",  # google.rpc wording
+}
+_INVALID_VALUE_DEFAULT = "Invalid '{param}': {detail}."
+_PATH_STEPS = 12
+
+
+def unreadable_body(api: str, detail: str, *, param: str | None = None) -> ProxyError:
+    """A body that is not JSON (or not JSON any upstream can take), worded as ``api`` does."""
+    return ProxyError(ErrorKind.INVALID_JSON, _UNREADABLE.get(api, _UNREADABLE_DEFAULT).format(detail=detail),
+                      param=param)
+
+
+def bad_body_value(api: str, path: list[Any], reason: str, detail: str) -> ProxyError:
+    """The error for ``jsonutil.BadRequestJSON`` (``reason`` ``"depth"`` or ``"surrogate"``)."""
+    param = format_path(path, _PATH_STEPS) or None
+    if reason == "surrogate":
+        core = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not valid Unicode"
+        if api in _UNREADABLE:
+            where = f" at '{param}'" if param else ""
+            return unreadable_body(api, f"the string{where} {core}", param=param)
+        subject = f"'{param}'" if param else "request body"
+        return ProxyError(ErrorKind.INVALID_REQUEST, f"Invalid {subject}: the string {core}; send valid UTF-8 text.",
+                          param=param)
+    template = _INVALID_VALUE.get(api, _INVALID_VALUE_DEFAULT)
+    return ProxyError(ErrorKind.INVALID_REQUEST, template.format(param=param or "body", detail=detail), param=param)
+
+
+# What the vendor's own API says for the errors the gateway raises before it has read a
+# request (access key, size), where clients match on the words.  Anything not listed
+# keeps the gateway's message.
+API_WORDING: dict[tuple[str, ErrorKind], str] = {
+    ("anthropic", ErrorKind.AUTH_MISSING): "x-api-key header is required",
+    ("anthropic", ErrorKind.AUTH_INVALID): "invalid x-api-key",
+    ("anthropic", ErrorKind.BODY_TOO_LARGE): "Request exceeds the maximum allowed number of bytes.",
+    ("gemini", ErrorKind.AUTH_MISSING): "Method doesn't allow unregistered callers (callers without established "
+                                        "identity). Please use API Key or other form of API consumer identity "
+                                        "to call this API.",
+    ("gemini", ErrorKind.AUTH_INVALID): "API key not valid. Please pass a valid API key.",
+}
+
+
+def in_words_of(api: str, err: ProxyError) -> ProxyError:
+    """``err`` with the message client API ``api`` gives for its kind (see API_WORDING)."""
+    words = API_WORDING.get((api, err.kind))
+    if words is None or words == err.message:
+        return err
+    return ProxyError(err.kind, words, param=err.param, retry_after=err.retry_after,
+                      upstream_status=err.upstream_status, headers=err.headers)
 
 
 def retry_after_header(err: ProxyError) -> str | None:

@@ -192,15 +192,9 @@ class LLMHandler(BaseHandler):
         return body
 
     def multipart_body(self, raw: bytes, ctype: str) -> Any:
-        from tornado.httputil import parse_body_arguments
+        from .multipart import payload_from_form
 
-        from .multipart import payload_from_multipart
-
-        args: dict[str, list[bytes]] = {}
-        files: dict[str, Any] = {}
-        parse_body_arguments(ctype, raw, args, files)
-        flat = {k: [(f.filename, f.content_type, f.body) for f in v] for k, v in files.items()}
-        body = payload_from_multipart(args, flat)
+        body = payload_from_form(ctype, raw)
         self._raw = jsonutil.dumpb(body)
         return body
 

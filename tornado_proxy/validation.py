@@ -15,16 +15,13 @@ the offending field (``messages[1].content[0].type``) and whose message says
 what was expected, in the style of OpenAI's own 400s, so clients that show
 ``error.message`` to a person show something useful.
 
-Schemas are looked up next to the package (a checkout: ``<repo>/schemas``) and
-then in the installed layout (``<prefix>/share/tornado-proxy/schemas``, where
-setup.cfg puts them as data files).
+Schemas are read from ``tornado_proxy.resources.data_dir("schemas")``: the
+repository's ``schemas/`` in a checkout, the copy inside the package once installed.
+:func:`load_schema` is the one reader; the providers' options schemas come through it.
 """
 from __future__ import annotations
 
 import re
-import site
-import sys
-import sysconfig
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import unquote
@@ -36,7 +33,8 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
 from tornado_proxy import jsonutil
-from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.errors import ErrorKind, ProxyError, format_path
+from tornado_proxy.resources import data_dir
 
 # Every schema's $id starts with this; a $ref to another file resolves to the file
 # of the same relative name in the schema directory.
@@ -45,36 +43,9 @@ SCHEMA_BASE_URI = "https://tornado-proxy.dev/schemas/"
 _SUFFIX = ".json"
 
 
-def _candidate_dirs() -> list[Path]:
-    dirs = [Path(__file__).resolve().parent.parent / "schemas"]
-    # data_files land under the install prefix: the venv or system prefix, or the
-    # user base for ``pip install --user``.
-    prefixes = [sys.prefix, sysconfig.get_path("data"), getattr(site, "USER_BASE", None) or ""]
-    for prefix in prefixes:
-        if prefix:
-            dirs.append(Path(prefix) / "share" / "tornado-proxy" / "schemas")
-    unique: list[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
-
-
-_schema_dir: Path | None = None
-
-
 def schema_dir() -> Path:
-    """The directory the schemas are read from (the first candidate that exists)."""
-    global _schema_dir
-    if _schema_dir is None:
-        candidates = _candidate_dirs()
-        for d in candidates:
-            if d.is_dir():
-                _schema_dir = d
-                break
-        else:
-            raise FileNotFoundError("no schema directory; looked in " + ", ".join(str(d) for d in candidates))
-    return _schema_dir
+    """The directory the schemas are read from (see ``tornado_proxy.resources``)."""
+    return data_dir("schemas")
 
 
 def _normalise(name: str) -> str:
@@ -174,13 +145,22 @@ def has_fast_path(schema_name: str) -> bool:
 
 def validate_body(schema_name: str, body: Any) -> None:
     """Raise ``ProxyError(INVALID_REQUEST, param=<path>)`` unless ``body`` matches the schema."""
-    if is_valid(schema_name, body):
-        return
-    v = validator(schema_name)
-    shrunk, index_maps = _shrink(_normalise(schema_name), v.schema, body)
-    errors = list(v.iter_errors(shrunk))
-    if errors:
-        raise error_from(errors, index_maps)
+    try:
+        if is_valid(schema_name, body):
+            return
+        v = validator(schema_name)
+        shrunk, index_maps = _shrink(_normalise(schema_name), v.schema, body)
+        errors = list(v.iter_errors(shrunk))
+        if errors:
+            raise error_from(errors, index_maps)
+    except RecursionError:
+        # Bodies from the wire are cut at jsonutil.MAX_DEPTH before they get here; this
+        # is for any other caller: jsonschema (and repr in its messages) recurse per level.
+        path = jsonutil.too_deep_path(body) or []
+        param = format_path(path, 12) or None
+        raise ProxyError(ErrorKind.INVALID_REQUEST,
+                         f"Invalid '{param or 'body'}': nested more than {jsonutil.MAX_DEPTH} levels deep.",
+                         param=param) from None
     # The predicate and jsonschema disagree: jsonschema is the reference (a test
     # keeps them in step; this is the safe way out if they ever drift).
 
@@ -645,23 +625,6 @@ def _show(value: Any, limit: int = 60) -> str:
     except (TypeError, OverflowError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _key(name: str) -> str:
-    # keys that are not plain names (metadata keys, logit_bias token ids) go in brackets
-    return name if name.isidentifier() else "[" + jsonutil.dumps(name) + "]"
-
-
-def format_path(path: Iterable[Any]) -> str:
-    """``["messages", 1, "content"]`` -> ``messages[1].content``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            key = _key(str(part))
-            out += key if key.startswith("[") else ("." + key if out else key)
-    return out
 
 
 def describe(err: ValidationError) -> tuple[str | None, str]:

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado import httputil
 
+from providers.anthropic_messages import AnthropicMessagesFormat
 from providers.base import ClientFormat
+from providers.gemini import GeminiNativeFormat
 from providers.openai_chat import OpenAIChatFormat
 
 from .. import jsonutil, redact
-from ..errors import ErrorKind, ProxyError, retry_after_header
+from ..errors import (ErrorKind, ProxyError, bad_body_value, in_words_of, printable,
+                      retry_after_header, unreadable_body)
 from ..http1 import new_headers
 
 if TYPE_CHECKING:
@@ -181,12 +185,15 @@ class BaseHandler(tornado.web.RequestHandler):
     # -- bodies --------------------------------------------------------------------
     def json_body(self, raw: bytes | None = None) -> Any:
         raw = self.request.body if raw is None else raw
+        api = self.client_format.name
         if not raw:
-            raise ProxyError(ErrorKind.INVALID_JSON, "request body is empty; expected a JSON object")
+            raise unreadable_body(api, "the body is empty; expected a JSON object")
         try:
-            return jsonutil.loads(raw)
+            return jsonutil.loads_request(raw)
+        except jsonutil.BadRequestJSON as exc:
+            raise bad_body_value(api, exc.path, exc.reason, str(exc)) from None
         except ValueError as exc:
-            raise ProxyError(ErrorKind.INVALID_JSON, f"request body is not valid JSON: {exc}") from None
+            raise unreadable_body(api, printable(str(exc))) from None
 
     # -- errors --------------------------------------------------------------------
     def send_proxy_error(self, err: ProxyError) -> None:
@@ -197,8 +204,11 @@ class BaseHandler(tornado.web.RequestHandler):
         ra = retry_after_header(err)
         if ra:
             self.set_header("Retry-After", ra)
+        if err.kind is ErrorKind.METHOD_NOT_ALLOWED:
+            self.set_header("Allow", allowed_methods(self))
         self.set_header("Content-Type", "application/json")
-        self.finish(jsonutil.dumpb(self.client_format.error_body(err)))
+        fmt = self.client_format
+        self.finish(jsonutil.dumpb(fmt.error_body(in_words_of(fmt.name, err))))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -209,7 +219,12 @@ class BaseHandler(tornado.web.RequestHandler):
                     413: ErrorKind.BODY_TOO_LARGE}.get(exc.status_code, ErrorKind.INVALID_REQUEST)
             if exc.status_code >= 500:
                 kind = ErrorKind.INTERNAL
-            err = ProxyError(kind, exc.log_message or httputil.responses.get(exc.status_code, "error"))
+            if kind is ErrorKind.METHOD_NOT_ALLOWED:
+                message = (f"{self.request.method} is not allowed on {self.request.path}; "
+                           f"use {allowed_methods(self)}")
+            else:
+                message = exc.log_message or httputil.responses.get(exc.status_code, "error")
+            err = ProxyError(kind, printable(message))
         else:
             err = ProxyError(ErrorKind.INTERNAL, "internal error in the gateway; see its log")
         if self._headers_written:
@@ -224,8 +239,40 @@ class BaseHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
 
+# The methods each path answers (for ``Allow`` on a 405), worked out once per route.
+_ALLOWED: dict[str, str] = {}
+
+
+def allowed_methods(handler: tornado.web.RequestHandler) -> str:
+    """What the route table lists for the handler's path, plus OPTIONS (CORS preflight)."""
+    from ..app import ROUTES  # the one route table; imported late, it imports the handlers
+
+    path = handler.request.path
+    for route in ROUTES:
+        if re.fullmatch(route.pattern, path):
+            allow = _ALLOWED.get(route.pattern)
+            if allow is None:
+                listed = {m.upper() for m in route.methods} | {"OPTIONS"}
+                allow = ", ".join(m for m in handler.SUPPORTED_METHODS if m in listed)
+                _ALLOWED[route.pattern] = allow
+            return allow
+    return "OPTIONS"
+
+
+# An unknown path still belongs to an API by its prefix: its 404 comes in that API's shape.
+_FORMAT_BY_PREFIX: tuple[tuple[str, ClientFormat], ...] = (
+    ("/v1/messages/", AnthropicMessagesFormat()),
+    ("/v1beta/", GeminiNativeFormat()),
+)
+
+
 class NotFoundHandler(BaseHandler):
     public = True
 
     def prepare(self) -> None:
-        raise ProxyError(ErrorKind.NOT_FOUND, f"no route for {self.request.method} {self.request.path}")
+        path = self.request.path
+        for prefix, fmt in _FORMAT_BY_PREFIX:
+            if path.startswith(prefix):
+                self.client_format = fmt
+                break
+        raise ProxyError(ErrorKind.NOT_FOUND, printable(f"no route for {self.request.method} {path}"))
