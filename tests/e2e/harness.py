@@ -15,6 +15,7 @@ come from ``tests/fixtures/<provider>/``.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,3 +248,19 @@ def openai_provider(up: FakeUpstream, name: str = "up", accounts: list[dict[str,
 def simple_config(providers: list[dict[str, Any]], models: list[dict[str, Any]],
                   **server: Any) -> dict[str, Any]:
     return {"server": server, "providers": providers, "models": models}
+
+
+def sent_before_close(s: socket.socket, timeout: float = 3) -> bytes | None:
+    """What the server sent before it closed ``s`` (None: still open after ``timeout`` s)."""
+    s.settimeout(timeout)
+    got = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return got
+            got += d
+    except ConnectionResetError:
+        return got
+    except socket.timeout:
+        return None

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import openai
 import pytest
 
-from tests.e2e.harness import LoopThread, Reply, openai_provider, simple_config
+from tests.e2e.harness import LoopThread, Reply, openai_provider, sent_before_close, simple_config
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -37,20 +37,7 @@ def wait_for(cond: Callable[[], bool], limit: float = 5.0) -> bool:
     return cond()
 
 
-def closed(s: socket.socket, timeout: float = 3) -> bytes | None:
-    """What the server sent before closing ``s`` (None: still open after ``timeout``)."""
-    s.settimeout(timeout)
-    got = b""
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                return got
-            got += d
-    except ConnectionResetError:
-        return got
-    except socket.timeout:
-        return None
+closed = sent_before_close
 
 
 # -- 6: aborted uploads -------------------------------------------------------------

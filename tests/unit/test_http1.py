@@ -11,7 +11,7 @@ import pytest
 import tornado.web
 from tornado.netutil import bind_sockets
 
-from tests.e2e.harness import LoopThread
+from tests.e2e.harness import LoopThread, sent_before_close
 from tornado_proxy.http1 import HTTP1Server
 
 
@@ -310,20 +310,7 @@ def test_forwarded_headers_from_an_untrusted_peer_are_ignored(server: Server) ->
     assert json.loads(read_response(s, buf)[2]) == {"ip": "127.0.0.1", "proto": "http"}
 
 
-def timed_out(s: socket.socket, within: float) -> bytes | None:
-    """What the server sent before it closed ``s`` (None: still open after ``within`` s)."""
-    s.settimeout(within)
-    got = b""
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                return got
-            got += d
-    except ConnectionResetError:
-        return got
-    except socket.timeout:
-        return None
+timed_out = sent_before_close
 
 
 def test_idle_connections_are_closed_and_a_stalled_body_gets_408(harness: LoopThread) -> None:
