@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Per-event cost of scrubbing a passed-through stream (tornado_proxy.redact).
+"""Per-event cost of scrubbing a passed-through stream (tornado_proxy.observability.redact).
 
 Times what ``LLMHandler._on_passthrough`` adds per upstream read: the check that
 some secret is known, finding the last newline, and one regex search over a typical
@@ -18,7 +18,7 @@ import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tornado_proxy.redact import Scrubber  # noqa: E402
+from tornado_proxy.observability.redact import Scrubber  # noqa: E402
 
 EVENT = (b'data: {"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion.chunk",'
          b'"created":1741570283,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":" hello"},'

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from tornado_proxy import jsonutil
-from tornado_proxy.validation import load_schema
+from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, anthropic_body, from_status
 
 from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
@@ -841,7 +841,7 @@ class AnthropicStream(StreamTranslator):
 # The provider
 # ---------------------------------------------------------------------------
 
-SCHEMA_NAME = "providers/anthropic.options"  # read by tornado_proxy.validation.load_schema
+SCHEMA_NAME = "providers/anthropic.options"  # read by tornado_proxy.pipeline.validation.load_schema
 # Native /v1/messages/count_tokens takes these fields of a Messages request only.
 COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
                        "output_config", "output_format", "context_management")

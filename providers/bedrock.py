@@ -28,7 +28,7 @@ from urllib.parse import quote
 from typing import TYPE_CHECKING
 
 from tornado_proxy import jsonutil
-from tornado_proxy.validation import load_schema
+from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
 from .base import (Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, bad_request,
@@ -944,7 +944,7 @@ class BedrockStream(StreamTranslator):
 # the provider
 # ---------------------------------------------------------------------------
 
-_SCHEMA_NAME = "providers/bedrock.options"  # read by tornado_proxy.validation.load_schema
+_SCHEMA_NAME = "providers/bedrock.options"  # read by tornado_proxy.pipeline.validation.load_schema
 
 
 class BedrockProvider(Provider):

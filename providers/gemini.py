@@ -1295,7 +1295,7 @@ class GeminiProvider(Provider):
 
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
         # validation finds schemas in a checkout and in the installed layout alike.
-        from tornado_proxy.validation import validator
+        from tornado_proxy.pipeline.validation import validator
 
         check = validator("providers/gemini.options")
         problems = []

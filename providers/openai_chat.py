@@ -15,7 +15,7 @@ from typing import Any
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, openai_body
 from tornado_proxy.jsonutil import dumpb
-from tornado_proxy.sse import DONE, encode_json
+from tornado_proxy.pipeline.sse import DONE, encode_json
 
 from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
                    StreamTranslator, UpstreamRequest, error_message_from_body, stream_cut, text_chunk)

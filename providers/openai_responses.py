@@ -42,7 +42,7 @@ from providers.base import (
     unsupported,
 )
 from tornado_proxy import jsonutil
-from tornado_proxy.validation import load_schema
+from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, openai_body
 
 JSON = dict[str, Any]

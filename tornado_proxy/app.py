@@ -10,23 +10,23 @@ import tornado.web
 from providers import PROVIDER_TYPES
 from providers.base import Provider
 
-from . import tracing
-from .accesslog import AccessLog
-from .account_metrics import AccountCollector
-from .config import Config, Router
-from .handlers.admin import ADMIN_ROUTES
-from .handlers.base import NotFoundHandler
-from .handlers.chat_completions import ChatCompletionsHandler
-from .handlers.embeddings import EmbeddingsHandler
-from .handlers.gemini_native import GeminiModelsHandler, GeminiNativeHandler
-from .handlers.health import (HealthHandler, MetricsHandler, ModelsHandler, OpenAPIHandler,
+from tornado_proxy.observability import tracing
+from tornado_proxy.observability.accesslog import AccessLog
+from tornado_proxy.observability.account_metrics import AccountCollector
+from tornado_proxy.config import Config, Router
+from tornado_proxy.handlers.admin import ADMIN_ROUTES
+from tornado_proxy.handlers.base import NotFoundHandler
+from tornado_proxy.handlers.chat_completions import ChatCompletionsHandler
+from tornado_proxy.handlers.embeddings import EmbeddingsHandler
+from tornado_proxy.handlers.gemini_native import GeminiModelsHandler, GeminiNativeHandler
+from tornado_proxy.handlers.health import (HealthHandler, MetricsHandler, ModelsHandler, OpenAPIHandler,
                               ReadyHandler)
-from .handlers.messages import CountTokensHandler, MessagesHandler
-from .handlers.responses import ResponseResourceHandler, ResponsesHandler
-from .handlers.status import STATUS_ROUTES
-from .metrics import Metrics
-from .scheduler import Scheduler
-from .upstream import Upstream
+from tornado_proxy.handlers.messages import CountTokensHandler, MessagesHandler
+from tornado_proxy.handlers.responses import ResponseResourceHandler, ResponsesHandler
+from tornado_proxy.handlers.status import STATUS_ROUTES
+from tornado_proxy.observability.metrics import Metrics
+from tornado_proxy.accounts.scheduler import Scheduler
+from tornado_proxy.pipeline.upstream import Upstream
 
 
 
@@ -125,7 +125,7 @@ class Gateway:
         self.draining = False
         self.active_requests = 0
         self.started = time.time()
-        from .response_store import ResponseStore
+        from tornado_proxy.state.responses import ResponseStore
 
         # previous_response_id on non-Responses upstreams (handlers/responses.py)
         self.response_store = ResponseStore.from_config(s.get("response_store"))
@@ -135,8 +135,8 @@ class Gateway:
 
     def openapi(self) -> dict[str, Any]:
         if self._openapi is None:
-            from . import __version__
-            from .openapi import build_openapi
+            from tornado_proxy import __version__
+            from tornado_proxy.pipeline.openapi import build_openapi
 
             entries = [(r.openapi_path, m, meta) for r in ROUTES for m, meta in r.methods.items()]
             doc = build_openapi(entries)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from tornado_proxy import __version__
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ def cgroup_cpu_quota(root: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from .config import ConfigError, load
+    from tornado_proxy.config import ConfigError, load
 
     if args.check_config:
         try:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
         parent = os.getpid()
         atexit.register(lambda: os.getpid() == parent and shutil.rmtree(d, ignore_errors=True))
-    from .server import serve
+    from tornado_proxy.server.workers import serve
 
     return serve(cfg, args.host, args.port, workers)
 

@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import jsonschema
 
-from . import jsonutil
-from .resources import data_dir
+from tornado_proxy import jsonutil
+from tornado_proxy.resources import data_dir
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -207,7 +207,7 @@ def build(raw: Any, source: str, env: Mapping[str, str] | None = None) -> Config
 
 def _account_problems(raw: dict[str, Any], source: str) -> list[str]:
     """The scheduler's own checks: duplicate account ids, OAuth accounts outside the accounts file..."""
-    from .scheduler import check_config
+    from tornado_proxy.accounts.scheduler import check_config
 
     doc = None
     path = raw.get("accounts_file")

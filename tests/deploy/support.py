@@ -393,7 +393,7 @@ def scrape_after_traffic(workers: int, tmp: Path) -> Scraped:
     fails upstream, times out, gets rate limited and gets an account disabled, then
     return /metrics."""
     from tests.e2e.harness import LoopThread, Reply
-    from tornado_proxy.accounts import AccountsFile
+    from tornado_proxy.accounts.file import AccountsFile
 
     lt = LoopThread()
     try:

@@ -216,7 +216,7 @@ class LoopThread:
 
     def gateway(self, raw_config: dict[str, Any], env: dict[str, str] | None = None) -> GatewayHandle:
         from tornado_proxy.config import build
-        from tornado_proxy.server import Server
+        from tornado_proxy.server.workers import Server
 
         cfg = build(raw_config, "test", env or {})
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.harness import FakeUpstream, LoopThread, Recorded, Reply, fixture_bytes, openai_provider, simple_config
 from tests.unit.test_oauth import TokenServer
-from tornado_proxy.accounts import AccountsFile
+from tornado_proxy.accounts.file import AccountsFile
 
 MSGS = [{"role": "user", "content": "Say hello"}]
 ADMIN = "test-admin-token-123"

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.e2e.harness import LoopThread, Reply, fixture_bytes, openai_provider, simple_config
-from tornado_proxy.accounts import AccountsFile
+from tornado_proxy.accounts.file import AccountsFile
 
 MSGS = [{"role": "user", "content": "Say hello"}]
 

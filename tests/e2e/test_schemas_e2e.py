@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.e2e.harness import FakeUpstream, LoopThread, Reply, fixture_bytes, openai_provider, simple_config
-from tornado_proxy.validation import is_valid
+from tornado_proxy.pipeline.validation import is_valid
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 KEY = "test-proxy-key-1"
@@ -158,7 +158,7 @@ def test_openapi_document_is_served_without_a_key(harness: LoopThread) -> None:
     # the served document is the builder's output for the real route table (whose output
     # tests/unit/test_openapi.py checks with openapi-spec-validator); its references all resolve
     from tornado_proxy.app import ROUTES
-    from tornado_proxy.openapi import build_openapi
+    from tornado_proxy.pipeline.openapi import build_openapi
 
     assert doc == json.loads(json.dumps(build_openapi([(r.openapi_path, m, meta) for r in ROUTES
                                                        for m, meta in r.methods.items()])))

@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.harness import FakeUpstream, LoopThread, Reply, fixture_bytes, openai_provider, simple_config
 from tests.unit.test_accounts_cli import ACCOUNTS
-from tornado_proxy.accounts import AccountsFile
+from tornado_proxy.accounts.file import AccountsFile
 
 ADMIN = "admin-token-Zq8sW3e4R5t6Y7u8"
 ACCESS = "gw-access-key-Hj2kL3m4N5b6V7c8"

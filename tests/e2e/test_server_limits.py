@@ -43,7 +43,7 @@ closed = sent_before_close
 # -- 6: aborted uploads -------------------------------------------------------------
 
 def test_aborted_uploads_leave_nothing_in_flight_and_free_their_bodies(harness: LoopThread) -> None:
-    from tornado_proxy.pipeline import LLMHandler
+    from tornado_proxy.pipeline.handler import LLMHandler
 
     gw = harness.gateway(config())
     half = b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * (256 << 10)

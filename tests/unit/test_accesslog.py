@@ -1,4 +1,4 @@
-"""The batched access log (tornado_proxy/accesslog.py)."""
+"""The batched access log (tornado_proxy/observability/accesslog.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from tornado_proxy.accesslog import AccessLog
+from tornado_proxy.observability.accesslog import AccessLog
 
 FIELDS = {"method": "POST", "path": "/v1/chat/completions", "status": 200, "ms": 1.25, "model": "m",
           "provider": None, "error": None, "remote": "127.0.0.1", "ttfb_ms": 0.5}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_oauth import TokenServer, prepared
-from tornado_proxy.accounts import AccountsFile, AccountsFileError, check_doc, mask, masked_entry
+from tornado_proxy.accounts.file import AccountsFile, AccountsFileError, check_doc, mask, masked_entry
 from tornado_proxy.errors import from_status
-from tornado_proxy.scheduler import Scheduler
+from tornado_proxy.accounts.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,8 +127,8 @@ def test_sighup_rereads_the_file(tmp_path):
     code = f"""
 import asyncio, json, os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
-from tornado_proxy.accounts import AccountsFile
-from tornado_proxy.scheduler import Scheduler
+from tornado_proxy.accounts.file import AccountsFile
+from tornado_proxy.accounts.scheduler import Scheduler
 path = {str(tmp_path / 'accounts.json')!r}
 AccountsFile(path).upsert({{"id": "k1", "provider": "p", "api_key": "test-key-k1-0123456789"}})
 async def main():
@@ -204,7 +204,7 @@ if stage:
             time.sleep(60)
     os.fsync = slow_fsync
 
-from tornado_proxy.scheduler import Scheduler
+from tornado_proxy.accounts.scheduler import Scheduler
 
 async def main():
     conf = [{"name": "p", "scheduler": {"oauth": {"token_url": os.environ["TP_TOKEN_URL"], "client_id": "c"}}}]

@@ -12,7 +12,7 @@ from providers.anthropic_messages import AnthropicMessagesFormat, estimate_input
 from providers.base import StreamContext
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.sse import SSEDecoder
+from tornado_proxy.pipeline.sse import SSEDecoder
 
 F = AnthropicMessagesFormat()
 CTX = StreamContext(id="msg_abc", created=1700000000, model="gpt-x")

@@ -23,7 +23,7 @@ from providers.anthropic_messages import AnthropicProvider, MessagesEncoder
 from providers.base import StreamContext, fold_chunks as fold
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.sse import SSEDecoder
+from tornado_proxy.pipeline.sse import SSEDecoder
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "anthropic"
@@ -169,7 +169,7 @@ def test_reencoded_for_messages_client(name: str, kind: ErrorKind | None) -> Non
 # -- the state machine rejects what Anthropic never sends -----------------------------
 
 def _ev(obj: dict[str, Any]) -> Any:
-    from tornado_proxy.sse import SSEEvent
+    from tornado_proxy.pipeline.sse import SSEEvent
     return SSEEvent(obj["type"], jsonutil.dumps(obj))
 
 

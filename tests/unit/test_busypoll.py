@@ -1,4 +1,4 @@
-"""The event loop's spinning selector (tornado_proxy/busypoll.py): it polls before it
+"""The event loop's spinning selector (tornado_proxy/server/busypoll.py): it polls before it
 blocks, never past the loop's timeout, and its window follows how soon events come."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tornado_proxy import busypoll
-from tornado_proxy.busypoll import SpinningSelector
+from tornado_proxy.server import busypoll
+from tornado_proxy.server.busypoll import SpinningSelector
 
 pytestmark = pytest.mark.skipif(not hasattr(selectors, "EpollSelector"), reason="epoll only")
 

@@ -14,7 +14,7 @@ import pytest
 from providers.gemini import clean_schema
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.validation import validate_body
+from tornado_proxy.pipeline.validation import validate_body
 
 
 def nested(levels: int, leaf: Any = 1) -> Any:

@@ -18,7 +18,7 @@ import pytest
 from providers.base import StreamContext
 from providers.gemini import GeminiProvider, GeminiStreamTranslator
 from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.sse import SSEDecoder, SSEEvent
+from tornado_proxy.pipeline.sse import SSEDecoder, SSEEvent
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "gemini"

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 server (tornado_proxy/http1.py) on raw sockets: framing, keep-alive,
+"""The HTTP/1.1 server (tornado_proxy/server/http1.py) on raw sockets: framing, keep-alive,
 pipelining, limits, timeouts, forwarded headers, drain."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tornado.web
 from tornado.netutil import bind_sockets
 
 from tests.e2e.harness import LoopThread, sent_before_close
-from tornado_proxy.http1 import HTTP1Server
+from tornado_proxy.server.http1 import HTTP1Server
 
 
 class Echo(tornado.web.RequestHandler):
@@ -465,7 +465,7 @@ class Which(tornado.web.RequestHandler):
 
 
 def test_literal_paths_find_the_same_handler_as_tornado(harness: LoopThread) -> None:
-    from tornado_proxy.http1 import exact_routes
+    from tornado_proxy.server.http1 import exact_routes
 
     app = tornado.web.Application([
         (r"/items/([a-z]+)", Which, {"name": "pattern"}),   # matches /items/new first: Tornado picks it
@@ -500,7 +500,7 @@ def test_literal_paths_find_the_same_handler_as_tornado(harness: LoopThread) -> 
 def test_lean_request_has_the_fields_tornado_gives() -> None:
     from tornado import httputil
 
-    from tornado_proxy.http1 import _HOSTS, _Context, _ServerRequest
+    from tornado_proxy.server.http1 import _HOSTS, _Context, _ServerRequest
 
     class Conn:
         context = _Context("192.0.2.1", "https", ("192.0.2.1", 5))

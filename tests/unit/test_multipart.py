@@ -9,8 +9,8 @@ import pytest
 from tornado.httputil import parse_body_arguments
 
 from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.multipart import payload_from_multipart
-from tornado_proxy.validation import validate_body
+from tornado_proxy.pipeline.multipart import payload_from_multipart
+from tornado_proxy.pipeline.validation import validate_body
 
 # A 1x1 PNG; the other images only need their signature bytes to be recognised.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")

@@ -15,10 +15,10 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 
 from tests.e2e.harness import LoopThread
-from tornado_proxy import oauth
-from tornado_proxy.accounts import AccountsFile
+from tornado_proxy.accounts import oauth
+from tornado_proxy.accounts.file import AccountsFile
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
-from tornado_proxy.scheduler import Scheduler
+from tornado_proxy.accounts.scheduler import Scheduler
 
 WALL = 1_717_000_000.0
 

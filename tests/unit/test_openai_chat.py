@@ -7,7 +7,7 @@ from providers.base import Account
 from providers.openai_chat import OpenAIChatFormat, OpenAIChatProvider, OpenAIChatStream, OpenAIEncoder
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.sse import SSEEvent
+from tornado_proxy.pipeline.sse import SSEEvent
 
 ACCT = Account(id="a", api_key="test-key")
 MSG = [{"role": "user", "content": "hi"}]

@@ -10,8 +10,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.unit.test_validation import CHUNKS, INVALID_REQUESTS, RESPONSES, VALID_REQUESTS
-from tornado_proxy.openapi import build_openapi, component_name
-from tornado_proxy.validation import is_valid
+from tornado_proxy.pipeline.openapi import build_openapi, component_name
+from tornado_proxy.pipeline.validation import is_valid
 
 CHAT = {"summary": "Create a chat completion", "tags": ["openai"],
         "request_schema": "chat_completions.request.v1", "response_schema": "chat_completions.response.v1",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tornado_proxy.pipeline import usage_from_tail
+from tornado_proxy.pipeline.handler import usage_from_tail
 
 CASES = [
     ("openai usage chunk", b'data: {"choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10}}\n\ndata: [DONE]\n\n',

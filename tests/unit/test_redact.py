@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_log_call_during_a_rebuild_does_not_deadlock() -> None:
     script = textwrap.dedent('''
         import gc, logging
-        from tornado_proxy import redact
+        from tornado_proxy.observability import redact
         logging.basicConfig(level=logging.DEBUG, stream=open("/dev/null", "w"))
         log = logging.getLogger("x")
 

@@ -25,7 +25,7 @@ from providers.openai_responses import (
     fold_chunks,
 )
 from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.sse import SSEDecoder
+from tornado_proxy.pipeline.sse import SSEDecoder
 
 GOLD = Path(__file__).resolve().parents[1] / "golden" / "responses"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tornado_proxy.response_store import ResponseStore, StoredResponse
+from tornado_proxy.state.responses import ResponseStore, StoredResponse
 
 
 class Clock:

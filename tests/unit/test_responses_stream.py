@@ -19,7 +19,7 @@ import pytest
 from providers.base import StreamContext
 from providers.openai_responses import ResponsesProvider, ResponsesToPivot, fold_chunks
 from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.sse import SSEDecoder, SSEEvent
+from tornado_proxy.pipeline.sse import SSEDecoder, SSEEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures" / "responses"

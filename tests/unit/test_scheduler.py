@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
-from tornado_proxy.scheduler import (Scheduler, check_config, parse_duration, parse_policy, parse_reset,
+from tornado_proxy.accounts.scheduler import (Scheduler, check_config, parse_duration, parse_policy, parse_reset,
                                      proxy_for_id, until_midnight)
 
 # 2024-06-01 12:00:00 in Los Angeles (PDT, UTC-7): 12 hours before Google's daily quota reset

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from tornado_proxy.sse import SSEDecoder, SSEEvent, encode_event, encode_json
+from tornado_proxy.pipeline.sse import SSEDecoder, SSEEvent, encode_event, encode_json
 
 
 def decode(chunks: list[bytes]) -> list[SSEEvent]:

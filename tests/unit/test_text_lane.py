@@ -19,8 +19,8 @@ from providers.base import PLAIN_JSON_STRING, StreamContext, TextLane, text_chun
 from providers.openai_chat import OpenAIChatFormat, OpenAIEncoder
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ProxyError
-from tornado_proxy.pipeline import translate_read
-from tornado_proxy.sse import SSEDecoder
+from tornado_proxy.pipeline.handler import translate_read
+from tornado_proxy.pipeline.sse import SSEDecoder
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"
 CTX = StreamContext(id="chatcmpl-lane123", created=1700000000, model='claude "test"', include_usage=True)

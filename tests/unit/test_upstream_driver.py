@@ -1,4 +1,4 @@
-"""The curl driver of tornado_proxy/upstream.py: our transfers' lean path through the curl
+"""The curl driver of tornado_proxy/pipeline/upstream.py: our transfers' lean path through the curl
 client, side by side with Tornado's own requests.
 
 Each test runs on a fresh event loop (bounded by ``run``) with a tiny HTTP/1.1 upstream on
@@ -20,7 +20,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from providers.base import UpstreamRequest
 from tornado_proxy.errors import ErrorKind
-from tornado_proxy.upstream import Upstream
+from tornado_proxy.pipeline.upstream import Upstream
 
 JSON_BODY = b'{"id":"x","choices":[{"message":{"role":"assistant","content":"hi"}}]}'
 EVENT = b'data: {"choices":[{"delta":{"content":"hello"}}]}\n\n'

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tornado_proxy import validation
+from tornado_proxy.pipeline import validation
 from tornado_proxy.errors import ERROR_TABLE, ErrorKind, ProxyError, openai_body
-from tornado_proxy.validation import is_valid, load_schema, schema_names, validate_body
+from tornado_proxy.pipeline.validation import is_valid, load_schema, schema_names, validate_body
 
 REQ = "chat_completions.request.v1"
 RESP = "chat_completions.response.v1"

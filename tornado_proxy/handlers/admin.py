@@ -17,9 +17,11 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from .. import jsonutil, redact
-from ..errors import ErrorKind, ProxyError
-from .base import BaseHandler
+from tornado_proxy import jsonutil
+
+from tornado_proxy.observability import redact
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.handlers.base import BaseHandler
 
 
 class AdminHandler(BaseHandler):

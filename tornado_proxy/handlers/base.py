@@ -21,13 +21,15 @@ from providers.base import ClientFormat
 from providers.gemini import GeminiNativeFormat
 from providers.openai_chat import OpenAIChatFormat
 
-from .. import jsonutil, redact
-from ..errors import (ErrorKind, ProxyError, bad_body_value, in_words_of, printable,
+from tornado_proxy import jsonutil
+
+from tornado_proxy.observability import redact
+from tornado_proxy.errors import (ErrorKind, ProxyError, bad_body_value, in_words_of, printable,
                       retry_after_header, unreadable_body)
-from ..http1 import new_headers
+from tornado_proxy.server.http1 import new_headers
 
 if TYPE_CHECKING:
-    from ..app import Gateway
+    from tornado_proxy.app import Gateway
 
 log = logging.getLogger("tornado_proxy")
 
@@ -245,7 +247,7 @@ _ALLOWED: dict[str, str] = {}
 
 def allowed_methods(handler: tornado.web.RequestHandler) -> str:
     """What the route table lists for the handler's path, plus OPTIONS (CORS preflight)."""
-    from ..app import ROUTES  # the one route table; imported late, it imports the handlers
+    from tornado_proxy.app import ROUTES  # the one route table; imported late, it imports the handlers
 
     path = handler.request.path
     for route in ROUTES:

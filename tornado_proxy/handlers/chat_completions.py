@@ -1,7 +1,7 @@
 """POST /v1/chat/completions: the OpenAI Chat Completions route."""
 from __future__ import annotations
 
-from ..pipeline import LLMHandler
+from tornado_proxy.pipeline.handler import LLMHandler
 
 
 class ChatCompletionsHandler(LLMHandler):

@@ -15,8 +15,8 @@ from typing import Any, cast
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
 from providers.gemini import GeminiProvider
 
-from ..errors import ErrorKind, ProxyError
-from ..pipeline import LLMHandler
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.pipeline.handler import LLMHandler
 
 
 class _EmbeddingsView:

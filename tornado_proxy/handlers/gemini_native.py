@@ -21,10 +21,10 @@ from typing import Any
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
 from providers.gemini import NATIVE_METHODS, GeminiNativeFormat
 
-from .. import jsonutil
-from ..errors import ErrorKind, ProxyError
-from ..pipeline import LLMHandler
-from .base import BaseHandler
+from tornado_proxy import jsonutil
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.pipeline.handler import LLMHandler
+from tornado_proxy.handlers.base import BaseHandler
 
 GEMINI_FORMAT = GeminiNativeFormat()
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import hmac
 
-from .. import jsonutil
-from ..errors import ErrorKind, ProxyError
-from .base import BaseHandler
+from tornado_proxy import jsonutil
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.handlers.base import BaseHandler
 
 
 class HealthHandler(BaseHandler):
@@ -65,7 +65,7 @@ class ModelsHandler(BaseHandler):
             if m["id"] == model_id:
                 self.finish(jsonutil.dumpb(m))
                 return
-        from ..errors import ErrorKind, ProxyError
+        from tornado_proxy.errors import ErrorKind, ProxyError
 
         raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{model_id}' does not exist", param="model")
 

@@ -15,9 +15,9 @@ from typing import Any
 from providers.anthropic_messages import AnthropicMessagesFormat, estimate_input_tokens
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
 
-from .. import jsonutil
-from ..errors import ErrorKind, ProxyError
-from ..pipeline import LLMHandler
+from tornado_proxy import jsonutil
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.pipeline.handler import LLMHandler
 
 MESSAGES_FORMAT = AnthropicMessagesFormat()
 

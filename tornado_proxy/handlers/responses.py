@@ -6,7 +6,7 @@
 * ``POST /v1/responses`` to any other upstream: Responses request -> pivot ->
   upstream, and back into a Response object or the Responses event stream
   (``providers/openai_responses.py``).  ``previous_response_id`` is served from the
-  gateway's response store (``tornado_proxy/response_store.py``): each answered
+  gateway's response store (``tornado_proxy/state/responses.py``): each answered
   response keeps its conversation there unless the client said ``store: false``.
   A request whose ``previous_response_id`` is in our store is translated even when
   its model is served by an ``openai-responses`` upstream, which has never seen
@@ -39,11 +39,11 @@ from providers.openai_responses import (
     input_to_messages,
 )
 
-from .. import jsonutil
-from ..errors import ErrorKind, ProxyError
-from ..pipeline import LLMHandler
-from ..response_store import ResponseStore, StoredResponse
-from .base import BaseHandler
+from tornado_proxy import jsonutil
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.pipeline.handler import LLMHandler
+from tornado_proxy.state.responses import ResponseStore, StoredResponse
+from tornado_proxy.handlers.base import BaseHandler
 
 RESPONSES_FORMAT = ResponsesFormat()
 log = logging.getLogger("tornado_proxy.responses")

@@ -38,9 +38,9 @@ from typing import Any
 import tornado.template
 import tornado.web
 
-from .. import __version__
-from ..errors import ErrorKind, ProxyError
-from .admin import AdminHandler
+from tornado_proxy import __version__
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.handlers.admin import AdminHandler
 
 COOKIE = "tornado_proxy_admin"
 SESSION_SECONDS = 12 * 3600

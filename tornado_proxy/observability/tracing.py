@@ -35,12 +35,12 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .config import ConfigError
+from tornado_proxy.config import ConfigError
 
 if TYPE_CHECKING:
     from providers.base import Provider
 
-    from .errors import ProxyError
+    from tornado_proxy.errors import ProxyError
 
 # Our provider types -> the conventions' gen_ai.provider.name values.
 PROVIDER_NAMES = {"openai": "openai", "responses": "openai", "anthropic": "anthropic",
@@ -104,7 +104,7 @@ class Tracer:
         except ImportError:
             raise ConfigError(["$.observability.otel.enabled: tracing needs the optional packages: "
                                "pip install 'tornado-proxy[otel]'"]) from None
-        from . import __version__
+        from tornado_proxy import __version__
 
         self._trace = trace
         self._propagate = propagate
@@ -145,7 +145,7 @@ class Tracer:
         if self._routes is None:
             import re
 
-            from .app import ROUTES
+            from tornado_proxy.app import ROUTES
 
             self._routes = [(re.compile(r.pattern + "$"), r.openapi_path) for r in ROUTES]
         for rx, template in self._routes:

@@ -23,8 +23,8 @@ import copy
 import re
 from typing import Any
 
-from . import __version__
-from .validation import SCHEMA_BASE_URI, load_schema
+from tornado_proxy import __version__
+from tornado_proxy.pipeline.validation import SCHEMA_BASE_URI, load_schema
 
 ERROR_SCHEMA = "error.v1"
 CHAT_REQUEST_SCHEMA = "chat_completions.request.v1"

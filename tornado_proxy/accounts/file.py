@@ -35,7 +35,9 @@ import os
 import time
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
-from . import jsonutil, redact
+from tornado_proxy import jsonutil
+
+from tornado_proxy.observability import redact
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import IO, Any
 
-from . import jsonutil
+from tornado_proxy import jsonutil
 
 FLUSH_SECONDS = 0.1
 MAX_BUFFER = 65536

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from . import jsonutil
-from .errors import ErrorKind, ProxyError
+from tornado_proxy import jsonutil
+from tornado_proxy.errors import ErrorKind, ProxyError
 
 MAX_EVENT_BYTES = 64 * 1024 * 1024
 

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from .scheduler import OUTCOMES
-from .state_store import Status
+from tornado_proxy.accounts.scheduler import OUTCOMES
+from tornado_proxy.state.accounts_state import Status
 
 STATES = tuple(s.value for s in Status)
 

@@ -23,11 +23,13 @@ import tornado.web
 
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
 
-from . import jsonutil, redact
-from .errors import ErrorKind, ProxyError
-from .handlers.base import BaseHandler
-from .sse import SSEDecoder
-from .upstream import Transfer
+from tornado_proxy import jsonutil
+
+from tornado_proxy.observability import redact
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.handlers.base import BaseHandler
+from tornado_proxy.pipeline.sse import SSEDecoder
+from tornado_proxy.pipeline.upstream import Transfer
 
 TAIL_BYTES = 4096
 # A passed-through line is held until its newline so that a secret split across two
@@ -192,7 +194,7 @@ class LLMHandler(BaseHandler):
         return body
 
     def multipart_body(self, raw: bytes, ctype: str) -> Any:
-        from .multipart import payload_from_form
+        from tornado_proxy.pipeline.multipart import payload_from_form
 
         body = payload_from_form(ctype, raw)
         self._raw = jsonutil.dumpb(body)
@@ -209,7 +211,7 @@ class LLMHandler(BaseHandler):
 
     def validate(self, body: dict[str, Any]) -> None:
         if self.schema_name:
-            from .validation import validate_body
+            from tornado_proxy.pipeline.validation import validate_body
 
             validate_body(self.schema_name, body)
 

@@ -55,12 +55,14 @@ from typing import Any, Callable, Iterable, Mapping
 
 from providers.base import Account
 
-from . import oauth, redact
-from .accounts import AccountsFile, AccountsFileError, find, has_credential, mask
-from .errors import Action, ErrorKind, ProxyError
-from .state_store import AccountState, MemoryStateStore, StateStore, Status
+from tornado_proxy.accounts import oauth
 
-log = logging.getLogger("tornado_proxy.scheduler")
+from tornado_proxy.observability import redact
+from tornado_proxy.accounts.file import AccountsFile, AccountsFileError, find, has_credential, mask
+from tornado_proxy.errors import Action, ErrorKind, ProxyError
+from tornado_proxy.state.accounts_state import AccountState, MemoryStateStore, StateStore, Status
+
+log = logging.getLogger("tornado_proxy.accounts.scheduler")
 
 _EMPTY: Mapping[str, str] = {}
 _TRUE = frozenset({"1", "true", "yes", "on"})

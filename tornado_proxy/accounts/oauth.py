@@ -24,7 +24,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jsonutil, redact
+from tornado_proxy import jsonutil
+
+from tornado_proxy.observability import redact
 
 # OAuth 2 error codes (RFC 6749 section 5.2) that mean the refresh token itself is dead:
 # retrying cannot help, so the account is disabled at once.

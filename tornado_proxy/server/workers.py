@@ -11,11 +11,13 @@ from typing import Any
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from . import busypoll, redact
-from .app import Gateway, make_app
-from .config import Config
-from .errors import ErrorKind, ProxyError
-from .http1 import HTTP1Server
+from tornado_proxy.server import busypoll
+
+from tornado_proxy.observability import redact
+from tornado_proxy.app import Gateway, make_app
+from tornado_proxy.config import Config
+from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.server.http1 import HTTP1Server
 
 log = logging.getLogger("tornado_proxy")
 
@@ -55,8 +57,8 @@ def setup_logging(config: Config) -> None:
 
 def _warm_up() -> None:
     """Compile the request validators now rather than on the first request."""
-    from .app import ROUTES
-    from .validation import is_valid
+    from tornado_proxy.app import ROUTES
+    from tornado_proxy.pipeline.validation import is_valid
 
     for r in ROUTES:
         name = getattr(r.handler, "schema_name", None)

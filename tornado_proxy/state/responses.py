@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import jsonutil
+from tornado_proxy import jsonutil
 
 DEFAULTS: dict[str, Any] = {
     "enabled": True,

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                CONTENT_TYPE_LATEST)
 
-from .errors import ErrorKind
+from tornado_proxy.errors import ErrorKind
 
 # LLM-sized: a reasoning model's answer can take minutes; the defaults stop at 10 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,

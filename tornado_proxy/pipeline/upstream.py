@@ -48,9 +48,9 @@ from tornado.ioloop import PeriodicCallback
 
 from providers.base import UpstreamRequest
 
-from .errors import ErrorKind, ProxyError
+from tornado_proxy.errors import ErrorKind, ProxyError
 
-log = logging.getLogger("tornado_proxy.upstream")
+log = logging.getLogger("tornado_proxy.pipeline.upstream")
 
 TICKS_PER_SECOND = 4
 

@@ -1,0 +1,1 @@
+"""tornado_proxy.pipeline.handler."""
