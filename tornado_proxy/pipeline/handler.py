@@ -15,6 +15,7 @@ Everything between curl's write callback and ``flush()`` is synchronous (see
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Callable
@@ -28,13 +29,15 @@ from tornado_proxy import jsonutil
 from tornado_proxy.observability import redact
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.handlers.base import BaseHandler
-from tornado_proxy.pipeline.sse import SSEDecoder
+from tornado_proxy.pipeline.sse import BadEvent, EventChecker, SSEDecoder
 from tornado_proxy.pipeline.upstream import Transfer
 
+log = logging.getLogger("tornado_proxy.pipeline")
+
 TAIL_BYTES = 4096
-# A passed-through line is held until its newline so that a secret split across two
-# reads is still seen whole; a line longer than this goes out unheld.
-HOLD_MAX = 65536
+# Failures that are the upstream's even though no status says so (counted per provider).
+_UPSTREAM_BROKE = frozenset({ErrorKind.UPSTREAM_BAD_RESPONSE, ErrorKind.UPSTREAM_STREAM_CUT,
+                             ErrorKind.IDLE_TIMEOUT})
 
 SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -144,11 +147,11 @@ class LLMHandler(BaseHandler):
         self._encoder: Any = None
         self._usage: dict[str, Any] | None = None
         self._tail = b""
+        self._checker: EventChecker | None = None
         self._t0 = 0.0
         self._ttfb: float | None = None
         self._streaming = False
         self._serving = False
-        self._held_line = b""
         self.model_id = ""
         self.provider_name = ""
         self.account_id = ""
@@ -303,7 +306,7 @@ class LLMHandler(BaseHandler):
                     trace.attempt_failed(err)
                 if err.kind is not ErrorKind.INTERNAL:
                     lease.failure(err)
-                if err.upstream_status is not None or err.info.retryable:
+                if err.upstream_status is not None or err.info.retryable or err.kind in _UPSTREAM_BROKE:
                     self.gw.metrics.upstream_errors.labels(provider.name, err.kind.value).inc()
                 if self._first_sent or self._gone or not err.info.retryable or time.monotonic() >= deadline:
                     raise
@@ -322,8 +325,9 @@ class LLMHandler(BaseHandler):
         if up.stream:
             if passthrough:
                 on_data = self._on_passthrough
-                self._tail = self._held_line = b""  # (of an attempt that failed over)
+                self._tail = b""  # (of an attempt that failed over)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
+                self._checker = EventChecker(self.gw.upstream.max_body_bytes)
             else:
                 self._translator = translator = provider.new_stream(ctx)
                 self._encoder = encoder = fmt.new_encoder(ctx)
@@ -344,22 +348,18 @@ class LLMHandler(BaseHandler):
             self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
             if self._gone:
                 return
-            if self._held_line:
-                # The end of a passed-through stream without a newline goes out now, as
-                # it would have unheld: what follows (failover or error frame) is unchanged.
-                self._send(self._held_rest())
             if res.error is None and not (200 <= res.status < 300):
                 raise provider.classify_error(res.status, res.headers, res.body)
             if res.error is not None:
                 if not self._first_sent:
                     raise res.error
                 _scrub(res.error, lease.account)
-                lease.failure(res.error)  # a stream the upstream broke counts against the account
-                self._fail_stream(res.error)
+                self._midstream_failure(provider, lease, res.error, against_account=True)
                 return
             lease.success(res.ttfb or 0.0, res.headers)
             try:
                 if passthrough:
+                    self._relay_rest()
                     marker = provider.stream_complete_marker()
                     tail = self._tail
                     if marker is not None and marker not in tail:
@@ -374,7 +374,7 @@ class LLMHandler(BaseHandler):
             except ProxyError as err:
                 if not self._first_sent:
                     raise
-                self._fail_stream(err)
+                self._midstream_failure(provider, lease, err, against_account=False)
                 return
             if not self._first_sent:
                 self._start_stream()
@@ -472,30 +472,45 @@ class LLMHandler(BaseHandler):
     def _on_passthrough(self, data: bytes) -> bool:
         if self._gone:
             return False
+        chk = self._checker
+        assert chk is not None
+        try:
+            data = chk.feed(data)  # whole events only, each checked to be JSON
+        except BadEvent as bad:
+            if bad.good and self._first_sent:  # the good events before it still go out
+                self._relay(bad.good)
+            raise self._malformed(bad) from None
+        if data:
+            self._relay(data)
+        return True
+
+    def _relay(self, data: bytes) -> None:
         # Keep the last 4 KiB (one object): the end marker and the usage event live there.
         tail = self._tail + data if self._tail else data
         self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
         if redact.SCRUBBER.active:
             # The upstream may quote a key (ours or another account's) in an error
-            # event: one regex search per read over complete lines.  Holding the
-            # incomplete last line costs a client nothing: an SSE event is only
-            # usable at its blank line.
-            if self._held_line:
-                data = self._held_line + data
-            cut = data.rfind(b"\n") + 1
-            if len(data) - cut > HOLD_MAX:
-                cut = len(data)
-            self._held_line = data[cut:]
-            if not cut:
-                return True
-            data = redact.data(data[:cut] if cut < len(data) else data)
+            # event: one regex search per read.  The checker hands over whole events
+            # only, so a key cannot be split across two reads here.
+            data = redact.data(data)
         self._send(data)
-        return True
 
-    def _held_rest(self) -> bytes:
-        """The end of a passed-through stream that had no newline, scrubbed."""
-        rest, self._held_line = self._held_line, b""
-        return redact.data(rest) if rest else b""
+    def _relay_rest(self) -> None:
+        """The end of a passed-through stream: its last event, if no blank line followed it."""
+        chk = self._checker
+        if chk is None:
+            return
+        try:
+            rest = chk.finish()
+        except BadEvent as bad:
+            raise self._malformed(bad) from None
+        if rest:
+            self._relay(rest)
+
+    def _malformed(self, bad: BadEvent) -> ProxyError:
+        log.warning("%s: provider '%s', account '%s': malformed upstream stream event: %r",
+                    self.route_name, self.provider_name, self.account_id, bad.data[:60])
+        return ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a stream event that is not JSON")
 
     def _start_stream(self) -> None:
         self._streaming = True
@@ -538,6 +553,16 @@ class LLMHandler(BaseHandler):
                 http = self.gw.upstream.http
                 http.pause(t)
                 conn.when_writable(lambda: http.resume(t))
+
+    def _midstream_failure(self, provider: Provider, lease: Any, err: ProxyError, *, against_account: bool) -> None:
+        """A stream the upstream broke after the client had its first byte (``against_account``:
+        while it was sending; else its end was wrong, after ``lease.success``)."""
+        if against_account:
+            lease.failure(err)
+        self.gw.metrics.upstream_errors.labels(provider.name, err.kind.value).inc()
+        log.info("%s: provider '%s', account '%s': stream failed after the first byte: %s: %s",
+                 self.route_name, provider.name, lease.account.id, err.kind.value, err.message)
+        self._fail_stream(err)
 
     def _fail_stream(self, err: ProxyError) -> None:
         """After the first byte: the error becomes a frame in the client's format."""

@@ -264,3 +264,154 @@ def encode_json(obj: Any, event: str | None = None) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+def last_event_end(buf: bytes) -> int:
+    """The index just past the last blank line of ``buf`` (0 if there is none): the bytes
+    before it are whole events.  A line ends in CR, LF or CRLF."""
+    if b"\r" not in buf:
+        return buf.rfind(b"\n\n") + 2 if b"\n\n" in buf else 0
+    # The last place where one line end follows another (CRLF is one line end).  A CR
+    # that ends the buffer waits for the next read: it may be the first half of a CRLF,
+    # and the client should get the whole of it in one piece.
+    limit = len(buf) - 1 if buf[-1:] == b"\r" else len(buf)
+    end = 0
+    for pair in (b"\n\n", b"\r\r", b"\n\r"):
+        i = buf.rfind(pair, 0, limit)
+        if i >= 0:
+            end = max(end, i + 2)
+    for triple in (b"\n\r\n", b"\r\r\n"):
+        i = buf.rfind(triple, 0, limit)
+        if i >= 0:
+            end = max(end, i + 3)
+    return end
+
+
+class BadEvent(ValueError):
+    """An event whose data is not JSON (``data``: its first bytes).  ``good`` are the
+    whole, good events before it in the same read (empty when that is not known)."""
+
+    def __init__(self, data: bytes, at: int) -> None:
+        super().__init__("upstream sent a stream event whose data is not JSON")
+        self.data = data
+        self.at = at  # its offset in what was checked
+        self.good = b""
+
+
+class EventChecker:
+    """For byte pass-through: hands back the upstream's bytes as they came, but only
+    whole events, each checked to carry JSON data (``[DONE]`` aside).
+
+    The events are not rebuilt: ``feed`` returns the bytes up to the last blank line
+    and keeps the rest for the next read, so a malformed event is caught before any
+    of it reaches the client.  The usual shapes (``data: X``, or ``event: N`` then
+    ``data: X``, in a read that ends an event with LF LF or CRLF CRLF) are cut
+    directly and their data parsed as it is; an event only :class:`SSEDecoder`'s
+    rules read right (comments, ``id:``, several data lines, CR line ends) is taken
+    through the decoder, and an event is refused only when neither reading is JSON.
+    ``error_events`` counts events whose JSON is an error (an ``error`` member, or
+    ``type`` ``error`` or ``response.failed``, as OpenAI, Anthropic, Gemini and
+    Responses send them).
+    """
+
+    __slots__ = ("_pending", "_decoder", "error_events", "limit")
+
+    def __init__(self, limit: int = 64 << 20) -> None:
+        self._pending = b""
+        self._decoder: SSEDecoder | None = None
+        self.error_events = 0
+        self.limit = limit  # one event larger than this is an error, not a memory leak
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._pending + data if self._pending else data
+        tail = buf[-4:]
+        if tail[2:] != b"\n\n" and tail != b"\r\n\r\n":  # (else the usual read: it ends an event)
+            end = last_event_end(buf)
+            if end == 0:
+                if len(buf) > self.limit:
+                    raise BadEvent(buf[:80], 0)
+                self._pending = buf
+                return b""
+            self._pending = buf[end:]
+            buf = buf[:end]
+        elif self._pending:
+            self._pending = b""
+        try:
+            self._check(buf)
+        except BadEvent as bad:
+            bad.good = buf[:bad.at]
+            raise
+        return buf
+
+    def finish(self) -> bytes:
+        """The end of the stream: a last event without its blank line, checked."""
+        rest = self._pending
+        self._pending = b""
+        if rest.strip():
+            self._slow(rest + b"\n\n", 0)
+        return rest
+
+    def _check(self, buf: bytes) -> None:
+        tail = buf[-4:]
+        if tail == b"\r\n\r\n":
+            eol = b"\r\n"
+        elif tail[2:] == b"\n\n":
+            eol = b"\n"
+        else:  # CR line ends
+            self._slow(buf, 0)
+            return
+        last = len(buf) - 2 * len(eol)  # where the event's last line ends
+        # The usual read is one event of one or two lines: one or two scans find that.
+        first = buf.find(eol)
+        if first == last and buf[:6] == b"data: ":
+            self._json(buf[6:last], buf, 0)
+            return
+        if first > 0 and buf[:7] == b"event: ":
+            second = first + len(eol)
+            if buf.find(eol, second) == last and buf.startswith(b"data: ", second):
+                self._json(buf[second + 6:last], buf, 0)
+                return
+        sep = eol + eol
+        pos = 0
+        for block in buf.split(sep):
+            start = pos
+            pos += len(block) + len(sep)
+            if block[:6] == b"data: " and eol not in block:
+                self._json(block[6:], block + sep, start)
+            elif block[:7] == b"event: ":
+                nl = block.find(eol) + len(eol)
+                if block.startswith(b"data: ", nl) and block.find(eol, nl) < 0:
+                    self._json(block[nl + 6:], block + sep, start)
+                else:
+                    self._slow(block + sep, start)
+            elif block:
+                self._slow(block + sep, start)
+
+    def _json(self, payload: bytes, event: bytes, start: int) -> None:
+        if payload == b"[DONE]":
+            return
+        try:
+            obj = jsonutil.loads(payload)
+        except ValueError:
+            self._slow(event, start)  # (a stray CR, say): the decoder decides
+            return
+        if obj.__class__ is dict and ("error" in obj or obj.get("type") in _ERROR_TYPES):
+            self.error_events += 1
+
+    def _slow(self, chunk: bytes, start: int) -> None:
+        """``chunk`` (whole events) by the decoder's rules; ``start`` is its offset."""
+        dec = self._decoder
+        if dec is None:
+            dec = self._decoder = SSEDecoder()
+        for ev in dec.feed(chunk.lstrip(b"\r\n")):
+            if not ev.data or ev.data == "[DONE]":
+                continue
+            try:
+                obj = ev.json()
+            except ValueError:
+                raise BadEvent(chunk[:80], start) from None
+            if isinstance(obj, dict) and ("error" in obj or obj.get("type") in _ERROR_TYPES):
+                self.error_events += 1
+
+
+_ERROR_TYPES = ("error", "response.failed")

@@ -1,0 +1,65 @@
+"""sse.EventChecker (byte pass-through): the bytes come back unchanged, whole events
+only, at every split point and with every line ending; an event whose data is not
+JSON is refused before any of it is handed back."""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.harness import fixture_bytes
+from tornado_proxy.pipeline.sse import BadEvent, EventChecker
+
+STREAMS = [
+    ("openai LF", fixture_bytes("openai/text.sse")),
+    ("anthropic LF", fixture_bytes("anthropic/text.sse")),
+    ("gemini CRLF", fixture_bytes("gemini/text.sse")),
+    ("CR only", fixture_bytes("openai/text.sse").replace(b"\n", b"\r")),
+    ("comments, ids, two data lines", b': keep-alive\n\nid: 7\ndata: {"a":\ndata: 1}\n\nretry: 10\n\n'
+                                      b'event: x\r\ndata: [DONE]\r\n\r\n'),
+]
+
+
+@pytest.mark.parametrize("name,data", STREAMS, ids=[s[0] for s in STREAMS])
+def test_every_split_point_gives_back_the_same_bytes_in_whole_events(name: str, data: bytes) -> None:
+    for cut in range(1, len(data)):
+        chk = EventChecker()
+        first = chk.feed(data[:cut])
+        second = chk.feed(data[cut:])
+        assert first + second + chk.finish() == data, cut
+        assert data[:len(first)] == first and (not first or first[-1:] in (b"\n", b"\r")), cut
+        assert not (first.endswith(b"\r") and data[len(first):len(first) + 1] == b"\n"), cut  # CRLF kept whole
+
+
+@pytest.mark.parametrize("name,bad", [
+    ("cut JSON", b'data: {"malformed": tru\n\n'),
+    ("named event", b'event: content_block_delta\ndata: {"a":\n\n'),
+    ("CRLF", b'data: {"x": }\r\n\r\n'),
+    ("not JSON at all", b"data: hello\n\n"),
+])
+def test_a_malformed_event_is_refused_at_every_split_point(name: str, bad: bytes) -> None:
+    good = fixture_bytes("openai/text.sse").split(b"\n\n")[0] + b"\n\n"
+    data = good + bad + good
+    for cut in range(1, len(data)):
+        chk = EventChecker()
+        out = b""
+        with pytest.raises(BadEvent) as e:
+            out += chk.feed(data[:cut])
+            out += chk.feed(data[cut:])
+        assert out in (b"", good), cut  # never any byte of the bad event
+        assert e.value.good in (b"", good)
+
+
+def test_a_last_event_without_its_blank_line_is_checked_at_the_end() -> None:
+    chk = EventChecker()
+    assert chk.feed(b'data: {"a": 1}\n\ndata: [DONE]') == b'data: {"a": 1}\n\n'
+    assert chk.finish() == b"data: [DONE]"
+    chk = EventChecker()
+    chk.feed(b'data: {"a": ')
+    with pytest.raises(BadEvent):
+        chk.finish()
+
+
+def test_error_events_are_counted() -> None:
+    chk = EventChecker()
+    chk.feed(b'data: {"error": {"message": "x"}}\n\nevent: error\ndata: {"type": "error"}\n\n'
+             b'data: {"type": "response.failed"}\n\ndata: {"choices": []}\n\n')
+    assert chk.error_events == 3
