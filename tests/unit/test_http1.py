@@ -252,6 +252,39 @@ def test_body_over_the_server_limit_is_413_before_it_is_read(harness: LoopThread
         srv.stop()
 
 
+@pytest.mark.parametrize("path,shape", [
+    ("/v1/chat/completions", "openai"),
+    ("/v1/messages?beta=true", "anthropic"),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", "google"),
+])
+def test_errors_before_any_handler_are_in_the_routes_client_format(harness: LoopThread, path: str,
+                                                                    shape: str) -> None:
+    # 413 (body over the limit) and 431 (head too large) are answered by the server side,
+    # before a handler exists: still in the shape the client's SDK parses.
+    srv = Server(harness, max_body_size=1000)
+    try:
+        for raw, status in [
+            (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".encode(), 413),
+            (f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode() + b"a" * 70000 + b"\r\n\r\n", 431),
+        ]:
+            s = srv.connect()
+            s.sendall(raw)
+            got, _, body = read_response(s, bytearray())
+            assert got == status
+            doc = json.loads(body)
+            if shape == "anthropic":
+                assert doc["type"] == "error"
+                assert doc["error"]["type"] == ("request_too_large" if status == 413 else "invalid_request_error")
+                assert "too large" in doc["error"]["message"]
+            elif shape == "google":
+                assert doc["error"]["code"] == status and doc["error"]["status"] == "INVALID_ARGUMENT"
+                assert "too large" in doc["error"]["message"]
+            else:
+                assert doc["error"]["type"] == "invalid_request_error" and "too large" in doc["error"]["message"]
+    finally:
+        srv.stop()
+
+
 def test_chunked_request_body_is_streamed_to_the_handler(server: Server) -> None:
     s = server.connect()
     s.sendall(b"PUT /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")

@@ -89,9 +89,25 @@ def new_headers(as_list: dict[str, list[str]] | None = None) -> httputil.HTTPHea
     return h
 
 
+# google.rpc.Status names for the statuses this module answers itself.
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 408: "DEADLINE_EXCEEDED", 413: "INVALID_ARGUMENT",
+                  431: "INVALID_ARGUMENT", 500: "INTERNAL", 503: "UNAVAILABLE"}
+_ANTHROPIC_TYPE = {413: "request_too_large", 500: "api_error", 503: "overloaded_error"}
+
+
 def _error_response(status: int, message: str, *, close: bool = True, type_: str = "invalid_request_error",
-                    code: str = "null") -> bytes:
-    body = ('{"error":{"message":"%s","type":"%s","code":%s}}' % (message, type_, code)).encode()
+                    code: str = "null", url: bytes = b"") -> bytes:
+    """An error we answer before any handler runs, in the shape of the client API the
+    request was for (from its path): Anthropic's on ``/v1/messages``, Google's on
+    ``/v1beta``, OpenAI's everywhere else.  ``message`` is our own text (no quotes)."""
+    if url.startswith(b"/v1/messages"):
+        body = ('{"type":"error","error":{"type":"%s","message":"%s"}}'
+                % (_ANTHROPIC_TYPE.get(status, type_), message)).encode()
+    elif url.startswith(b"/v1beta/"):
+        body = ('{"error":{"code":%d,"message":"%s","status":"%s"}}'
+                % (status, message, _GOOGLE_STATUS.get(status, "UNKNOWN"))).encode()
+    else:
+        body = ('{"error":{"message":"%s","type":"%s","code":%s}}' % (message, type_, code)).encode()
     head = "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
         status, _REASONS.get(status, "Error"), len(body), "Connection: close\r\n" if close else "")
     return head.encode("latin-1") + body
@@ -482,7 +498,10 @@ class HTTP1Connection(asyncio.Protocol):
         r = self.current
         if not self.closed:
             if r is None or not r.started:
-                self.transport.write(_error_response(status, message))
+                # The request refused is the one being read (a pipelined one, maybe).
+                bad = self.incoming or r
+                url = bad.url if bad is not None else b""
+                self.transport.write(_error_response(status, message, url=url))
             self.transport.close()
         self.closed = True
 
