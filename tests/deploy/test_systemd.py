@@ -105,9 +105,7 @@ def test_exec_reload_rereads_the_accounts_file_and_the_service_lives_on(tmp_path
     """ExecStart as the unit has it (config path mapped), then ExecReload with $MAINPID: every
     worker re-reads the accounts file (a broken one is reported, not applied), and the main
     process and its workers are the same ones afterwards, still serving. With more than one
-    worker the main process is their parent and has no SIGHUP handler: a plain `kill -HUP
-    $MAINPID` would end it."""
-    need_tool("pkill")
+    worker the main process is their parent and passes the SIGHUP on."""
     accounts = tmp_path / "accounts.json"
     accounts.write_text(json.dumps({"version": 1, "generation": 1, "accounts": [
         {"id": "f1", "provider": "up", "api_key": "file-key-1"}]}))

@@ -153,6 +153,7 @@ class Server:
             self.watch_parent(parent_watch)
         self.install_signals()
         self.gw.scheduler.install_sighup()  # SIGHUP: re-read the accounts file
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # (blocked across the fork)
         await self._stopped.wait()
 
 
@@ -190,6 +191,7 @@ async def _worker_main(config: Config, host: str, port: int, sockets: Any,
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_FORK_BLOCKED = _STOP_SIGNALS | {signal.SIGHUP}
 
 
 def _prefork(config: Config, host: str, port: int, workers: int) -> int:
@@ -216,7 +218,7 @@ def _prefork(config: Config, host: str, port: int, workers: int) -> int:
         # handles them (Server.install_signals): a worker still starting up neither dies
         # of one (exit status -15: a failed stop) nor runs our handler, and a stop that
         # comes meanwhile waits, pending, until it can drain.
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
         try:
             pid = os.fork()
         except BaseException:
@@ -228,6 +230,9 @@ def _prefork(config: Config, host: str, port: int, workers: int) -> int:
                 os.close(watch_w)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                # Not the parent's forwarder (it would signal our siblings) and not the
+                # default (death): ignored until the worker's own handler is in place.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 _die_with_parent(parent)
                 busypoll.run(_worker_main(config, host, port, sockets, watch_r), config.server["busy_poll_us"])
             except BaseException:
@@ -254,8 +259,18 @@ def _prefork(config: Config, host: str, port: int, workers: int) -> int:
             except ProcessLookupError:
                 pass
 
+    def on_hup(signum: int, frame: Any) -> None:
+        # `kill -HUP $MAINPID` (systemctl reload, docker kill -s HUP) reaches only us:
+        # each worker re-reads the accounts file on its own SIGHUP.
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     for slot in range(workers):
         if stopping:
             break
