@@ -174,8 +174,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(gw: Gateway) -> tornado.web.Application:
     handlers = [(r.pattern, r.handler, {"gw": gw}) for r in ROUTES]
+    if gw.tracer is not None:
+        gw.tracer.use_routes(ROUTES)
     return tornado.web.Application(
         handlers,
+        routes=ROUTES,  # for the handlers' Allow header (they cannot import this module)
         default_handler_class=NotFoundHandler,
         default_handler_args={"gw": gw},
         log_function=log_request,

@@ -247,10 +247,10 @@ _ALLOWED: dict[str, str] = {}
 
 def allowed_methods(handler: tornado.web.RequestHandler) -> str:
     """What the route table lists for the handler's path, plus OPTIONS (CORS preflight)."""
-    from tornado_proxy.app import ROUTES  # the one route table; imported late, it imports the handlers
-
     path = handler.request.path
-    for route in ROUTES:
+    # The one route table (app.ROUTES), handed over in the application's settings: the
+    # handlers do not import the module that imports them.
+    for route in handler.application.settings.get("routes", ()):
         if re.fullmatch(route.pattern, path):
             allow = _ALLOWED.get(route.pattern)
             if allow is None:

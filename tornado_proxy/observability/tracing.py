@@ -140,15 +140,15 @@ class Tracer:
     def start(self, handler: Any) -> "RequestTrace":
         return RequestTrace(self, handler)
 
+    def use_routes(self, routes: Any) -> None:
+        """The route table (``app.ROUTES``: given by the app, which imports us)."""
+        import re
+
+        self._routes = [(re.compile(r.pattern + "$"), r.openapi_path) for r in routes]
+
     def route_of(self, path: str) -> str:
         """The route template of a path (low cardinality: a span name, ``http.route``)."""
-        if self._routes is None:
-            import re
-
-            from tornado_proxy.app import ROUTES
-
-            self._routes = [(re.compile(r.pattern + "$"), r.openapi_path) for r in ROUTES]
-        for rx, template in self._routes:
+        for rx, template in self._routes or ():
             if rx.match(path):
                 return template
         return "other"
