@@ -97,7 +97,6 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self, gw: "Gateway") -> None:  # type: ignore[override]
         self.gw = gw
-        self.log_fields: dict[str, Any] = {}
         # Tornado calls set_default_headers() before initialize(); now gw is known.
         self.set_default_headers()
 
