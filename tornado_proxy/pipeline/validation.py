@@ -52,12 +52,6 @@ def _normalise(name: str) -> str:
     return name[: -len(_SUFFIX)] if name.endswith(_SUFFIX) else name
 
 
-def schema_names() -> list[str]:
-    """Names of all schemas (file paths relative to the schema dir, without ``.json``)."""
-    root = schema_dir()
-    return sorted(_normalise(p.relative_to(root).as_posix()) for p in root.rglob("*" + _SUFFIX))
-
-
 _schemas: dict[str, dict[str, Any]] = {}
 
 
