@@ -4,8 +4,8 @@ the ``tornado.web.Application``.
 Why not ``tornado.httpserver.HTTPServer``: profiled under load, Tornado's HTTP/1
 connection (IOStream read futures, ``gen.with_timeout`` per request, header parsing in
 Python, error listeners re-registering the socket with epoll) cost more CPU per request
-than the rest of the gateway.  A trivial handler served 2350 req/s on one core behind
-it, and 5900 req/s behind this module.  The application, routing and
+than the rest of the gateway; a trivial handler serves far more requests per core
+behind this module (``bench/RESULTS.md``).  The application, routing and
 ``RequestHandler``s are Tornado's, unchanged: this module implements the two
 interfaces Tornado's server side is built on, ``HTTPServerConnectionDelegate.
 start_request`` (we call it) and ``HTTPConnection`` (``write_headers``, ``write``,
@@ -80,8 +80,8 @@ def new_headers(as_list: dict[str, list[str]] | None = None) -> httputil.HTTPHea
     """An ``HTTPHeaders`` filled directly (names already in Http-Header-Case).
 
     ``HTTPHeaders(dict)`` and ``add()`` re-validate every name and value with regular
-    expressions (6 µs for four headers); llhttp has already validated what comes off
-    the wire, and our own headers need no checking.
+    expressions, on every request (the cost: ``bench/RESULTS.md``); llhttp has already
+    validated what comes off the wire, and our own headers need no checking.
     """
     h = httputil.HTTPHeaders.__new__(httputil.HTTPHeaders)
     h._as_list = as_list if as_list is not None else {}
