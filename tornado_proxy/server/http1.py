@@ -109,8 +109,8 @@ class _ServerRequest(httputil.HTTPServerRequest):
         host = headers.get("Host")
         host_name = _HOSTS.get(host) if host is not None else None
         if host_name is None or "?" in uri:
-            super().__init__(headers=headers, connection=connection, start_line=start_line,
-                             server_connection=server_connection)
+            super().__init__(headers=headers, connection=connection,  # type: ignore[arg-type]  # a duck HTTPConnection
+                             start_line=start_line, server_connection=server_connection)
             if host is not None and len(_HOSTS) < 256:
                 _HOSTS[host] = self.host_name  # (Tornado accepted it: it raises otherwise)
             return
@@ -118,12 +118,13 @@ class _ServerRequest(httputil.HTTPServerRequest):
         self.headers = headers
         self.body = b""
         ctx = connection.context
+        assert ctx is not None  # set in connection_made, before any request
         self.remote_ip = ctx.remote_ip
         self.protocol = ctx.protocol
-        self.host = host
+        self.host = host  # type: ignore[assignment]  # not None: host_name was found for it
         self.host_name = host_name
         self.files = {}
-        self.connection = connection
+        self.connection = connection  # type: ignore[assignment]  # a duck HTTPConnection
         self.server_connection = server_connection
         self._start_time = time.time()
         self._finish_time = None
@@ -164,7 +165,7 @@ def exact_routes(app: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
             continue
         if not (isinstance(rule.target, type) and issubclass(rule.target, tornado.web.RequestHandler)):
             continue
-        if any(r.matcher.match(_Probe(path)) is not None for r in rules[:i]):
+        if any(r.matcher.match(_Probe(path)) is not None for r in rules[:i]):  # type: ignore[arg-type]
             continue
         out.setdefault(path, (rule.target, rule.target_kwargs))
     return out
@@ -723,7 +724,8 @@ class HTTP1Server:
 
     @property
     def port(self) -> int:
-        return next(iter(self._sockets.values())).getsockname()[1]
+        port: int = next(iter(self._sockets.values())).getsockname()[1]
+        return port
 
     # -- accepting -------------------------------------------------------------------
     def _accept(self, sock: socket.socket) -> None:
