@@ -17,9 +17,6 @@ Beyond the four jobs of :class:`providers.base.Provider`, this module offers:
 * :meth:`GeminiProvider.build_native_request`: a Gemini-native client request
   (``generateContent``, ``streamGenerateContent``, ``countTokens``,
   ``embedContent``, ``batchEmbedContents``) forwarded with the model mapped.
-* :meth:`GeminiProvider.urls_to_fetch` / :func:`inline_fetched`: with the option
-  ``image_urls: "inline"`` the core fetches remote images and the request carries
-  them as ``inlineData`` (providers do no I/O themselves).
 * :func:`clean_schema`: JSON Schema -> the OpenAPI subset Gemini's ``Schema`` takes.
 * :func:`classify_gemini_error`: Google RPC error bodies -> ProxyError, with
   ``RetryInfo.retryDelay`` and per-day ``QuotaFailure`` turned into ``retry_after``.
@@ -1238,52 +1235,6 @@ def translate_embeddings(body: bytes, req: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# remote images, fetched by the core
-# ---------------------------------------------------------------------------
-
-def remote_image_urls(req: dict[str, Any]) -> list[str]:
-    """http(s) image URLs of a pivot request's user messages, in order, once each."""
-    out: list[str] = []
-    for msg in req.get("messages") or []:
-        content = msg.get("content") if isinstance(msg, dict) else None
-        if not isinstance(content, list):
-            continue
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "image_url":
-                image = part.get("image_url")
-                url = image.get("url") if isinstance(image, dict) else image
-                if isinstance(url, str) and url.startswith(("http://", "https://")) and url not in out:
-                    out.append(url)
-    return out
-
-
-def inline_fetched(req: dict[str, Any], fetched: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
-    """A copy of ``req`` with each fetched image URL replaced by a data URI.
-
-    ``fetched`` maps a URL to (content type, bytes) as the core downloaded it.
-    """
-    out = dict(req)
-    messages = []
-    for msg in req.get("messages") or []:
-        content = msg.get("content") if isinstance(msg, dict) else None
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    image = part.get("image_url")
-                    url = image.get("url") if isinstance(image, dict) else image
-                    if isinstance(url, str) and url in fetched:
-                        mime, data = fetched[url]
-                        uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-                        part = {**part, "image_url": {**(image if isinstance(image, dict) else {}), "url": uri}}
-                parts.append(part)
-            msg = {**msg, "content": parts}
-        messages.append(msg)
-    out["messages"] = messages
-    return out
-
-
-# ---------------------------------------------------------------------------
 # the provider
 # ---------------------------------------------------------------------------
 
@@ -1358,13 +1309,6 @@ class GeminiProvider(Provider):
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ProxyError:
         # The error path may read the clock: per-day quotas reset at a wall-clock time.
         return classify_gemini_error(status, headers, body, now=time.time())
-
-    # -- remote images -----------------------------------------------------
-    def urls_to_fetch(self, req: dict[str, Any], model: dict[str, Any]) -> list[str]:
-        """Image URLs the core must download before build_request (``image_urls: inline``)."""
-        if self.options(model).get("image_urls", "file_data") != "inline":
-            return []
-        return remote_image_urls(req)
 
     # -- embeddings --------------------------------------------------------
     def build_embeddings_request(self, req: dict[str, Any], model: dict[str, Any],

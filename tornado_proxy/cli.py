@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         d = tempfile.mkdtemp(prefix="tornado-proxy-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
         parent = os.getpid()
-        atexit.register(lambda: os.getpid() == parent and shutil.rmtree(d, ignore_errors=True))
+        def remove_metrics_dir() -> None:  # in the parent only: forked workers inherit atexit
+            if os.getpid() == parent:
+                shutil.rmtree(d, ignore_errors=True)
+        atexit.register(remove_metrics_dir)
     from tornado_proxy.server.workers import serve
 
     return serve(cfg, args.host, args.port, workers)

@@ -1,8 +1,8 @@
 """One place for JSON options, so the bytes we send are stable.
 
-orjson (Rust) parses and serialises a stream chunk four to six times faster than
-ujson (0.3 µs against 1.6 µs to serialise a chat.completion.chunk here), and every
-chunk of a translated stream is parsed once and serialised once.  Its output is
+orjson (Rust) parses and serialises a stream chunk several times faster than ujson
+(figures: ``bench/RESULTS.md``), and every chunk of a translated stream is parsed once
+and serialised once.  Its output is
 compact UTF-8 with forward slashes unescaped, as ours always was.  ujson stays for
 what orjson refuses: it reads NaN, Infinity and lone surrogates, and writes integers
 beyond 64 bits, so nothing that parsed or serialised before fails now.  One

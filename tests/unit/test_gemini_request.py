@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from providers.base import Account, StreamContext
-from providers.gemini import GeminiProvider, SKIP_SIGNATURE, clean_schema, inline_fetched
+from providers.gemini import GeminiProvider, SKIP_SIGNATURE, clean_schema
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "gemini"
@@ -413,20 +413,6 @@ def test_url_and_headers(name: str, conf: dict[str, Any], model: dict[str, Any],
     assert (up.method, up.url, up.headers, up.stream) == ("POST", url, headers, stream)
 
 
-def test_remote_images_inline_option() -> None:
-    req = {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
-        {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lG"}}]}]}
-    inline = {**FLASH, "options": {"image_urls": "inline"}}
-    assert gem().urls_to_fetch(req, FLASH) == []
-    assert gem().urls_to_fetch(req, inline) == ["https://example.com/a.png"]
-    fetched = inline_fetched(req, {"https://example.com/a.png": ("image/png", b"\x89PNG")})
-    parts = body_of(fetched, inline)["contents"][0]["parts"]
-    assert parts == [{"inlineData": {"mimeType": "image/png", "data": "iVBORw=="}}] * 2 + [
-        {"inlineData": {"mimeType": "image/gif", "data": "R0lG"}}]
-
-
 @pytest.mark.parametrize("name,method,body,stream,url_tail,sent", [
     ("generate, body untouched", "generateContent", {"contents": [{"parts": [{"text": "hi"}]}]}, False,
      "models/gemini-2.5-flash:generateContent", None),
@@ -467,7 +453,9 @@ def test_native_request_unknown_method() -> None:
     ("unknown option", {"serach": True}, [],
      ["provider 'gem' options: Additional properties are not allowed ('serach' was unexpected)"]),
     ("bad model option", {}, [{"id": "m", "upstream_model": "x", "options": {"image_urls": "fetch"}}],
-     ["model 'm' options.image_urls: 'fetch' is not one of ['file_data', 'inline']"]),
+     ["model 'm' options.image_urls: 'fetch' is not one of ['file_data']"]),
+    ("image_urls inline was never carried out: refused at start", {"image_urls": "inline"}, [],
+     ["provider 'gem' options.image_urls: 'inline' is not one of ['file_data']"]),
     ("glob model without upstream_model", {"api_version": "v1alpha"}, [{"id": "gemini-*"}], []),
 ])
 def test_validate(name: str, popts: dict[str, Any], models: list[dict[str, Any]], problems: list[str]) -> None:

@@ -18,12 +18,18 @@ import pytest
 
 from tornado_proxy.pipeline import validation
 from tornado_proxy.errors import ERROR_TABLE, ErrorKind, ProxyError, openai_body
-from tornado_proxy.pipeline.validation import is_valid, load_schema, schema_names, validate_body
+from tornado_proxy.pipeline.validation import is_valid, load_schema, validate_body
 
 REQ = "chat_completions.request.v1"
 RESP = "chat_completions.response.v1"
 CHUNK = "chat_completions.chunk.v1"
 MINE = [REQ, RESP, CHUNK, "error.v1", "models.list.v1"]
+
+
+def schema_names() -> list[str]:
+    """Every schema shipped in ``schemas/``, by the name load_schema takes."""
+    root = validation.schema_dir()
+    return sorted(p.relative_to(root).as_posix()[: -len(".json")] for p in root.rglob("*.json"))
 
 USER = {"role": "user", "content": "Hello!"}
 WEATHER_TOOL = {

@@ -58,11 +58,6 @@ def mask(secret: str | None) -> str:
     return "****" + secret[-4:] if len(secret) >= 16 else "****"
 
 
-def masked_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """An accounts-file entry with every secret replaced by its mask."""
-    return {k: (mask(v) if k in SECRET_FIELDS and isinstance(v, str) else v) for k, v in entry.items()}
-
-
 def doc_secrets(doc: dict[str, Any]) -> list[str]:
     """Every secret value in an accounts document."""
     return [v for a in doc.get("accounts") or () if isinstance(a, dict)

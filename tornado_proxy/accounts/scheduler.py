@@ -301,8 +301,6 @@ def reset_from_headers(headers: Mapping[str, str], wall_now: float,
 
 def is_daily_quota(err: ProxyError) -> bool:
     """A per-day quota ran out (Gemini's ``...PerDay...`` quota ids, "per day" messages)."""
-    if getattr(err, "quota_period", None) == "day":
-        return True
     text = err.message.lower().replace(" ", "").replace("-", "")
     return "perday" in text or "dailylimit" in text or "dailyquota" in text
 

@@ -86,7 +86,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def clear(self) -> None:
         # Tornado's clear() builds its three default headers through HTTPHeaders'
-        # validating constructor and formats the Date every time: ~6 µs a request.
+        # validating constructor and formats the Date every time, on every request.
         self._headers = new_headers({"Server": ["tornado-proxy"],
                                      "Content-Type": ["text/html; charset=UTF-8"],
                                      "Date": [_http_date()]})
@@ -97,7 +97,6 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self, gw: "Gateway") -> None:  # type: ignore[override]
         self.gw = gw
-        self.log_fields: dict[str, Any] = {}
         # Tornado calls set_default_headers() before initialize(); now gw is known.
         self.set_default_headers()
 

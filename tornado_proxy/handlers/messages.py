@@ -73,7 +73,8 @@ class CountTokensHandler(LLMHandler):
             native: Provider = provider
 
             def build(acct: Account) -> UpstreamRequest:
-                return native.build_native_request(body, raw, model, acct, False, self.request.headers,
+                return native.build_native_request(body, raw, model, acct, False,
+                                                   self.request.headers,  # type: ignore[arg-type]  # a str -> str mapping
                                                    path="/count_tokens")
 
             ctx = StreamContext(id=MESSAGES_FORMAT.context_id(os.urandom(12).hex()), created=int(time.time()),

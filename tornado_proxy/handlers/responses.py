@@ -141,7 +141,7 @@ class ResponsesHandler(LLMHandler):
         pivot = RESPONSES_FORMAT.parse_with_history(body, history)
         # Stored as the answer is finished (on_finish), not after this coroutine resumes:
         # a client may ask for the response as soon as it has read the last byte.
-        self._memo = (store, ctx, body, history)
+        self._memo: tuple[Any, ...] | None = (store, ctx, body, history)
         if provider.local:
             await self.serve_local(provider, pivot, ctx, stream)
         else:

@@ -1,7 +1,8 @@
 """The access log: one line per request on stderr, written in batches.
 
-Going through ``logging`` cost about 15 µs and one ``write`` system call per request
-(a ``LogRecord``, ``strftime``, a handler lock, a flush), a tenth of a request's CPU.
+Going through ``logging`` cost a ``LogRecord``, ``strftime``, a handler lock, a flush
+and one ``write`` system call per request, a sizeable share of a request's CPU
+(``bench/RESULTS.md``).
 Here a line is formatted directly (the timestamp's second part is cached) and
 appended to a buffer, which is written out every 100 ms, when it passes 64 KiB, and
 when the server stops.  A crash can lose at most the last 100 ms of lines; the lines

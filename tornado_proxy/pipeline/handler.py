@@ -228,6 +228,8 @@ class LLMHandler(BaseHandler):
         hit = self.gw.router.resolve(name)
         if hit is None:
             raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{name}' does not exist", param="model")
+        model: dict[str, Any]
+        provider: Provider
         model, provider = hit
         self.model_id = model["id"]
         self.provider_name = provider.name
@@ -242,7 +244,8 @@ class LLMHandler(BaseHandler):
         self._held = [body, pivot]  # let go of at the first byte (_mark_first)
         if provider.native_format == fmt.name:
             def build(acct: Account) -> UpstreamRequest:
-                return provider.build_native_request(body, self._raw, model, acct, stream, self.request.headers)
+                return provider.build_native_request(body, self._raw, model, acct, stream,
+                                                     self.request.headers)  # type: ignore[arg-type]  # a str -> str mapping
         else:
             def build(acct: Account) -> UpstreamRequest:
                 return provider.build_request(pivot, model, acct, stream)
@@ -543,7 +546,7 @@ class LLMHandler(BaseHandler):
             self._mark_first()
         self.write(data)
         self.flush()
-        conn = self.request.connection
+        conn: Any = self.request.connection  # ours (http1.HTTP1Connection) or Tornado's
         if not getattr(conn, "writable", True):
             # The client reads slower than the upstream sends: stop reading upstream
             # until its socket buffer drains, so the stream waits in the kernel's

@@ -251,12 +251,6 @@ class SSEDecoder:
         return out
 
 
-def encode_event(data: str, event: str | None = None) -> bytes:
-    if event is None:
-        return b"data: " + data.encode("utf-8") + b"\n\n"
-    return b"event: " + event.encode("utf-8") + b"\ndata: " + data.encode("utf-8") + b"\n\n"
-
-
 def encode_json(obj: Any, event: str | None = None) -> bytes:
     if event is None:
         return b"data: " + jsonutil.dumpb(obj) + b"\n\n"

@@ -257,7 +257,7 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
                 self._process_queue()
             return
         # Still queued for a free handle: take it out of the queue.
-        requests = self._requests
+        requests: collections.deque[Any] = self._requests  # holds our Transfers too
         for item in requests:
             if item[0] is transfer:
                 requests.remove(item)

@@ -1,9 +1,9 @@
 """Validate request bodies against the JSON Schemas in ``schemas/``.
 
 This runs on every request.  jsonschema walks a schema with a new validator
-object per keyword and subschema, which costs about 2 ms for a 2 KB request and
-grows with the conversation (an agent's 200-message history would take tens of
-milliseconds on the IO loop).  So each schema is compiled once into plain
+object per keyword and subschema, which is slow for a small request and grows with
+the conversation (an agent's long history would hold the IO loop; figures in
+``bench/RESULTS.md``).  So each schema is compiled once into plain
 Python predicates (:class:`_Compiler`, for the keywords our schemas use; any
 other keyword makes it fall back to jsonschema) and the happy path is one call
 of that predicate.  jsonschema stays the reference: only a body the predicate
@@ -50,12 +50,6 @@ def schema_dir() -> Path:
 
 def _normalise(name: str) -> str:
     return name[: -len(_SUFFIX)] if name.endswith(_SUFFIX) else name
-
-
-def schema_names() -> list[str]:
-    """Names of all schemas (file paths relative to the schema dir, without ``.json``)."""
-    root = schema_dir()
-    return sorted(_normalise(p.relative_to(root).as_posix()) for p in root.rglob("*" + _SUFFIX))
 
 
 _schemas: dict[str, dict[str, Any]] = {}
@@ -168,9 +162,9 @@ def validate_body(schema_name: str, body: Any) -> None:
 def _shrink(key: str, schema: Any, body: Any) -> tuple[Any, dict[str, list[int]]]:
     """``body`` with its long top-level arrays cut down to the items that fail.
 
-    jsonschema takes ~1 ms per message, so finding the one bad message of an
-    agent's 1,000-message history would hold the IO loop for a second, on a
-    request anyone can send.  The compiled item check finds the failing items
+    jsonschema is slow per message (``bench/RESULTS.md``), so finding the one bad
+    message of an agent's 1,000-message history would hold the IO loop for a long
+    time, on a request anyone can send.  The compiled item check finds the failing items
     cheaply; jsonschema then sees only those (or the first item, if none fails,
     to keep the array non-empty), and the index map puts the original
     positions back into the error's path.  Only plain arrays are cut: a schema

@@ -2,11 +2,11 @@
 
 In a virtual machine, waking a process that sleeps in ``epoll_wait`` is slow: the
 sender's kernel has to interrupt another virtual CPU, and the sleeper's CPU has to
-come back out of its idle state.  On the benchmark machine each such wake-up cost
-20-50 µs, and a request at concurrency 1 has two of them in the gateway's path (the
-upstream's answer, the client's next request).  When the loop is about to sleep and
-an event is due within microseconds, polling for it without sleeping is quicker:
-measured 0.55 -> 0.47 ms per request at concurrency 1 (``bench/RESULTS.md``).
+come back out of its idle state.  Each such wake-up costs tens of microseconds, and a
+request at concurrency 1 has two of them in the gateway's path (the upstream's answer,
+the client's next request).  When the loop is about to sleep and an event is due
+within microseconds, polling for it without sleeping is quicker (what it was worth:
+``bench/RESULTS.md``, Session 4).
 HAProxy's ``busy-polling`` option is the same idea for the same reason.
 
 Polling costs CPU, so it is bounded and adaptive, as KVM's halt polling is:

@@ -4,8 +4,8 @@ the ``tornado.web.Application``.
 Why not ``tornado.httpserver.HTTPServer``: profiled under load, Tornado's HTTP/1
 connection (IOStream read futures, ``gen.with_timeout`` per request, header parsing in
 Python, error listeners re-registering the socket with epoll) cost more CPU per request
-than the rest of the gateway.  A trivial handler served 2350 req/s on one core behind
-it, and 5900 req/s behind this module.  The application, routing and
+than the rest of the gateway; a trivial handler serves far more requests per core
+behind this module (``bench/RESULTS.md``).  The application, routing and
 ``RequestHandler``s are Tornado's, unchanged: this module implements the two
 interfaces Tornado's server side is built on, ``HTTPServerConnectionDelegate.
 start_request`` (we call it) and ``HTTPConnection`` (``write_headers``, ``write``,
@@ -80,8 +80,8 @@ def new_headers(as_list: dict[str, list[str]] | None = None) -> httputil.HTTPHea
     """An ``HTTPHeaders`` filled directly (names already in Http-Header-Case).
 
     ``HTTPHeaders(dict)`` and ``add()`` re-validate every name and value with regular
-    expressions (6 µs for four headers); llhttp has already validated what comes off
-    the wire, and our own headers need no checking.
+    expressions, on every request (the cost: ``bench/RESULTS.md``); llhttp has already
+    validated what comes off the wire, and our own headers need no checking.
     """
     h = httputil.HTTPHeaders.__new__(httputil.HTTPHeaders)
     h._as_list = as_list if as_list is not None else {}
@@ -125,8 +125,8 @@ class _ServerRequest(httputil.HTTPServerRequest):
         host = headers.get("Host")
         host_name = _HOSTS.get(host) if host is not None else None
         if host_name is None or "?" in uri:
-            super().__init__(headers=headers, connection=connection, start_line=start_line,
-                             server_connection=server_connection)
+            super().__init__(headers=headers, connection=connection,  # type: ignore[arg-type]  # a duck HTTPConnection
+                             start_line=start_line, server_connection=server_connection)
             if host is not None and len(_HOSTS) < 256:
                 _HOSTS[host] = self.host_name  # (Tornado accepted it: it raises otherwise)
             return
@@ -134,12 +134,13 @@ class _ServerRequest(httputil.HTTPServerRequest):
         self.headers = headers
         self.body = b""
         ctx = connection.context
+        assert ctx is not None  # set in connection_made, before any request
         self.remote_ip = ctx.remote_ip
         self.protocol = ctx.protocol
-        self.host = host
+        self.host = host  # type: ignore[assignment]  # not None: host_name was found for it
         self.host_name = host_name
         self.files = {}
-        self.connection = connection
+        self.connection = connection  # type: ignore[assignment]  # a duck HTTPConnection
         self.server_connection = server_connection
         self._start_time = time.time()
         self._finish_time = None
@@ -180,7 +181,7 @@ def exact_routes(app: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
             continue
         if not (isinstance(rule.target, type) and issubclass(rule.target, tornado.web.RequestHandler)):
             continue
-        if any(r.matcher.match(_Probe(path)) is not None for r in rules[:i]):
+        if any(r.matcher.match(_Probe(path)) is not None for r in rules[:i]):  # type: ignore[arg-type]
             continue
         out.setdefault(path, (rule.target, rule.target_kwargs))
     return out
@@ -742,7 +743,8 @@ class HTTP1Server:
 
     @property
     def port(self) -> int:
-        return next(iter(self._sockets.values())).getsockname()[1]
+        port: int = next(iter(self._sockets.values())).getsockname()[1]
+        return port
 
     # -- accepting -------------------------------------------------------------------
     def _accept(self, sock: socket.socket) -> None:

@@ -271,10 +271,10 @@ def _prefork(config: Config, host: str, port: int, workers: int) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
-    for slot in range(workers):
+    for n in range(workers):
         if stopping:
             break
-        spawn(slot)
+        spawn(n)
     lost_streams, restarts = _parent_metrics()
     log.info("tornado-proxy: %d workers on http://%s:%s", workers, host,
              sockets[0].getsockname()[1])
