@@ -1,4 +1,4 @@
-"""Kept thin (pytest-tornado needs pytest<10): one background loop per worker for e2e tests."""
+"""Kept thin: one background loop per worker for e2e tests."""
 from __future__ import annotations
 
 from typing import Iterator

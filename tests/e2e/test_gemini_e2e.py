@@ -202,21 +202,6 @@ def test_bad_key_is_an_account_problem_not_the_clients(harness: LoopThread) -> N
     assert e.value.status_code == 502 and e.value.code == "upstream_auth_failed"
 
 
-@pytest.mark.parametrize("fixture,message", [
-    ("gemini/cut.sse", "ended before it finished"),
-    ("gemini/midstream_error.sse", "overloaded"),
-])
-def test_stream_failures_raise_in_the_sdk(harness: LoopThread, fixture: str, message: str) -> None:
-    up = harness.upstream().push(sse_events(fixture, delay=0.02))  # the text is out before the failure
-    gw = harness.gateway(config(up))
-    text = ""
-    with pytest.raises(openai.APIError) as e:
-        for ch in oai(gw).chat.completions.create(model="gemini-flash", messages=MSGS, stream=True):
-            text += (ch.choices[0].delta.content or "") if ch.choices else ""
-    assert text in ("Once upon a time", "Partial")
-    assert message in e.value.message
-
-
 def test_blocked_prompt_is_a_content_filter_error(harness: LoopThread) -> None:
     up = harness.upstream().push(sse_events("gemini/prompt_blocked.sse"), json_reply("gemini/prompt_blocked.json"))
     gw = harness.gateway(config(up))

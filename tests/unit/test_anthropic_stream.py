@@ -1,7 +1,8 @@
 """Recorded Anthropic streams replayed through SSEDecoder + AnthropicStream.
 
-Each fixture in tests/fixtures/anthropic/ is fed whole, byte by byte and at random
-split points; every way must give the golden pivot chunks (or the golden error).
+Each fixture in tests/fixtures/anthropic/ is replayed (tests/replay.py) whole, byte
+by byte, at random split points and at every 2-piece split; every way must give the
+golden pivot chunks (or the golden error).
 Folding the chunks must equal translating the whole response (built from the same
 stream by the anthropic SDK's own accumulator), and re-encoding the chunks for a
 /v1/messages client must give the golden Anthropic stream, which the SDK's
@@ -11,9 +12,6 @@ Regenerate goldens (then read the diff!) with UPDATE_GOLDEN=1.
 """
 from __future__ import annotations
 
-import os
-import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +22,7 @@ from providers.base import StreamContext, fold_chunks as fold
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures" / "anthropic"
-GOLDEN = ROOT / "golden" / "anthropic"
-UPDATE = bool(os.environ.get("UPDATE_GOLDEN"))
+from tests.replay import MODES, cuts, fixture, golden, replay as run, splits
 
 # fixture -> the error kind it must end with (None: completes)
 CASES = [
@@ -51,39 +45,14 @@ def msg_ctx() -> StreamContext:
     return StreamContext(id="msg_gateway123", created=1700000000, model="claude-test")
 
 
-def splits(data: bytes, mode: str) -> list[bytes]:
-    if mode == "whole":
-        return [data]
-    if mode == "bytes":
-        return [data[i:i + 1] for i in range(len(data))]
-    rng = random.Random(mode)  # "seed-N": repeatable random cut points
-    cuts = sorted(rng.sample(range(1, len(data)), min(40, len(data) - 1)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
-
-
-def replay(name: str, mode: str) -> tuple[list[dict[str, Any]], ProxyError | None]:
-    data = (FIXTURES / f"{name}.sse").read_bytes()
-    dec = SSEDecoder()
+def replay(name: str, reads: list[bytes] | None = None) -> tuple[list[dict[str, Any]], ProxyError | None]:
+    """The fixture through SSEDecoder + AnthropicStream (whole, or as ``reads``); on an
+    error the chunks ``fail`` adds are kept too."""
     tr = AnthropicProvider({"name": "anthropic", "type": "anthropic"}).new_stream(ctx())
-    chunks: list[dict[str, Any]] = []
-    try:
-        for piece in splits(data, mode):
-            for ev in dec.feed(piece):
-                chunks.extend(tr.feed(ev))
-        for ev in dec.finish():
-            chunks.extend(tr.feed(ev))
-        chunks.extend(tr.finish())
-    except ProxyError as err:
+    chunks, err = run(SSEDecoder(), tr, reads or [fixture(f"anthropic/{name}.sse")])
+    if err is not None:
         chunks.extend(tr.fail(err))
-        return chunks, err
-    return chunks, None
-
-
-def golden(path: Path, actual: Any, as_bytes: bool = False) -> Any:
-    if UPDATE:
-        path.write_bytes(actual if as_bytes else (jsonutil.dumps(actual) + "\n").encode())
-    raw = path.read_bytes()
-    return raw if as_bytes else jsonutil.loads(raw)
+    return chunks, err
 
 
 def result_of(chunks: list[dict[str, Any]], err: ProxyError | None) -> dict[str, Any]:
@@ -93,14 +62,14 @@ def result_of(chunks: list[dict[str, Any]], err: ProxyError | None) -> dict[str,
     return out
 
 
-@pytest.mark.parametrize("mode", ["whole", "bytes", "seed-1", "seed-2", "seed-3"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name,kind", CASES, ids=NAMES)
 def test_replay_matches_golden(name: str, kind: ErrorKind | None, mode: str) -> None:
-    chunks, err = replay(name, mode)
-    assert (err.kind if err else None) == kind
-    expected = golden(GOLDEN / f"{name}.chunks.json", result_of(*replay(name, "whole"))) \
-        if mode == "whole" else jsonutil.loads((GOLDEN / f"{name}.chunks.json").read_bytes())
-    assert result_of(chunks, err) == expected
+    expected = golden(f"anthropic/{name}.chunks.json", result_of(*replay(name)))
+    for reads in splits(fixture(f"anthropic/{name}.sse"), mode):
+        chunks, err = replay(name, reads)
+        assert (err.kind if err else None) == kind
+        assert result_of(chunks, err) == expected, cuts(reads)
 
 
 def sdk_message(data: bytes) -> dict[str, Any]:
@@ -134,9 +103,9 @@ COMPLETE = [n for n, k in CASES if k is None]
 
 @pytest.mark.parametrize("name", COMPLETE)
 def test_fold_equals_whole_response(name: str) -> None:
-    chunks, err = replay(name, "whole")
+    chunks, err = replay(name)
     assert err is None
-    whole = sdk_message((FIXTURES / f"{name}.sse").read_bytes())
+    whole = sdk_message(fixture(f"anthropic/{name}.sse"))
     provider = AnthropicProvider({"name": "anthropic", "type": "anthropic"})
     assert parsed_args(fold(chunks)) == parsed_args(provider.translate_response(jsonutil.dumpb(whole), ctx()))
 
@@ -151,13 +120,13 @@ def parsed_args(completion: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name,kind", CASES, ids=NAMES)
 def test_reencoded_for_messages_client(name: str, kind: ErrorKind | None) -> None:
-    chunks, err = replay(name, "whole")
+    chunks, err = replay(name)
     enc = MessagesEncoder(msg_ctx())
     out = b"".join(enc.feed(c) for c in chunks) + (enc.fail(err) if err else enc.finish())
-    assert out == golden(GOLDEN / f"{name}.messages.sse", out, as_bytes=True)
+    assert out == golden(f"anthropic/{name}.messages.sse", out)
     if kind is None:
         # Anthropic -> pivot -> Anthropic loses nothing a client can see.
-        original = sdk_message((FIXTURES / f"{name}.sse").read_bytes())
+        original = sdk_message(fixture(f"anthropic/{name}.sse"))
         again = sdk_message(out)
         assert again["id"] == "msg_gateway123" and again["model"] == "claude-test"
         assert normalise(again) == normalise(original)

@@ -1,8 +1,9 @@
 """Bedrock ConverseStream: event-stream decoding and translation, replayed from fixtures.
 
-Every ``tests/fixtures/bedrock/*.bin`` is fed through ``EventStreamDecoder`` and
-``BedrockStream`` whole, byte by byte, in its recorded reads (which split frames
-mid-prelude, mid-header, mid-payload and mid-CRC) and at seeded random split points;
+Every ``tests/fixtures/bedrock/*.bin`` is replayed (tests/replay.py) through
+``EventStreamDecoder`` and ``BedrockStream`` whole, byte by byte, in its recorded
+reads (which split frames mid-prelude, mid-header, mid-payload and mid-CRC), at
+seeded random split points and at every 2-piece split;
 the pivot chunks (plus the error, for streams that fail) must equal
 ``tests/golden/bedrock/<name>.chunks.jsonl`` every time, and the bytes an OpenAI
 client receives must equal ``<name>.openai.sse``.  A stream with a paired
@@ -11,11 +12,8 @@ non-streaming answer must fold to what ``translate_response`` gives for it.
 from __future__ import annotations
 
 import importlib.util
-import os
-import random
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,13 +23,9 @@ from providers.bedrock import BedrockProvider, BedrockStream, EventStreamDecoder
 from providers.openai_chat import OpenAIEncoder
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
+from tests.replay import FIXTURES, MODES, cuts, error_record, fixture, golden, replay as run, splits
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "bedrock"
-GOLDEN = ROOT / "tests" / "golden" / "bedrock"
-UPDATE = os.environ.get("TP_UPDATE_GOLDEN") == "1"
-
-_spec = importlib.util.spec_from_file_location("bedrock_make_fixtures", FIXTURES / "make_fixtures.py")
+_spec = importlib.util.spec_from_file_location("bedrock_make_fixtures", FIXTURES / "bedrock" / "make_fixtures.py")
 assert _spec and _spec.loader
 make = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make)
@@ -57,74 +51,39 @@ def pieces(data: bytes, sizes: list[int]) -> list[bytes]:
     return out
 
 
-def random_sizes(data: bytes, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    sizes, total = [], 0
-    while total < len(data):
-        n = rng.randint(1, 64)
-        sizes.append(n)
-        total += n
-    return sizes
-
-
 def replay(data: bytes, reads: list[bytes]) -> tuple[list[Any], bytes]:
     """-> (pivot chunks plus a final {"error": ...} if the stream failed, OpenAI client bytes)."""
     c = ctx()
-    decoder, translator, encoder = EventStreamDecoder(), BedrockStream(c), OpenAIEncoder(True)
-    chunks: list[Any] = []
-    sse = b""
-    try:
-        for piece in reads:
-            for msg in decoder.feed(piece):
-                for chunk in translator.feed(msg):
-                    chunks.append(chunk)
-                    sse += encoder.feed(chunk)
-        for msg in decoder.finish():
-            for chunk in translator.feed(msg):
-                chunks.append(chunk)
-                sse += encoder.feed(chunk)
-        for chunk in translator.finish():
-            chunks.append(chunk)
-            sse += encoder.feed(chunk)
-        sse += encoder.finish()
-    except ProxyError as err:
-        chunks.append({"error": {"kind": err.kind.value, "message": err.message}})
-        sse += encoder.fail(err)
+    chunks, err = run(EventStreamDecoder(), BedrockStream(c), reads)
+    encoder = OpenAIEncoder(True)
+    sse = b"".join(encoder.feed(chunk) for chunk in chunks) + (encoder.fail(err) if err else encoder.finish())
+    if err is not None:
+        chunks.append({"error": error_record(err)})
     chunks.append({"extra": c.extra})
     return chunks, sse
 
 
-def read_golden(name: str, produced_chunks: list[Any], produced_sse: bytes) -> tuple[list[Any], bytes]:
-    jpath, spath = GOLDEN / f"{name}.chunks.jsonl", GOLDEN / f"{name}.openai.sse"
-    if UPDATE:
-        jpath.write_text("".join(jsonutil.dumps(c) + "\n" for c in produced_chunks), encoding="utf-8")
-        spath.write_bytes(produced_sse)
-    return ([jsonutil.loads(line) for line in jpath.read_text(encoding="utf-8").splitlines()],
-            spath.read_bytes())
-
-
 @pytest.mark.parametrize("name", sorted(STREAMS))
 def test_fixture_bytes_are_what_the_builder_makes(name: str) -> None:
-    assert (FIXTURES / f"{name}.bin").read_bytes() == make.build(STREAMS[name])
+    assert fixture(f"bedrock/{name}.bin") == make.build(STREAMS[name])
 
 
+@pytest.mark.parametrize("mode", [*MODES, "recorded reads"])
 @pytest.mark.parametrize("name", sorted(STREAMS))
-def test_replay_matches_golden_at_any_split(name: str) -> None:
-    data = (FIXTURES / f"{name}.bin").read_bytes()
+def test_replay_matches_golden_at_any_split(name: str, mode: str) -> None:
+    data = fixture(f"bedrock/{name}.bin")
     whole_chunks, whole_sse = replay(data, [data])
-    golden_chunks, golden_sse = read_golden(name, whole_chunks, whole_sse)
-    assert whole_chunks == golden_chunks
-    assert whole_sse == golden_sse
-    splits = {
-        "byte by byte": [data[i:i + 1] for i in range(len(data))],
-        "recorded reads": pieces(data, STREAMS[name]["reads"]),
-        **{f"random {seed}": pieces(data, random_sizes(data, seed)) for seed in range(5)},
-    }
-    # the recorded reads really do split frames
-    assert len(splits["recorded reads"]) > 1
-    for how, reads in splits.items():
+    assert whole_chunks == golden(f"bedrock/{name}.chunks.jsonl", whole_chunks)
+    assert whole_sse == golden(f"bedrock/{name}.openai.sse", whole_sse)
+    if mode == "recorded reads":
+        ways = [pieces(data, STREAMS[name]["reads"])]
+        # the recorded reads really do split frames
+        assert len(ways[0]) > 1
+    else:
+        ways = list(splits(data, mode))
+    for reads in ways:
         assert b"".join(reads) == data
-        assert replay(data, reads) == (golden_chunks, golden_sse), how
+        assert replay(data, reads) == (whole_chunks, whole_sse), cuts(reads)
 
 
 def normalise_arguments(completion: dict[str, Any]) -> dict[str, Any]:
@@ -137,17 +96,14 @@ def normalise_arguments(completion: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", PAIRED)
 def test_fold_of_stream_equals_whole_response(name: str) -> None:
-    data = (FIXTURES / f"{name}.bin").read_bytes()
+    data = fixture(f"bedrock/{name}.bin")
     chunks, _ = replay(data, [data])
     assert "error" not in chunks[-2]
     folded = fold(chunks[:-1])
-    body = (FIXTURES / f"{STREAMS[name]['paired']}.converse.json").read_bytes()
+    body = fixture(f"bedrock/{STREAMS[name]['paired']}.converse.json")
     c = ctx()
     whole = PROVIDER.translate_response(body, c)
-    gpath = GOLDEN / f"{name}.completion.json"
-    if UPDATE:
-        gpath.write_text(jsonutil.dumps(whole) + "\n", encoding="utf-8")
-    assert whole == jsonutil.loads(gpath.read_text(encoding="utf-8"))
+    assert whole == golden(f"bedrock/{name}.completion.json", whole)
     assert normalise_arguments(folded) == normalise_arguments(whole)
     assert c.extra == chunks[-1]["extra"]
 

@@ -1,16 +1,14 @@
 """Gemini answers -> pivot: recorded fixtures replayed against golden files.
 
-Each ``tests/fixtures/gemini/*.sse`` goes through SSEDecoder + GeminiStreamTranslator
-whole, byte by byte and at random split points; all must give
-``tests/golden/gemini/<name>.stream.json``.  Each ``*.json`` answer goes through
-``translate_response`` against ``<name>.json``.  Folding the translated stream
+Each ``tests/fixtures/gemini/*.sse`` is replayed (tests/replay.py) through SSEDecoder +
+GeminiStreamTranslator whole, byte by byte, at random split points and at every
+2-piece split; all must give ``tests/golden/gemini/<name>.chunks.json``.  Each
+``*.json`` answer goes through ``translate_response`` against ``<name>.completion.json``.  Folding the translated stream
 must equal translating the whole answer.
 """
 from __future__ import annotations
 
 import json
-import pathlib
-import random
 from typing import Any
 
 import pytest
@@ -19,10 +17,7 @@ from providers.base import StreamContext
 from providers.gemini import GeminiProvider, GeminiStreamTranslator
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder, SSEEvent
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "gemini"
-GOLDEN = ROOT / "golden" / "gemini"
+from tests.replay import MODES, cuts, fixture, golden, replay as run, splits
 
 CTX = dict(id="chatcmpl-gem0001", created=1714000000, model="gemini-flash")
 
@@ -39,22 +34,10 @@ def error_record(err: ProxyError) -> dict[str, Any]:
     return {"error": {"kind": err.kind.value, "message": err.message, "retry_after": err.retry_after}}
 
 
-def replay(data: bytes, splits: list[int], show_links: bool) -> list[dict[str, Any]]:
-    """Feed ``data`` cut at ``splits`` through decoder and translator; errors become a last record."""
-    decoder = SSEDecoder()
-    tr = provider(show_links).new_stream(ctx())
-    out: list[dict[str, Any]] = []
-    bounds = [0] + sorted(splits) + [len(data)]
-    try:
-        for a, b in zip(bounds, bounds[1:]):
-            for ev in decoder.feed(data[a:b]):
-                out.extend(tr.feed(ev))
-        for ev in decoder.finish():
-            out.extend(tr.feed(ev))
-        out.extend(tr.finish())
-    except ProxyError as err:
-        out.append(error_record(err))
-    return out
+def replay(data: bytes, show_links: bool, reads: list[bytes] | None = None) -> list[dict[str, Any]]:
+    """``data`` (whole, or as ``reads``) through decoder and translator; an error becomes a last record."""
+    chunks, err = run(SSEDecoder(), provider(show_links).new_stream(ctx()), reads or [data])
+    return chunks + ([error_record(err)] if err is not None else [])
 
 
 def translate_whole(data: bytes, show_links: bool) -> dict[str, Any]:
@@ -117,10 +100,6 @@ def fold(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def golden(name: str) -> Any:
-    return json.loads((GOLDEN / name).read_text("utf-8"))
-
-
 # (fixture stem, show_search_links)
 STREAMS = [
     ("text", False),
@@ -149,38 +128,26 @@ WHOLES = [
 PAIRS = ["text", "thinking", "parallel_calls", "grounding", "code_execution", "prompt_blocked", "two_candidates"]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name,show_links", STREAMS)
-def test_stream_whole_matches_golden(name: str, show_links: bool) -> None:
-    data = (FIXTURES / f"{name}.sse").read_bytes()
-    assert replay(data, [], show_links) == golden(f"{name}.stream.json")
-
-
-@pytest.mark.parametrize("name,show_links", STREAMS)
-def test_stream_byte_by_byte_matches_golden(name: str, show_links: bool) -> None:
-    data = (FIXTURES / f"{name}.sse").read_bytes()
-    assert replay(data, list(range(1, len(data))), show_links) == golden(f"{name}.stream.json")
-
-
-@pytest.mark.parametrize("name,show_links", STREAMS)
-@pytest.mark.parametrize("seed", range(5))
-def test_stream_random_splits_match_golden(name: str, show_links: bool, seed: int) -> None:
-    data = (FIXTURES / f"{name}.sse").read_bytes()
-    rng = random.Random(f"{name}-{seed}")
-    splits = rng.sample(range(1, len(data)), k=min(len(data) - 1, rng.randint(1, 12)))
-    assert replay(data, splits, show_links) == golden(f"{name}.stream.json")
+def test_stream_replay_matches_golden(name: str, show_links: bool, mode: str) -> None:
+    data = fixture(f"gemini/{name}.sse")
+    expected = golden(f"gemini/{name}.chunks.json", replay(data, show_links))
+    for reads in splits(data, mode):
+        assert replay(data, show_links, reads) == expected, cuts(reads)
 
 
 @pytest.mark.parametrize("name,show_links", WHOLES)
 def test_whole_answer_matches_golden(name: str, show_links: bool) -> None:
-    data = (FIXTURES / f"{name}.json").read_bytes()
-    assert translate_whole(data, show_links) == golden(f"{name}.json")
+    got = translate_whole(fixture(f"gemini/{name}.json"), show_links)
+    assert got == golden(f"gemini/{name}.completion.json", got)
 
 
 @pytest.mark.parametrize("name", PAIRS)
 def test_folded_stream_equals_whole_answer(name: str) -> None:
     show = dict(STREAMS)[name]
-    chunks = replay((FIXTURES / f"{name}.sse").read_bytes(), [], show)
-    assert fold(chunks) == translate_whole((FIXTURES / f"{name}.json").read_bytes(), show)
+    chunks = replay(fixture(f"gemini/{name}.sse"), show)
+    assert fold(chunks) == translate_whole(fixture(f"gemini/{name}.json"), show)
 
 
 # Specific behaviour the goldens encode, asserted by name so a regenerated golden
@@ -209,7 +176,7 @@ def test_folded_stream_equals_whole_answer(name: str) -> None:
     ("prompt_blocked", lambda r: r["error"]["kind"] == ErrorKind.CONTENT_FILTER.value),
 ])
 def test_whole_answer_semantics(name: str, check: Any) -> None:
-    assert check(translate_whole((FIXTURES / f"{name}.json").read_bytes(), dict(STREAMS)[name]))
+    assert check(translate_whole(fixture(f"gemini/{name}.json"), dict(STREAMS)[name]))
 
 
 @pytest.mark.parametrize("name,kind", [
@@ -218,14 +185,14 @@ def test_whole_answer_semantics(name: str, check: Any) -> None:
     ("prompt_blocked", ErrorKind.CONTENT_FILTER),
 ])
 def test_stream_failures_end_in_an_error(name: str, kind: ErrorKind) -> None:
-    out = replay((FIXTURES / f"{name}.sse").read_bytes(), [], False)
+    out = replay(fixture(f"gemini/{name}.sse"), False)
     assert out[-1]["error"]["kind"] == kind.value
     assert all("finish_reason" not in json.dumps(c) or c["choices"][0]["finish_reason"] is None
                for c in out[:-1] if c.get("choices"))
 
 
 def test_safety_stream_keeps_text_then_content_filter() -> None:
-    out = replay((FIXTURES / "safety_block.sse").read_bytes(), [], False)
+    out = replay(fixture("gemini/safety_block.sse"), False)
     folded = fold(out)
     assert folded["choices"][0]["message"]["content"] == "Here is how"
     assert folded["choices"][0]["finish_reason"] == "content_filter"
@@ -293,7 +260,7 @@ def test_stream_edge_cases(name: str, events: list[SSEEvent], expect: dict[str, 
 def test_model_options_in_ctx_extra_turn_on_search_links() -> None:
     p = provider(False)
     c = StreamContext(**CTX, extra={"model": {"id": "m", "options": {"show_search_links": True}}})
-    out = p.translate_response((FIXTURES / "grounding.json").read_bytes(), c)
+    out = p.translate_response(fixture("gemini/grounding.json"), c)
     assert "**Sources:**" in out["choices"][0]["message"]["content"]
-    assert "**Sources:**" not in p.translate_response((FIXTURES / "grounding.json").read_bytes(), ctx())[
+    assert "**Sources:**" not in p.translate_response(fixture("gemini/grounding.json"), ctx())[
         "choices"][0]["message"]["content"]

@@ -5,13 +5,13 @@ Inputs are pivot chunk sequences: the golden chunks of the Responses fixtures
 other upstreams produce (Anthropic thinking + signature, parallel tool calls,
 refusal).  The encoded stream must match its golden file, be accepted by
 openai-python's ResponseStreamState, and its final Response must equal the
-Response rendered from the folded chunks.  UPDATE_GOLDEN=1 rewrites goldens.
+Response rendered from the folded chunks (goldens: tests/golden/responses/
+<case>.responses.sse, the case being the fixture for a round trip).  UPDATE_GOLDEN=1
+rewrites goldens.
 """
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,9 +26,7 @@ from providers.openai_responses import (
 )
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder
-
-GOLD = Path(__file__).resolve().parents[1] / "golden" / "responses"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+from tests.replay import GOLDEN, golden
 
 REQ_FULL = {"model": "claude-x", "input": "hi", "reasoning": {"effort": "medium", "summary": "auto"},
             "include": ["reasoning.encrypted_content"], "store": False}
@@ -72,17 +70,17 @@ EMPTY: list[dict[str, Any]] = []
 
 
 def golden_chunks(name: str) -> list[dict[str, Any]]:
-    return json.loads((GOLD / f"{name}.chunks.json").read_text())["chunks"]
+    return json.loads((GOLDEN / "responses" / f"{name}.chunks.json").read_text())["chunks"]
 
 
-# (name, chunks, request)
+# (name, chunks, request); a round trip is named after the fixture its chunks come from
 CASES = [
     ("anthropic_tools", ANTHROPIC_TOOLS, REQ_FULL),
     ("anthropic_tools_plain", ANTHROPIC_TOOLS, REQ_PLAIN),
     ("refusal", REFUSAL, REQ_PLAIN),
     ("empty", EMPTY, REQ_PLAIN),
     ("roundtrip_text", golden_chunks("text"), REQ_PLAIN),
-    ("roundtrip_reasoning", golden_chunks("reasoning_summary"), REQ_FULL),
+    ("roundtrip_reasoning_summary", golden_chunks("reasoning_summary"), REQ_FULL),
     ("roundtrip_function_calls", golden_chunks("function_calls"), REQ_FULL),
     ("roundtrip_incomplete", golden_chunks("incomplete"), REQ_PLAIN),
 ]
@@ -105,10 +103,7 @@ def events(data: bytes) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("name,chunks,req", CASES, ids=[c[0] for c in CASES])
 def test_encoder_matches_golden(name: str, chunks: list[dict[str, Any]], req: dict[str, Any]) -> None:
     data = encode(chunks, req)
-    path = GOLD / f"encode_{name}.sse"
-    if UPDATE:
-        path.write_bytes(data)
-    assert data == path.read_bytes()
+    assert data == golden(f"responses/{name.removeprefix('roundtrip_')}.responses.sse", data)
 
 
 @pytest.mark.parametrize("name,chunks,req", CASES, ids=[c[0] for c in CASES])

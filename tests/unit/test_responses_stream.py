@@ -1,17 +1,14 @@
 """Responses upstream streams -> pivot chunks: recorded fixtures against golden files.
 
-Each fixture in tests/fixtures/responses/ (see its README for provenance) is fed
-through SSEDecoder + ResponsesToPivot whole, byte by byte and at random split
-points; all three must give the golden chunks (and the golden error, if any).
-Folding the chunks must equal translating the whole Response object.
-Set UPDATE_GOLDEN=1 to rewrite the golden files (then review the diff).
+Each fixture in tests/fixtures/responses/ (see its README for provenance) is replayed
+(tests/replay.py) through SSEDecoder + ResponsesToPivot whole, byte by byte, at random
+split points and at every 2-piece split; all must give the golden chunks (and the
+golden error, if any).  Folding the chunks must equal translating the whole Response
+object.  Set UPDATE_GOLDEN=1 to rewrite the golden files (then review the diff).
 """
 from __future__ import annotations
 
 import json
-import os
-import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +17,7 @@ from providers.base import StreamContext
 from providers.openai_responses import ResponsesProvider, ResponsesToPivot, fold_chunks
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder, SSEEvent
-
-ROOT = Path(__file__).resolve().parents[1]
-FIX = ROOT / "fixtures" / "responses"
-GOLD = ROOT / "golden" / "responses"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+from tests.replay import MODES, cuts, error_record, fixture, golden, replay as run, splits
 
 STREAMS = ["text", "reasoning_summary", "function_calls", "incomplete", "failed", "error_event", "cut"]
 WHOLE = ["text", "reasoning_summary", "function_calls", "incomplete"]
@@ -40,52 +33,24 @@ def provider() -> ResponsesProvider:
 
 def replay(data: bytes, pieces: list[bytes]) -> dict[str, Any]:
     assert b"".join(pieces) == data
-    dec = SSEDecoder()
-    tr = provider().new_stream(ctx())
-    chunks: list[dict[str, Any]] = []
-    err = None
-    try:
-        for piece in pieces:
-            for ev in dec.feed(piece):
-                chunks.extend(tr.feed(ev))
-        for ev in dec.finish():
-            chunks.extend(tr.feed(ev))
-        chunks.extend(tr.finish())
-    except ProxyError as exc:
-        err = {"kind": exc.kind.value, "message": exc.message}
-    return {"chunks": chunks, "error": err}
+    chunks, err = run(SSEDecoder(), provider().new_stream(ctx()), pieces)
+    return {"chunks": chunks, "error": error_record(err)}
 
 
-def splits(data: bytes, mode: str) -> list[bytes]:
-    if mode == "whole":
-        return [data]
-    if mode == "bytes":
-        return [data[i:i + 1] for i in range(len(data))]
-    rnd = random.Random(f"{mode}-{len(data)}")
-    cuts = sorted(rnd.sample(range(1, len(data)), 25))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
-
-
-def golden(name: str, value: Any) -> Any:
-    path = GOLD / name
-    if UPDATE:
-        path.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-@pytest.mark.parametrize("mode", ["whole", "bytes", "random1", "random2"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", STREAMS)
 def test_fixture_replay_matches_golden(name: str, mode: str) -> None:
-    data = (FIX / f"{name}.sse").read_bytes()
-    got = replay(data, splits(data, mode))
-    assert got == golden(f"{name}.chunks.json", replay(data, [data]))
+    data = fixture(f"responses/{name}.sse")
+    expected = golden(f"responses/{name}.chunks.json", replay(data, [data]))
+    for reads in splits(data, mode):
+        assert replay(data, reads) == expected, cuts(reads)
 
 
 @pytest.mark.parametrize("name", WHOLE)
 def test_fold_of_stream_equals_whole_response(name: str) -> None:
-    data = (FIX / f"{name}.sse").read_bytes()
+    data = fixture(f"responses/{name}.sse")
     streamed = fold_chunks(replay(data, [data])["chunks"])
-    whole = provider().translate_response((FIX / f"{name}.json").read_bytes(), ctx())
+    whole = provider().translate_response(fixture(f"responses/{name}.json"), ctx())
     assert streamed == whole
 
 
@@ -104,10 +69,10 @@ EXPECTED = [
 ]
 
 
-@pytest.mark.parametrize("name,fixture,finish,usage,calls,error", EXPECTED, ids=[e[0] for e in EXPECTED])
-def test_stream_semantics(name: str, fixture: str, finish: str | None, usage: dict[str, Any] | None,
+@pytest.mark.parametrize("name,stem,finish,usage,calls,error", EXPECTED, ids=[e[0] for e in EXPECTED])
+def test_stream_semantics(name: str, stem: str, finish: str | None, usage: dict[str, Any] | None,
                           calls: list[tuple[int, str]], error: ErrorKind | None) -> None:
-    data = (FIX / f"{fixture}.sse").read_bytes()
+    data = fixture(f"responses/{stem}.sse")
     got = replay(data, [data])
     chunks = got["chunks"]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
@@ -204,7 +169,7 @@ def test_fixtures_are_accepted_by_openai_python(name: str) -> None:
     state = ResponseStreamState(text_format=omit, input_tools=omit)
     dec = SSEDecoder()
     seqs = []
-    for sse in dec.feed((FIX / f"{name}.sse").read_bytes()):
+    for sse in dec.feed(fixture(f"responses/{name}.sse")):
         obj = json.loads(sse.data)
         assert sse.event == obj["type"]
         seqs.append(obj["sequence_number"])

@@ -2,14 +2,13 @@
 bytes to client bytes without being parsed.  Taking the lane must never change the
 stream a client gets: every case here runs through the pipeline's own
 ``translate_read`` twice, with the lane and without, read by read at many split
-points, and the two must give the same chunks and end the same way.  Each case also
+points (tests/replay.py, plus one read per event), and the two must give the same
+chunks and end the same way.  Each case also
 says whether the lane must have been taken, so a lane that silently stops matching
 fails here rather than only in the benchmark.
 """
 from __future__ import annotations
 
-import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ProxyError
 from tornado_proxy.pipeline.handler import translate_read
 from tornado_proxy.pipeline.sse import SSEDecoder
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"
+from tests.replay import MODES, cuts, fixture, splits
 CTX = StreamContext(id="chatcmpl-lane123", created=1700000000, model='claude "test"', include_usage=True)
 
 
@@ -91,22 +89,10 @@ LANE_RECORDED = {"text", "tools", "redacted_thinking", "error_midstream", "cut"}
 def stream_of(name: str) -> tuple[bytes, bool | None]:
     if name in SYNTHETIC:
         return SYNTHETIC[name]
-    return (FIXTURES / f"{name}.sse").read_bytes(), name in LANE_RECORDED
+    return fixture(f"anthropic/{name}.sse"), name in LANE_RECORDED
 
 
-def splits(data: bytes, mode: str) -> list[bytes]:
-    if mode == "whole":
-        return [data]
-    if mode == "bytes":
-        return [data[i:i + 1] for i in range(len(data))]
-    if mode == "events":
-        return [p + b"\n\n" for p in data.split(b"\n\n") if p]
-    rng = random.Random(mode)
-    cuts = sorted(rng.sample(range(1, len(data)), min(12, len(data) - 1)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
-
-
-def run(data: bytes, mode: str, fused: bool) -> tuple[list[Any], str | None, int]:
+def run(reads: list[bytes], fused: bool) -> tuple[list[Any], str | None, int]:
     """What a client gets: the data of each frame decoded, how the stream ended, and
     how many times the lane answered."""
     dec = SSEDecoder()
@@ -123,7 +109,7 @@ def run(data: bytes, mode: str, fused: bool) -> tuple[list[Any], str | None, int
     usage: list[Any] = []
     end = None
     try:
-        for piece in splits(data, mode):
+        for piece in reads:
             translate_read(dec, tr, enc, piece, out, usage.append)
         for ev in dec.finish():
             out.extend(enc.feed(c) for c in tr.feed(ev))
@@ -137,28 +123,26 @@ def run(data: bytes, mode: str, fused: bool) -> tuple[list[Any], str | None, int
         end, lane_items
 
 
-MODES = ["whole", "events", "bytes", "seed-1", "seed-2", "seed-3"]
-
-
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, "events"])
 @pytest.mark.parametrize("name", [*RECORDED, *SYNTHETIC])
 def test_lane_gives_the_same_stream(name: str, mode: str) -> None:
     data, must_take = stream_of(name)
-    plain, plain_end, none = run(data, mode, fused=False)
-    fused, fused_end, taken = run(data, mode, fused=True)
-    assert none == 0
-    assert fused == plain
-    assert fused_end == plain_end
-    if must_take and mode != "bytes":
-        assert taken > 0, "the lane was never taken"
-    if must_take is False:
-        assert taken == 0
+    for reads in splits(data, mode):
+        plain, plain_end, none = run(reads, fused=False)
+        fused, fused_end, taken = run(reads, fused=True)
+        assert none == 0
+        assert fused == plain, cuts(reads)
+        assert fused_end == plain_end, cuts(reads)
+        if must_take and mode != "bytes":
+            assert taken > 0, f"the lane was never taken ({cuts(reads)})"
+        if must_take is False:
+            assert taken == 0, cuts(reads)
 
 
 def test_lane_output_is_byte_identical_for_plain_text() -> None:
     data = start(open_text(0), *(delta(0, b"word%d " % i) for i in range(20)), stop(0)) + END
-    plain, _, _ = run(data, "whole", fused=False)
-    fused_frames, _, taken = run(data, "whole", fused=True)
+    plain, _, _ = run([data], fused=False)
+    fused_frames, _, taken = run([data], fused=True)
     assert taken == 20
     assert fused_frames == plain
     enc = OpenAIEncoder(False, CTX)
