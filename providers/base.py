@@ -414,3 +414,10 @@ def fold_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if usage is not None:
         out["usage"] = usage
     return out
+
+
+def system_turn_text(text: str) -> str:
+    """A mid-conversation system turn for an upstream with one system prompt only
+    (Gemini, Bedrock): kept at its place as user text, marked the way Claude Code
+    itself marks system text inside a user turn for models without such turns."""
+    return f"<system-reminder>\n{text}\n</system-reminder>"

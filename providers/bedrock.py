@@ -32,7 +32,8 @@ from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
 from .base import (Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, bad_request,
-                   error_message_from_body, iter_text_parts, parse_retry_after, stream_cut, unsupported)
+                   error_message_from_body, iter_text_parts, parse_retry_after, stream_cut, system_turn_text,
+                   unsupported)
 
 if TYPE_CHECKING:
     from botocore.eventstream import EventStreamMessage
@@ -411,8 +412,8 @@ def _tool_use_blocks(calls: Any, param: str) -> list[dict[str, Any]]:
 def convert_messages(messages: Any, system_prompt: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Pivot messages -> (Converse ``system`` blocks, Converse ``messages``).
 
-    System and developer messages, wherever they are, become ``system`` (after the
-    model's ``system_prompt``).  Tool results become ``toolResult`` blocks of a user
+    Leading system and developer messages become ``system`` (after the model's
+    ``system_prompt``); later ones stay in place as a marked user block.  Tool results become ``toolResult`` blocks of a user
     message.  Consecutive messages of one role are merged: Converse wants user and
     assistant turns to alternate.
     """
@@ -435,8 +436,12 @@ def convert_messages(messages: Any, system_prompt: str | None) -> tuple[list[dic
         # ``name`` (a participant name) has no Converse field: a documented drop.
         if role in ("system", "developer"):
             text = _text_only(m.get("content"), p + ".content")
-            if text:
+            if text and not out:
                 system.append({"text": text})
+            elif text:
+                # Mid-conversation: Converse has one system, so the turn stays where it
+                # was, as a marked user block (docs/field-policy.md).
+                add("user", [{"text": system_turn_text(text)}])
         elif role == "user":
             blocks = _user_blocks(m.get("content"), p + ".content")
             if not blocks:

@@ -68,6 +68,7 @@ from .base import (
     error_message_from_body,
     parse_retry_after,
     stream_cut,
+    system_turn_text,
     unsupported,
 )
 
@@ -414,8 +415,8 @@ def _tool_response(content: Any, param: str) -> dict[str, Any]:
 def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Pivot messages -> (systemInstruction parts, contents).
 
-    System and developer messages (wherever they are) join the one
-    ``systemInstruction``.  Consecutive turns of one role are merged, since
+    Leading system and developer messages join the one ``systemInstruction``;
+    later ones stay in place as a marked user part (``system_turn_text``).  Consecutive turns of one role are merged, since
     Gemini expects user and model turns to alternate; consecutive tool
     messages become one user turn of ``functionResponse`` parts in the order of
     the calls they answer.
@@ -447,7 +448,13 @@ def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict
         if role != "tool":
             flush_tools()
         if role in ("system", "developer"):
-            system.extend({"text": t} for t in [_text_of(msg.get("content"), f"{p}.content")] if t)
+            text = _text_of(msg.get("content"), f"{p}.content")
+            if not contents:
+                system.extend({"text": t} for t in [text] if t)
+            elif text:
+                # Mid-conversation: Gemini has one systemInstruction, so the turn stays
+                # where it was, as a marked user part (docs/field-policy.md).
+                push("user", [{"text": system_turn_text(text)}])
         elif role == "user":
             parts = content_parts(msg.get("content"), f"{p}.content")
             if not parts:
