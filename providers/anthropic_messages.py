@@ -90,7 +90,7 @@ NEUTRAL_VALUES: dict[str, Any] = {"n": 1, "presence_penalty": 0, "frequency_pena
 # Dropped: they steer OpenAI-side features that have no Anthropic counterpart and
 # no effect on the answer (documented in README.md).
 DROPPED_FIELDS = ("store", "metadata", "prompt_cache_key", "prompt_cache_retention",
-                  "prompt_cache_options", "service_tier", "stream_options")
+                  "prompt_cache_options", "service_tier", "stream_options", "verbosity")
 HANDLED_FIELDS = ("model", "messages", "stream", "max_tokens", "max_completion_tokens", "stop",
                   "tools", "tool_choice", "parallel_tool_calls", "response_format",
                   "reasoning_effort", "reasoning_level", "user", "safety_identifier")
@@ -422,7 +422,10 @@ def convert_tools(req: JSON) -> tuple[list[JSON] | None, JSON | None, bool]:
 
 def _check_unsupported(req: JSON) -> None:
     for key, value in req.items():
-        if value is None or key in HANDLED_FIELDS or key in SIMPLE_FIELDS or key in DROPPED_FIELDS:
+        if value is None or key in HANDLED_FIELDS or key in SIMPLE_FIELDS:
+            continue
+        if key in DROPPED_FIELDS:
+            fieldpolicy.drop_pivot(key)
             continue
         if key.startswith("_"):
             continue  # gateway-internal annotations

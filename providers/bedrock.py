@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from typing import TYPE_CHECKING
 
-from tornado_proxy import jsonutil
+from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
@@ -112,7 +112,8 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 # Dropped (README.md): OpenAI-side storage and prompt-cache routing hints; the
 # answer does not depend on them.  The same list as the other upstreams.
-_DROPPED = frozenset({"store", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"})
+_DROPPED = frozenset({"store", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+                      "verbosity"})
 
 
 # ---------------------------------------------------------------------------
@@ -561,7 +562,10 @@ def _reject_unsupported(req: dict[str, Any]) -> None:
            "logit_bias": "Bedrock Converse has no logit bias", "modalities": "Bedrock Converse answers in text only"}
     for key in sorted(req):
         value = req[key]
-        if value is None or key in _HANDLED or key in _DROPPED:
+        if value is None or key in _HANDLED:
+            continue
+        if key in _DROPPED:
+            fieldpolicy.drop_pivot(key)
             continue
         if key in _NEUTRAL:
             if value not in _NEUTRAL[key]:

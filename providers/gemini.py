@@ -52,7 +52,7 @@ import urllib.parse
 from datetime import datetime, timedelta
 from typing import Any
 
-from tornado_proxy import jsonutil
+from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
 from .base import (
@@ -97,7 +97,7 @@ _MAPPED_KEYS = frozenset({
 # the answer does not depend on it.  stream_options is the core's business.
 _DROPPED_KEYS = frozenset({
     "stream_options", "user", "metadata", "store", "service_tier", "safety_identifier",
-    "prompt_cache_key", "parallel_tool_calls",
+    "prompt_cache_key", "parallel_tool_calls", "verbosity",
 })
 
 _FINISH_REASONS = {
@@ -690,7 +690,10 @@ def build_generate_body(req: dict[str, Any], model: dict[str, Any], opts: dict[s
     if not isinstance(req, dict):
         raise bad_request("request body must be a JSON object")
     for key in req:
-        if key not in _MAPPED_KEYS and key not in _DROPPED_KEYS:
+        if key in _DROPPED_KEYS:
+            if req[key] is not None and key != "stream_options":
+                fieldpolicy.drop_pivot(key)
+        elif key not in _MAPPED_KEYS:
             raise unsupported(key, "Gemini has no equivalent")
     fill = opts.get("thought_signature_fallback", "auto")
     if fill == "auto":

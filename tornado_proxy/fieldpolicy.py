@@ -27,6 +27,7 @@ This module imports nothing from tornado (``providers/`` may import it).
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from typing import Callable
 
 log = logging.getLogger("tornado_proxy.fields")
@@ -83,7 +84,12 @@ RESPONSES: dict[str, str] = {
     "max_output_tokens": TRANSLATED,
     "temperature": TRANSLATED,
     "top_p": TRANSLATED,
-    "tools": TRANSLATED,              # function; namespace flattened; see docs for the rest
+    "tools": TRANSLATED,              # function; namespace flattened; custom as a string function
+    # Codex's client-run tool search over its deferred tools: every tool goes upstream anyway.
+    "tools.tool_search": DROPPABLE,
+    # Hosted web search an upstream cannot run, when tool_choice does not force it:
+    # dropped, not refused (docs/field-policy.md says why this one is a judgment call).
+    "tools.web_search": DROPPABLE,
     "tool_choice": TRANSLATED,
     "parallel_tool_calls": TRANSLATED,
     "text": TRANSLATED,               # text.format -> structured output
@@ -183,6 +189,13 @@ def droppable(route: str) -> list[str]:
 
 
 _sink: Callable[[str, str], None] | None = None
+# The client route of the request being served (set by the request handler): an
+# upstream translator that drops a pivot field counts it under that route.
+_route: ContextVar[str] = ContextVar("tornado_proxy_route", default="")
+# Pivot (Chat Completions) names that a client route calls otherwise.
+_CLIENT_NAMES: dict[str, dict[str, str]] = {
+    "responses": {"verbosity": "text.verbosity"},
+}
 
 
 def set_sink(sink: Callable[[str, str], None] | None) -> None:
@@ -200,3 +213,20 @@ def drop(route: str, field: str) -> None:
     sink = _sink
     if sink is not None:
         sink(route, field)
+
+
+def set_route(route: str) -> None:
+    """The client route of the request this task serves."""
+    _route.set(route)
+
+
+def drop_pivot(field: str) -> None:
+    """An upstream translator dropped the pivot field ``field``: counted under the
+    client's own name for it, when the client route's table says it is droppable."""
+    route = _route.get()
+    name = _CLIENT_NAMES.get(route, {}).get(field, field)
+    table = TABLES.get(route)
+    if table is not None and table.get(name) == DROPPABLE:
+        drop(route, name)
+    else:
+        log.debug("dropped field %s: the upstream does not take it and it cannot change the answer", field)
