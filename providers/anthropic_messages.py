@@ -23,9 +23,9 @@ from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, anthropic_body, from_status
 
-from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
-                   StreamTranslator, TextLane, UpstreamRequest, bad_request, error_message_from_body,
-                   parse_retry_after, stream_cut, text_chunk, unsupported)
+from .base import (JSON_MODE_INSTRUCTION, Account, ClientFormat, Phase, Provider, StreamContext,
+                   StreamEncoder, StreamTranslator, TextLane, UpstreamRequest, bad_request,
+                   error_message_from_body, parse_retry_after, stream_cut, text_chunk, unsupported)
 
 JSON = dict[str, Any]
 
@@ -511,7 +511,8 @@ def pivot_to_messages(req: JSON, model: JSON, stream: bool) -> tuple[JSON, list[
             else:
                 output_config["format"] = fmt
         elif rtype == "json_object":
-            raise unsupported("response_format", "Anthropic has no JSON mode without a schema; use json_schema")
+            # Anthropic has no JSON mode without a schema: emulated by instruction.
+            body["system"] = [*(body.get("system") or []), {"type": "text", "text": JSON_MODE_INSTRUCTION}]
         elif rtype != "text":
             raise bad_request(f"unknown response_format type '{rtype}'", "response_format.type")
     if strict and opts.get("structured_outputs") == "beta":

@@ -31,9 +31,9 @@ from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
-from .base import (Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, bad_request,
-                   error_message_from_body, iter_text_parts, parse_retry_after, stream_cut, system_turn_text,
-                   unsupported)
+from .base import (JSON_MODE_INSTRUCTION, Account, Provider, StreamContext, StreamTranslator, UpstreamRequest,
+                   bad_request, error_message_from_body, iter_text_parts, parse_retry_after, stream_cut,
+                   system_turn_text, unsupported)
 
 if TYPE_CHECKING:
     from botocore.eventstream import EventStreamMessage
@@ -572,8 +572,21 @@ def _reject_unsupported(req: dict[str, Any]) -> None:
                 raise unsupported(key, why[key])
             continue
         raise unsupported(key, "Bedrock Converse has no equivalent")
-    if req.get("parallel_tool_calls") is False:
-        raise unsupported("parallel_tool_calls", "Bedrock Converse cannot turn parallel tool calls off")
+    if req.get("parallel_tool_calls") is False and not _one_forced_tool(req):
+        # Named as the client named it (tool_choice.disable_parallel_tool_use on /v1/messages).
+        raise unsupported(fieldpolicy.client_name("parallel_tool_calls"),
+                          "Bedrock Converse cannot turn parallel tool calls off")
+
+
+def _one_forced_tool(req: dict[str, Any]) -> bool:
+    """The answer must be a call of one given tool (a structured-output idiom: Vercel
+    AI SDK's anthropic provider): with parallel calls off or on, the client reads that
+    one call, so Converse, which cannot turn them off, gets the request as it is."""
+    tools = req.get("tools") or []
+    choice = req.get("tool_choice")
+    if isinstance(choice, dict):
+        return True
+    return choice == "required" and isinstance(tools, list) and len(tools) == 1
 
 
 def converse_request(req: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
@@ -645,8 +658,12 @@ def converse_request(req: dict[str, Any], model: dict[str, Any]) -> dict[str, An
                 definition["description"] = js["description"]
             body["outputConfig"] = {"textFormat": {"type": "json_schema",
                                                    "structure": {"jsonSchema": definition}}}
+        elif ftype == "json_object":
+            # Converse has no JSON mode without a schema: emulated by instruction.
+            body["system"] = [*(body.get("system") or []), {"text": JSON_MODE_INSTRUCTION}]
         elif ftype != "text":
-            raise unsupported("response_format", f"type '{ftype}' (Bedrock takes 'text' or 'json_schema')")
+            raise unsupported("response_format", f"type '{ftype}' (Bedrock takes 'text', 'json_object' or "
+                              "'json_schema')")
 
     tier = req.get("service_tier")
     if tier is not None and tier != "auto":

@@ -194,7 +194,10 @@ _sink: Callable[[str, str], None] | None = None
 _route: ContextVar[str] = ContextVar("tornado_proxy_route", default="")
 # Pivot (Chat Completions) names that a client route calls otherwise.
 _CLIENT_NAMES: dict[str, dict[str, str]] = {
-    "responses": {"verbosity": "text.verbosity"},
+    "responses": {"verbosity": "text.verbosity", "max_tokens": "max_output_tokens",
+                  "reasoning_effort": "reasoning.effort", "response_format": "text.format"},
+    "messages": {"parallel_tool_calls": "tool_choice.disable_parallel_tool_use", "stop": "stop_sequences",
+                 "reasoning_effort": "output_config.effort", "response_format": "output_config.format"},
 }
 
 
@@ -230,3 +233,10 @@ def drop_pivot(field: str) -> None:
         drop(route, name)
     else:
         log.debug("dropped field %s: the upstream does not take it and it cannot change the answer", field)
+
+
+def client_name(field: str) -> str:
+    """What the client of the request being served calls the pivot field ``field``:
+    an error must name a field the client sent."""
+    route = _route.get()
+    return _CLIENT_NAMES.get(route, {}).get(field, field)

@@ -181,8 +181,6 @@ REJECTS: list[tuple[str, dict[str, Any], dict[str, Any], ErrorKind, str]] = [
      ErrorKind.UNSUPPORTED, "modalities"),
     ("top_logprobs", {"model": "m", "messages": [USER], "top_logprobs": 2}, NOVA, ErrorKind.UNSUPPORTED,
      "top_logprobs"),
-    ("json_object", {"model": "m", "messages": [USER], "response_format": {"type": "json_object"}}, NOVA,
-     ErrorKind.UNSUPPORTED, "response_format"),
     ("service tier scale", {"model": "m", "messages": [USER], "service_tier": "scale"}, NOVA, ErrorKind.UNSUPPORTED,
      "service_tier"),
     ("image by URL", {"model": "m", "messages": [{"role": "user", "content": [

@@ -164,3 +164,49 @@ def test_namespace_and_custom_tools_become_functions() -> None:
     calls = [tc["function"] for m in pivot["messages"] for tc in m.get("tool_calls") or []]
     assert calls == [{"name": "spawn_agent", "arguments": "{}"},
                      {"name": "apply_patch", "arguments": '{"input":"*** Begin Patch"}'}]
+
+
+# -- emulated: JSON mode where the upstream has none ---------------------------------
+
+def test_json_mode_is_emulated_for_anthropic_and_bedrock() -> None:
+    from providers.anthropic_messages import pivot_to_messages
+    from providers.base import JSON_MODE_INSTRUCTION
+    from providers.bedrock import converse_request
+
+    req = {"model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+           "response_format": {"type": "json_object"}}
+    body, _ = pivot_to_messages(req, {"id": "m", "upstream_model": "claude-x"}, False)
+    assert body["system"] == [{"type": "text", "text": "Be brief."}, {"type": "text", "text": JSON_MODE_INSTRUCTION}]
+    conv = converse_request(req, {"id": "m", "upstream_model": "anthropic.claude-x"})
+    assert conv["system"] == [{"text": "Be brief."}, {"text": JSON_MODE_INSTRUCTION}]
+
+
+# -- Vercel AI SDK's structured output to Bedrock --------------------------------------
+
+ONE_TOOL = [{"type": "function", "function": {"name": "json", "parameters": {"type": "object"}}}]
+
+
+def test_one_forced_tool_without_parallel_calls_goes_to_bedrock() -> None:
+    from providers.bedrock import converse_request
+
+    # what /v1/messages makes of tool_choice {type: any, disable_parallel_tool_use: true} on one tool
+    pivot = MESSAGES.parse_request(mreq(tools=[{"name": "json", "input_schema": {"type": "object"}}],
+                                        tool_choice={"type": "any", "disable_parallel_tool_use": True}))
+    assert pivot["tool_choice"] == "required" and pivot["parallel_tool_calls"] is False
+    conv = converse_request(pivot, {"id": "m", "upstream_model": "anthropic.claude-x"})
+    assert conv["toolConfig"]["toolChoice"] == {"any": {}}
+
+
+def test_parallel_calls_off_is_refused_in_the_clients_own_words() -> None:
+    from providers.bedrock import converse_request
+
+    two = ONE_TOOL + [{"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}]
+    req = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": two,
+           "tool_choice": "required", "parallel_tool_calls": False}
+    fieldpolicy.set_route("messages")
+    try:
+        with pytest.raises(ProxyError) as info:
+            converse_request(req, {"id": "m", "upstream_model": "anthropic.claude-x"})
+    finally:
+        fieldpolicy.set_route("")
+    assert info.value.param == "tool_choice.disable_parallel_tool_use"
