@@ -19,13 +19,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from tornado_proxy import jsonutil
+from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, anthropic_body, from_status
 
-from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
-                   StreamTranslator, TextLane, UpstreamRequest, bad_request, error_message_from_body,
-                   parse_retry_after, stream_cut, text_chunk, unsupported)
+from .base import (JSON_MODE_INSTRUCTION, Account, ClientFormat, Phase, Provider, StreamContext,
+                   StreamEncoder, StreamTranslator, TextLane, UpstreamRequest, bad_request,
+                   error_message_from_body, parse_retry_after, stream_cut, text_chunk, unsupported)
 
 JSON = dict[str, Any]
 
@@ -90,7 +90,7 @@ NEUTRAL_VALUES: dict[str, Any] = {"n": 1, "presence_penalty": 0, "frequency_pena
 # Dropped: they steer OpenAI-side features that have no Anthropic counterpart and
 # no effect on the answer (documented in README.md).
 DROPPED_FIELDS = ("store", "metadata", "prompt_cache_key", "prompt_cache_retention",
-                  "prompt_cache_options", "service_tier", "stream_options")
+                  "prompt_cache_options", "service_tier", "stream_options", "verbosity")
 HANDLED_FIELDS = ("model", "messages", "stream", "max_tokens", "max_completion_tokens", "stop",
                   "tools", "tool_choice", "parallel_tool_calls", "response_format",
                   "reasoning_effort", "reasoning_level", "user", "safety_identifier")
@@ -422,7 +422,10 @@ def convert_tools(req: JSON) -> tuple[list[JSON] | None, JSON | None, bool]:
 
 def _check_unsupported(req: JSON) -> None:
     for key, value in req.items():
-        if value is None or key in HANDLED_FIELDS or key in SIMPLE_FIELDS or key in DROPPED_FIELDS:
+        if value is None or key in HANDLED_FIELDS or key in SIMPLE_FIELDS:
+            continue
+        if key in DROPPED_FIELDS:
+            fieldpolicy.drop_pivot(key)
             continue
         if key.startswith("_"):
             continue  # gateway-internal annotations
@@ -508,7 +511,8 @@ def pivot_to_messages(req: JSON, model: JSON, stream: bool) -> tuple[JSON, list[
             else:
                 output_config["format"] = fmt
         elif rtype == "json_object":
-            raise unsupported("response_format", "Anthropic has no JSON mode without a schema; use json_schema")
+            # Anthropic has no JSON mode without a schema: emulated by instruction.
+            body["system"] = [*(body.get("system") or []), {"type": "text", "text": JSON_MODE_INSTRUCTION}]
         elif rtype != "text":
             raise bad_request(f"unknown response_format type '{rtype}'", "response_format.type")
     if strict and opts.get("structured_outputs") == "beta":
@@ -1024,10 +1028,8 @@ def _effort_for_budget(budget: int) -> str:
 # Anthropic output_config.effort -> pivot reasoning_effort (Chat Completions' scale).
 ADAPTIVE_TO_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 MESSAGES_SIMPLE = {"temperature": "temperature", "top_p": "top_p", "stop_sequences": "stop"}
-# Accepted and dropped on the way to a non-Anthropic upstream (documented).
-MESSAGES_DROPPED = ("metadata", "service_tier", "cache_control", "container", "inference_geo", "speed")
-MESSAGES_HANDLED = ("model", "messages", "max_tokens", "system", "stream", "tools", "tool_choice",
-                    "thinking", "output_config", "output_format")
+# The route whose field table (tornado_proxy.fieldpolicy) this client format follows.
+ROUTE = "messages"
 
 
 def _data_uri(media: str, data: str) -> str:
@@ -1084,14 +1086,41 @@ def _collapse(parts: list[JSON]) -> str | list[JSON]:
     return parts
 
 
-def messages_to_pivot(body: JSON) -> JSON:
-    """A Messages request (for a non-Anthropic upstream) -> the pivot request."""
+# The context edits that change nothing: clearing thinking but keeping all of it.
+def _context_edits_noop(cm: Any) -> bool:
+    if not isinstance(cm, dict) or set(cm) - {"edits"}:
+        return False
+    edits = cm.get("edits") or []
+    return isinstance(edits, list) and all(
+        isinstance(e, dict) and e.get("type") == "clear_thinking_20251015" and e.get("keep") == "all"
+        and set(e) <= {"type", "keep"} for e in edits)
+
+
+def _check_fields(body: JSON) -> None:
+    """Every top-level field by the field policy (``tornado_proxy.fieldpolicy.MESSAGES``)."""
     for key, value in body.items():
-        if key in MESSAGES_HANDLED or key in MESSAGES_SIMPLE or key in MESSAGES_DROPPED or value is None:
+        if value is None:
+            continue
+        decision = fieldpolicy.MESSAGES.get(key)
+        if decision == fieldpolicy.TRANSLATED:
+            continue
+        if decision == fieldpolicy.DROPPABLE:
+            if key == "context_management" and not _context_edits_noop(value):
+                raise unsupported(key, "only Anthropic upstreams clear context; of its edits only "
+                                  "clear_thinking_20251015 with keep 'all' (a no-op) can be dropped")
+            fieldpolicy.drop(ROUTE, key)
             continue
         if key == "top_k":
             raise unsupported("top_k", "Chat Completions upstreams have no top_k")
         raise unsupported(key, "only Anthropic upstreams take it")
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("display") is not None:
+        fieldpolicy.drop(ROUTE, "thinking.display")
+
+
+def messages_to_pivot(body: JSON) -> JSON:
+    """A Messages request (for a non-Anthropic upstream) -> the pivot request."""
+    _check_fields(body)
     pivot: JSON = {"model": body.get("model")}
     messages: list[JSON] = []
     system = body.get("system")
@@ -1108,8 +1137,23 @@ def messages_to_pivot(body: JSON) -> JSON:
             raise bad_request("a message must be an object", path)
         role = m.get("role")
         content = m.get("content")
-        if role not in ("user", "assistant"):
-            raise bad_request(f"role must be 'user' or 'assistant', not '{role}'", path + ".role")
+        if role not in ("user", "assistant", "system"):
+            # Anthropic's own words for this fault: clients' fallbacks match on them.
+            raise bad_request(f"{_dotted(path)}.role: Input should be 'user', 'assistant' or 'system'",
+                              path + ".role")
+        if role == "system":
+            if i == 0:
+                raise bad_request("messages.0: use the top-level 'system' parameter for the initial system "
+                                  "prompt; role 'system' must follow a user or assistant turn", path + ".role")
+            # A mid-conversation system turn (Claude Code): a system message at this
+            # position of the pivot; each upstream puts it where it can (docs/field-policy.md).
+            if isinstance(content, list):
+                content = _collapse(_user_parts(content, path + ".content", ("text",)))
+            if not isinstance(content, str):
+                raise bad_request(f"{_dotted(path)}.content: text-only role 'system' messages require "
+                                  "a string or text blocks", path + ".content")
+            messages.append({"role": "system", "content": content})
+            continue
         if isinstance(content, str):
             messages.append({"role": role, "content": content})
             continue
@@ -1169,6 +1213,11 @@ def messages_to_pivot(body: JSON) -> JSON:
     return pivot
 
 
+def _dotted(path: str) -> str:
+    """``messages[1]`` -> ``messages.1``: how Anthropic's API names a place in the body."""
+    return path.replace("[", ".").replace("]", "")
+
+
 def _client_effort(body: JSON) -> str | None:
     thinking = body.get("thinking")
     raw = body.get("output_config")
@@ -1187,6 +1236,8 @@ def _client_effort(body: JSON) -> str | None:
             return None
         if ttype not in ("adaptive", "between_tools"):
             raise bad_request(f"unknown thinking type '{ttype}'", "thinking.type")
+        # Adaptive thinking is on; with no effort Anthropic thinks at "high", its default.
+        return ADAPTIVE_TO_EFFORT[effort or "high"]
     return ADAPTIVE_TO_EFFORT[effort] if effort else None
 
 

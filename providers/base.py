@@ -414,3 +414,18 @@ def fold_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if usage is not None:
         out["usage"] = usage
     return out
+
+
+def system_turn_text(text: str) -> str:
+    """A mid-conversation system turn for an upstream with one system prompt only
+    (Gemini, Bedrock): kept at its place as user text, marked the way Claude Code
+    itself marks system text inside a user turn for models without such turns."""
+    return f"<system-reminder>\n{text}\n</system-reminder>"
+
+
+# JSON mode (response_format json_object) for upstreams without one (Anthropic,
+# Bedrock): said as an instruction after the client's system prompt.  OpenAI's JSON
+# mode needs the word "JSON" in the conversation for the same reason: the model is
+# told, and the answer is what it writes (docs/field-policy.md).
+JSON_MODE_INSTRUCTION = ("Respond with a single valid JSON object and nothing else: no prose before or "
+                         "after it, no Markdown code fences.")

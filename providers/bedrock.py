@@ -27,12 +27,13 @@ from urllib.parse import quote
 
 from typing import TYPE_CHECKING
 
-from tornado_proxy import jsonutil
+from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
-from .base import (Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, bad_request,
-                   error_message_from_body, iter_text_parts, parse_retry_after, stream_cut, unsupported)
+from .base import (JSON_MODE_INSTRUCTION, Account, Provider, StreamContext, StreamTranslator, UpstreamRequest,
+                   bad_request, error_message_from_body, iter_text_parts, parse_retry_after, stream_cut,
+                   system_turn_text, unsupported)
 
 if TYPE_CHECKING:
     from botocore.eventstream import EventStreamMessage
@@ -111,7 +112,8 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 # Dropped (README.md): OpenAI-side storage and prompt-cache routing hints; the
 # answer does not depend on them.  The same list as the other upstreams.
-_DROPPED = frozenset({"store", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"})
+_DROPPED = frozenset({"store", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+                      "verbosity"})
 
 
 # ---------------------------------------------------------------------------
@@ -411,8 +413,8 @@ def _tool_use_blocks(calls: Any, param: str) -> list[dict[str, Any]]:
 def convert_messages(messages: Any, system_prompt: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Pivot messages -> (Converse ``system`` blocks, Converse ``messages``).
 
-    System and developer messages, wherever they are, become ``system`` (after the
-    model's ``system_prompt``).  Tool results become ``toolResult`` blocks of a user
+    Leading system and developer messages become ``system`` (after the model's
+    ``system_prompt``); later ones stay in place as a marked user block.  Tool results become ``toolResult`` blocks of a user
     message.  Consecutive messages of one role are merged: Converse wants user and
     assistant turns to alternate.
     """
@@ -435,8 +437,12 @@ def convert_messages(messages: Any, system_prompt: str | None) -> tuple[list[dic
         # ``name`` (a participant name) has no Converse field: a documented drop.
         if role in ("system", "developer"):
             text = _text_only(m.get("content"), p + ".content")
-            if text:
+            if text and not out:
                 system.append({"text": text})
+            elif text:
+                # Mid-conversation: Converse has one system, so the turn stays where it
+                # was, as a marked user block (docs/field-policy.md).
+                add("user", [{"text": system_turn_text(text)}])
         elif role == "user":
             blocks = _user_blocks(m.get("content"), p + ".content")
             if not blocks:
@@ -556,15 +562,31 @@ def _reject_unsupported(req: dict[str, Any]) -> None:
            "logit_bias": "Bedrock Converse has no logit bias", "modalities": "Bedrock Converse answers in text only"}
     for key in sorted(req):
         value = req[key]
-        if value is None or key in _HANDLED or key in _DROPPED:
+        if value is None or key in _HANDLED:
+            continue
+        if key in _DROPPED:
+            fieldpolicy.drop_pivot(key)
             continue
         if key in _NEUTRAL:
             if value not in _NEUTRAL[key]:
                 raise unsupported(key, why[key])
             continue
         raise unsupported(key, "Bedrock Converse has no equivalent")
-    if req.get("parallel_tool_calls") is False:
-        raise unsupported("parallel_tool_calls", "Bedrock Converse cannot turn parallel tool calls off")
+    if req.get("parallel_tool_calls") is False and not _one_forced_tool(req):
+        # Named as the client named it (tool_choice.disable_parallel_tool_use on /v1/messages).
+        raise unsupported(fieldpolicy.client_name("parallel_tool_calls"),
+                          "Bedrock Converse cannot turn parallel tool calls off")
+
+
+def _one_forced_tool(req: dict[str, Any]) -> bool:
+    """The answer must be a call of one given tool (a structured-output idiom: Vercel
+    AI SDK's anthropic provider): with parallel calls off or on, the client reads that
+    one call, so Converse, which cannot turn them off, gets the request as it is."""
+    tools = req.get("tools") or []
+    choice = req.get("tool_choice")
+    if isinstance(choice, dict):
+        return True
+    return choice == "required" and isinstance(tools, list) and len(tools) == 1
 
 
 def converse_request(req: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
@@ -636,8 +658,12 @@ def converse_request(req: dict[str, Any], model: dict[str, Any]) -> dict[str, An
                 definition["description"] = js["description"]
             body["outputConfig"] = {"textFormat": {"type": "json_schema",
                                                    "structure": {"jsonSchema": definition}}}
+        elif ftype == "json_object":
+            # Converse has no JSON mode without a schema: emulated by instruction.
+            body["system"] = [*(body.get("system") or []), {"text": JSON_MODE_INSTRUCTION}]
         elif ftype != "text":
-            raise unsupported("response_format", f"type '{ftype}' (Bedrock takes 'text' or 'json_schema')")
+            raise unsupported("response_format", f"type '{ftype}' (Bedrock takes 'text', 'json_object' or "
+                              "'json_schema')")
 
     tier = req.get("service_tier")
     if tier is not None and tier != "auto":

@@ -49,7 +49,7 @@ import urllib.parse
 from datetime import datetime, timedelta
 from typing import Any
 
-from tornado_proxy import jsonutil
+from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
 from .base import (
@@ -65,6 +65,7 @@ from .base import (
     error_message_from_body,
     parse_retry_after,
     stream_cut,
+    system_turn_text,
     unsupported,
 )
 
@@ -93,7 +94,7 @@ _MAPPED_KEYS = frozenset({
 # the answer does not depend on it.  stream_options is the core's business.
 _DROPPED_KEYS = frozenset({
     "stream_options", "user", "metadata", "store", "service_tier", "safety_identifier",
-    "prompt_cache_key", "parallel_tool_calls",
+    "prompt_cache_key", "parallel_tool_calls", "verbosity",
 })
 
 _FINISH_REASONS = {
@@ -411,8 +412,8 @@ def _tool_response(content: Any, param: str) -> dict[str, Any]:
 def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Pivot messages -> (systemInstruction parts, contents).
 
-    System and developer messages (wherever they are) join the one
-    ``systemInstruction``.  Consecutive turns of one role are merged, since
+    Leading system and developer messages join the one ``systemInstruction``;
+    later ones stay in place as a marked user part (``system_turn_text``).  Consecutive turns of one role are merged, since
     Gemini expects user and model turns to alternate; consecutive tool
     messages become one user turn of ``functionResponse`` parts in the order of
     the calls they answer.
@@ -444,7 +445,13 @@ def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict
         if role != "tool":
             flush_tools()
         if role in ("system", "developer"):
-            system.extend({"text": t} for t in [_text_of(msg.get("content"), f"{p}.content")] if t)
+            text = _text_of(msg.get("content"), f"{p}.content")
+            if not contents:
+                system.extend({"text": t} for t in [text] if t)
+            elif text:
+                # Mid-conversation: Gemini has one systemInstruction, so the turn stays
+                # where it was, as a marked user part (docs/field-policy.md).
+                push("user", [{"text": system_turn_text(text)}])
         elif role == "user":
             parts = content_parts(msg.get("content"), f"{p}.content")
             if not parts:
@@ -680,7 +687,10 @@ def build_generate_body(req: dict[str, Any], model: dict[str, Any], opts: dict[s
     if not isinstance(req, dict):
         raise bad_request("request body must be a JSON object")
     for key in req:
-        if key not in _MAPPED_KEYS and key not in _DROPPED_KEYS:
+        if key in _DROPPED_KEYS:
+            if req[key] is not None and key != "stream_options":
+                fieldpolicy.drop_pivot(key)
+        elif key not in _MAPPED_KEYS:
             raise unsupported(key, "Gemini has no equivalent")
     fill = opts.get("thought_signature_fallback", "auto")
     if fill == "auto":

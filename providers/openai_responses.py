@@ -41,7 +41,7 @@ from providers.base import (
     stream_cut,
     unsupported,
 )
-from tornado_proxy import jsonutil
+from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, openai_body
 
@@ -835,6 +835,11 @@ PIVOT_MAX_TOKENS = "max_tokens"
 _TO_PIVOT_SAME = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "safety_identifier",
                   "prompt_cache_key", "service_tier")
 
+# The route whose field table (tornado_proxy.fieldpolicy) this client format follows.
+ROUTE = "responses"
+# Droppable fields with no pivot counterpart: dropped here, on every translated route.
+_DROPPED_HERE = ("client_metadata", "prompt_cache_options", "prompt_cache_retention", "stream_options")
+
 # Known Responses parameters we cannot serve on a non-Responses upstream, with why.
 _CLIENT_UNSUPPORTED = {
     "background": "background responses need the upstream to keep running them",
@@ -842,8 +847,6 @@ _CLIENT_UNSUPPORTED = {
     "prompt": "stored prompts live on OpenAI's servers",
     "max_tool_calls": "hosted tools are not available on this model",
     "context_management": "server-side compaction is not available on this model",
-    "prompt_cache_options": "not available on this model",
-    "prompt_cache_retention": "not available on this model",
     "moderation": "not available on this model",
     "image": "not available on this model",
     "access_programs": "not available on this model",
@@ -930,8 +933,10 @@ def _blocks_of_reasoning(item: JSON, param: str) -> list[JSON]:
     return [thinking_block(item)]
 
 
-def input_to_messages(inp: Any) -> list[JSON]:
-    """Responses ``input`` -> pivot messages (without instructions)."""
+def input_to_messages(inp: Any, tools: Any = None) -> list[JSON]:
+    """Responses ``input`` -> pivot messages (without instructions).  ``tools``: the
+    request's, to find the flattened name of a namespaced call."""
+    flat_names = {(ns, name): flat for flat, (ns, name, _) in tool_names(tools).items() if ns}
     if isinstance(inp, str):
         return [{"role": "user", "content": inp}]
     if not isinstance(inp, list):
@@ -980,15 +985,23 @@ def input_to_messages(inp: Any) -> list[JSON]:
                 raise bad_request(f"{p}.role must be user, assistant, system or developer", f"{p}.role")
         elif kind == "reasoning":
             pending.extend(_blocks_of_reasoning(item, p))
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
             if not isinstance(item.get("call_id"), str) or not isinstance(item.get("name"), str):
                 raise bad_request(f"{p} needs 'call_id' and 'name'", p)
             msg = assistant()
-            args = item.get("arguments")
+            if kind == "custom_tool_call":
+                inp = item.get("input")
+                args = jsonutil.dumps({CUSTOM_INPUT: inp if isinstance(inp, str) else ""})
+            else:
+                args = item.get("arguments")
+            name = item["name"]
+            ns = item.get("namespace")
+            if isinstance(ns, str) and ns:
+                name = flat_names.get((ns, name), name)
             msg.setdefault("tool_calls", []).append({
                 "id": item["call_id"], "type": "function",
-                "function": {"name": item["name"], "arguments": args if isinstance(args, str) else ""}})
-        elif kind == "function_call_output":
+                "function": {"name": name, "arguments": args if isinstance(args, str) else ""}})
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             open_assistant = None
             if not isinstance(item.get("call_id"), str):
                 raise bad_request(f"{p}.call_id is required", f"{p}.call_id")
@@ -1005,21 +1018,89 @@ def input_to_messages(inp: Any) -> list[JSON]:
     return messages
 
 
-def _pivot_tools(tools: Any) -> list[JSON]:
-    out: list[JSON] = []
-    for i, t in enumerate(tools):
-        p = f"tools[{i}]"
-        if not isinstance(t, dict) or t.get("type") != "function":
-            kind = t.get("type") if isinstance(t, dict) else None
-            raise unsupported(f"{p}.type", f"tool type {kind!r} (a hosted tool) is not available on this model")
-        if not isinstance(t.get("name"), str):
-            raise bad_request(f"{p}.name is required", f"{p}.name")
-        fn: JSON = {"name": t["name"], "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
+# Hosted tools an upstream other than OpenAI cannot run, which a model may leave
+# unused: dropped unless tool_choice forces them (docs/field-policy.md).
+_OFFERED_HOSTED = ("web_search", "web_search_preview")
+# A custom (free-form) tool becomes a function of one string argument of this name.
+CUSTOM_INPUT = "input"
+
+
+def tool_names(tools: Any) -> dict[str, tuple[str | None, str, str]]:
+    """The pivot function name of each client tool -> (namespace, name, kind), kind
+    ``function`` or ``custom``: how a call of it goes back to the client.  Functions
+    of a ``namespace`` tool are flattened under their own name, or ``<ns>__<name>``
+    when that name is taken."""
+    out: dict[str, tuple[str | None, str, str]] = {}
+    if not isinstance(tools, list):
+        return out
+    nested: list[tuple[str, JSON]] = []
+    for t in tools:
+        if not isinstance(t, dict):
+            continue
+        if t.get("type") in ("function", "custom") and isinstance(t.get("name"), str):
+            out[t["name"]] = (None, t["name"], t["type"])
+        elif t.get("type") == "namespace" and isinstance(t.get("name"), str):
+            nested += [(t["name"], f) for f in t.get("tools") or [] if isinstance(f, dict)]
+    for ns, f in nested:
+        name = f.get("name")
+        if isinstance(name, str):
+            flat = name if name not in out else f"{ns}__{name}"
+            out[flat] = (ns, name, "custom" if f.get("type") == "custom" else "function")
+    return out
+
+
+def _pivot_function(t: JSON, p: str, name: str) -> JSON:
+    if t.get("type") == "custom":
+        # Free-form input (apply_patch's grammar, say): a function of one string, and
+        # the call goes back as a custom_tool_call with that string (docs).
+        fmt = t.get("format")
+        hint = ""
+        if isinstance(fmt, dict) and fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+            hint = f" The input must follow this {fmt.get('syntax') or 'grammar'} grammar:\n{fmt['definition']}"
+        params = {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string", "description":
+                  "The raw input of the tool." + hint}}, "required": [CUSTOM_INPUT], "additionalProperties": False}
+        fn: JSON = {"name": name, "parameters": params}
         if t.get("description") is not None:
             fn["description"] = t["description"]
-        # Responses tools are strict unless they say otherwise.
-        fn["strict"] = t.get("strict") if t.get("strict") is not None else True
-        out.append({"type": "function", "function": fn})
+        return {"type": "function", "function": fn}
+    if t.get("type") != "function":
+        raise unsupported(f"{p}.type", f"tool type {t.get('type')!r} (a hosted tool) is not available on this model")
+    fn = {"name": name, "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
+    if t.get("description") is not None:
+        fn["description"] = t["description"]
+    # Responses tools are strict unless they say otherwise.
+    fn["strict"] = t.get("strict") if t.get("strict") is not None else True
+    return {"type": "function", "function": fn}
+
+
+def _pivot_tools(tools: Any, forced: Any = None) -> list[JSON]:
+    out: list[JSON] = []
+    names = {v: k for k, v in tool_names(tools).items()}     # (ns, name, kind) -> pivot name
+    forced_type = forced.get("type") if isinstance(forced, dict) else None
+    for i, t in enumerate(tools):
+        p = f"tools[{i}]"
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind in ("function", "custom"):
+            if not isinstance(t.get("name"), str):
+                raise bad_request(f"{p}.name is required", f"{p}.name")
+            out.append(_pivot_function(t, p, t["name"]))
+        elif kind == "namespace":
+            if not isinstance(t.get("name"), str) or not isinstance(t.get("tools"), list):
+                raise bad_request(f"{p} needs 'name' and 'tools'", p)
+            for j, f in enumerate(t["tools"]):
+                fp = f"{p}.tools[{j}]"
+                if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+                    raise bad_request(f"{fp}.name is required", f"{fp}.name")
+                kind_f = "custom" if f.get("type") == "custom" else "function"
+                out.append(_pivot_function(f, fp, names[(t["name"], f["name"], kind_f)]))
+        elif kind == "tool_search" and t.get("execution") == "client":
+            # The client searches its own deferred tools: every tool is sent to this
+            # upstream anyway (deferred or not), so there is nothing left to find.
+            fieldpolicy.drop(ROUTE, "tools.tool_search")
+        elif kind in _OFFERED_HOSTED and forced_type != kind:
+            fieldpolicy.drop(ROUTE, "tools.web_search")
+        else:
+            raise unsupported(f"{p}.type", f"tool type {kind!r} (a hosted tool) is not available on this model")
     return out
 
 
@@ -1063,6 +1144,9 @@ def responses_to_pivot_request(body: JSON, history: list[JSON] | None = None) ->
     """A Responses request -> pivot request.  ``history``: the stored conversation
     ``previous_response_id`` points at (pivot messages), put before the new input."""
     check_request(body)
+    for key in _DROPPED_HERE:
+        if body.get(key) is not None:
+            fieldpolicy.drop(ROUTE, key)
     for key, why in _CLIENT_UNSUPPORTED.items():
         if body.get(key) not in (None, False, [], {}):
             raise unsupported(key, why)
@@ -1080,7 +1164,7 @@ def responses_to_pivot_request(body: JSON, history: list[JSON] | None = None) ->
     if body.get("instructions"):
         messages.append({"role": "system", "content": body["instructions"]})
     messages.extend(history or [])
-    messages.extend(input_to_messages(body.get("input", [])))
+    messages.extend(input_to_messages(body.get("input", []), body.get("tools")))
     if not any(m.get("role") != "system" for m in messages):
         raise bad_request("'input' must hold at least one item", "input")
     pivot: JSON = {"model": body["model"], "messages": messages}
@@ -1090,7 +1174,7 @@ def responses_to_pivot_request(body: JSON, history: list[JSON] | None = None) ->
     if body.get("max_output_tokens") is not None:
         pivot[PIVOT_MAX_TOKENS] = body["max_output_tokens"]
     if body.get("tools"):
-        pivot["tools"] = _pivot_tools(body["tools"])
+        pivot["tools"] = _pivot_tools(body["tools"], body.get("tool_choice"))
     if body.get("tool_choice") is not None:
         pivot["tool_choice"] = _pivot_tool_choice(body["tool_choice"])
     text = body.get("text") or {}
@@ -1181,10 +1265,27 @@ def _text_part(text: str) -> JSON:
     return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
 
 
-def _call_item(item_id: str, call: JSON, status: str = "completed") -> JSON:
+def _call_item(item_id: str, call: JSON, status: str = "completed",
+               names: dict[str, tuple[str | None, str, str]] | None = None) -> JSON:
+    """A pivot tool call as the client's item: a flattened namespace function gets its
+    name and namespace back, a custom tool's call is a ``custom_tool_call``."""
     fn = call.get("function") or {}
-    return {"id": item_id, "type": "function_call", "status": status, "arguments": fn.get("arguments") or "",
-            "call_id": call.get("id"), "name": fn.get("name")}
+    args = fn.get("arguments") or ""
+    ns, name, kind = (names or {}).get(fn.get("name") or "", (None, fn.get("name"), "function"))
+    if kind == "custom":
+        try:
+            value = jsonutil.loads(args) if status == "completed" else {}
+        except ValueError:
+            value = {}
+        inp = value.get(CUSTOM_INPUT) if isinstance(value, dict) else None
+        item: JSON = {"id": item_id, "type": "custom_tool_call", "status": status,
+                      "call_id": call.get("id"), "name": name, "input": inp if isinstance(inp, str) else ""}
+    else:
+        item = {"id": item_id, "type": "function_call", "status": status, "arguments": args,
+                "call_id": call.get("id"), "name": name}
+    if ns is not None:
+        item["namespace"] = ns
+    return item
 
 
 def pivot_to_response(pivot: JSON, ctx: StreamContext) -> JSON:
@@ -1205,8 +1306,9 @@ def pivot_to_response(pivot: JSON, ctx: StreamContext) -> JSON:
         parts.append({"type": "refusal", "refusal": msg["refusal"]})
     if parts:
         output.append(_message_item(_item_id(ctx, "msg", len(output)), parts))
+    names = tool_names(req.get("tools"))
     for call in msg.get("tool_calls") or []:
-        output.append(_call_item(_item_id(ctx, "fc", len(output)), call))
+        output.append(_call_item(_item_id(ctx, "fc", len(output)), call, names=names))
     status = "incomplete" if finish in ("length", "content_filter") else "completed"
     resp = response_object(ctx, status, output, usage_from_pivot(pivot.get("usage")), finish)
     ctx.extra[CTX_RESULT] = {"pivot": pivot, "response": resp}
@@ -1255,6 +1357,7 @@ class ResponsesEncoder(StreamEncoder):
     def __init__(self, ctx: StreamContext) -> None:
         self.ctx = ctx
         self.req: JSON = ctx.extra.get(CTX_REQUEST) or {}
+        self.names = tool_names(self.req.get("tools"))
         self.phase = EncoderPhase.START
         self.seq = 0
         self.output: list[JSON | None] = []   # done items by output_index
@@ -1328,10 +1431,13 @@ class ResponsesEncoder(StreamEncoder):
             if self.output[item.index] is not None:
                 continue
             args = item.call["function"]["arguments"]
-            self._emit("response.function_call_arguments.done", {
-                "item_id": item.id, "output_index": item.index, "arguments": args,
-                "name": item.call["function"]["name"]})
-            done = _call_item(item.id, item.call)
+            done = _call_item(item.id, item.call, names=self.names)
+            if done["type"] == "custom_tool_call":
+                self._emit("response.custom_tool_call_input.done", {
+                    "item_id": item.id, "output_index": item.index, "input": done["input"]})
+            else:
+                self._emit("response.function_call_arguments.done", {
+                    "item_id": item.id, "output_index": item.index, "arguments": args, "name": done["name"]})
             self.output[item.index] = done
             self._emit("response.output_item.done", {"output_index": item.index, "item": done})
 
@@ -1372,16 +1478,18 @@ class ResponsesEncoder(StreamEncoder):
             item.call = {"id": tc.get("id"), "type": "function",
                          "function": {"name": fn.get("name"), "arguments": ""}}
             self.calls[idx] = item
-            self._emit("response.output_item.added", {"output_index": item.index,
-                                                      "item": _call_item(item.id, item.call, "in_progress")})
+            self._emit("response.output_item.added", {"output_index": item.index, "item": _call_item(
+                item.id, item.call, "in_progress", self.names)})
         elif self.output[item.index] is not None:
             raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE,
                              f"tool call {idx} continued after other output started")
         args = fn.get("arguments")
         if args:
             item.call["function"]["arguments"] += args
-            self._emit("response.function_call_arguments.delta", {
-                "item_id": item.id, "output_index": item.index, "delta": args})
+            # A custom tool's input is the string inside the arguments: sent whole when done.
+            if self.names.get(item.call["function"]["name"] or "", ("", "", "function"))[2] != "custom":
+                self._emit("response.function_call_arguments.delta", {
+                    "item_id": item.id, "output_index": item.index, "delta": args})
 
     # -- the StreamEncoder interface ---------------------------------------------------
     def feed(self, chunk: JSON) -> bytes:

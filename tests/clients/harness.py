@@ -239,3 +239,21 @@ def upstream_model(kind: str, rec: Any) -> str:
     if kind == "bedrock":
         return unquote(rec.path.split("/model/", 1)[-1].rsplit("/", 1)[0])
     return str(json.loads(rec.body).get("model", ""))
+
+
+def reasoning_asked(kind: str, rec: Any) -> bool:
+    """Whether an upstream request (a ``Recorded``) turned the upstream's reasoning on,
+    in that upstream's own terms."""
+    body = json.loads(rec.body)
+    if kind == "anthropic":
+        return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+    if kind == "openai":
+        return body.get("reasoning_effort") not in (None, "none")
+    if kind == "openai-responses":
+        return (body.get("reasoning") or {}).get("effort") not in (None, "none")
+    if kind == "gemini":
+        tc = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+        return bool(tc.get("thinkingLevel")) or (tc.get("thinkingBudget") or 0) != 0
+    if kind == "bedrock":
+        return ((body.get("additionalModelRequestFields") or {}).get("thinking") or {}).get("type") == "enabled"
+    raise ValueError(kind)

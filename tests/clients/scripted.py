@@ -159,6 +159,7 @@ class ScriptedModel:
             return self._numbered([{"type": "response.created", "response": base},
                                    {"type": "response.completed", "response": {**base, "status": "completed",
                                     "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}}}])
+        items = [it for it in items if it.get("role") not in ("system", "developer")]
         tail = []
         for it in reversed(items):      # the trailing tool outputs, if the last turn is one
             if it.get("type") not in ("function_call_output", "custom_tool_call_output"):
@@ -229,7 +230,8 @@ class ScriptedModel:
     # -------------------------------------------------- OpenAI Chat Completions
 
     def chat(self, body: dict[str, Any]) -> Reply:
-        msgs = body.get("messages", [])
+        # A mid-conversation system turn may come last (Claude Code's environment block).
+        msgs = [m for m in body.get("messages", []) if m.get("role") not in ("system", "developer")]
         tail = []
         for m in reversed(msgs):
             if m.get("role") != "tool":

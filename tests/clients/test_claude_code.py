@@ -1,10 +1,11 @@
 """The real Claude Code CLI (``claude -p``) through the gateway's ``/v1/messages``.
 
-What works today (see tests/fixtures/clients/README.md for what does not yet):
-Claude Sonnet 4.5, whose requests carry no mid-conversation ``role: "system"``
-turn, on an ``anthropic`` upstream with Claude Code's default thinking budget,
-and on every upstream type with thinking off (``MAX_THINKING_TOKENS=0``, which
-also drops ``context_management``).
+Claude Code's default model (Opus 5.5: a mid-conversation ``role: "system"``
+turn, adaptive thinking with ``output_config.effort``, ``context_management``,
+``thinking.display``) on every upstream type: a streamed answer, a text answer
+to a tool round trip, a resumed second turn, with thinking on throughout.  Claude
+Sonnet 4.5 (a thinking budget) on an ``anthropic`` upstream, and on every upstream
+with thinking off (``MAX_THINKING_TOKENS=0``).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any, Callable
 import pytest
 
 from tests.clients.conftest import Stack
-from tests.clients.harness import UPSTREAM_MODEL, UPSTREAM_TYPES, ClaudeCode, Run, upstream_model
+from tests.clients.harness import (UPSTREAM_MODEL, UPSTREAM_TYPES, ClaudeCode, Run, reasoning_asked,
+                                   upstream_model)
 from tests.clients.scripted import TOOL_OUTPUT
 
 MODEL = "claude-sonnet-4-5"
@@ -101,4 +103,31 @@ def test_text_tool_round_trip_and_resume_without_thinking(stack: StartStack, cla
     assert again["result"] == "PONG-BETA"
     assert "PONG-ALPHA" in s.requests[3].body.decode()     # the history went upstream, translated
     assert len(s.requests) == 4
+    assert {upstream_model(kind, r) for r in s.requests} == {UPSTREAM_MODEL[kind]}
+
+
+@pytest.mark.parametrize("kind", UPSTREAM_TYPES)
+def test_default_model_on_every_upstream(stack: StartStack, claude: Claude, kind: str) -> None:
+    s = stack(kind)
+    c = claude(s)
+    # a streamed answer: the upstream's text reached the CLI as stream events
+    run = c.ask("say PING-ALPHA", "--include-partial-messages", output="stream-json")
+    first = result(run)
+    assert first["result"] == "PONG-ALPHA"
+    assert "PONG-ALPHA" in [e["event"]["delta"].get("text") for e in run.jsonl()
+                            if e.get("type") == "stream_event" and e["event"].get("type") == "content_block_delta"]
+    # a tool round trip that completes, answered as text
+    out = result(c.ask("RUN-TOOL and tell me what it printed"))
+    assert out["result"] == f"TOOL-SAW: {TOOL_OUTPUT}" and out["num_turns"] == 2
+    assert TOOL_OUTPUT in s.requests[2].body.decode()
+    # a second turn that carries the first
+    again = result(c.ask("now say PING-BETA", "--resume", first["session_id"]))
+    assert again["result"] == "PONG-BETA" and again["session_id"] == first["session_id"]
+    assert "PONG-ALPHA" in s.requests[3].body.decode()
+    assert len(s.requests) == 4
+    # thinking on (adaptive + effort) reached every upstream as its own reasoning switch
+    assert all(reasoning_asked(kind, r) for r in s.requests), [r.body[:300] for r in s.requests]
+    # the mid-conversation system turn (Claude Code's environment block) went upstream
+    assert all(b"Primary working directory" in r.body or b"working directory" in r.body.lower()
+               for r in s.requests)
     assert {upstream_model(kind, r) for r in s.requests} == {UPSTREAM_MODEL[kind]}

@@ -1,9 +1,9 @@
 """The real Codex CLI (``codex exec``) through the gateway's ``/v1/responses``.
 
-What works today (see tests/fixtures/clients/README.md for what does not yet):
-Codex over HTTP on an ``openai-responses`` upstream, where the request is passed
-through.  Every other upstream type rejects its requests, and the WebSocket
-transport is refused.
+Over HTTP on every upstream type: a streamed text turn, a tool round trip, a
+resumed second turn, with reasoning on; Codex's ``client_metadata``, hosted and
+custom tools and ``text.verbosity`` go by the field policy (docs/field-policy.md).
+On an ``openai-responses`` upstream the request passes through untouched.
 """
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import json
 from typing import Any, Callable
 
 from tests.clients.conftest import Stack
-from tests.clients.harness import UPSTREAM_MODEL, Codex, Run
+import pytest
+
+from tests.clients.harness import UPSTREAM_MODEL, UPSTREAM_TYPES, Codex, Run, reasoning_asked, upstream_model
 from tests.clients.scripted import TOOL_OUTPUT
 
 StartStack = Callable[..., Stack]
@@ -89,3 +91,26 @@ def test_gateway_model_name_codex_does_not_know(stack: StartStack, codex: CodexF
     body = s.requests[0].json()
     assert body["model"] == UPSTREAM_MODEL["openai-responses"]
     assert "namespace" in {t["type"] for t in body["tools"]}
+
+
+@pytest.mark.parametrize("kind", UPSTREAM_TYPES)
+def test_http_on_every_upstream(stack: StartStack, codex: CodexFor, kind: str) -> None:
+    s = stack(kind)
+    c = codex(s)
+    # a streamed text answer (Codex always streams)
+    evs = events(c.exec("say PING-ALPHA"))
+    assert [m["text"] for m in items(evs, "agent_message")] == ["PONG-ALPHA"]
+    # a tool round trip that completes: exec_command ran, its output went back
+    evs = events(c.exec("RUN-TOOL and tell me what it printed"))
+    [cmd] = items(evs, "command_execution")
+    assert cmd["exit_code"] == 0 and cmd["aggregated_output"].strip() == TOOL_OUTPUT
+    assert items(evs, "agent_message")[-1]["text"] == f"TOOL-SAW: {TOOL_OUTPUT}"
+    assert TOOL_OUTPUT in s.requests[2].body.decode()
+    # a second turn that carries the first session
+    evs = events(c.exec("now say PING-BETA", resume=True))
+    assert items(evs, "agent_message")[-1]["text"] == "PONG-BETA"
+    assert f"TOOL-SAW: {TOOL_OUTPUT}" in s.requests[-1].body.decode()
+    assert len(s.requests) == 4
+    # reasoning (effort medium) reached every upstream as its own reasoning switch
+    assert all(reasoning_asked(kind, r) for r in s.requests), [r.body[:300] for r in s.requests]
+    assert {upstream_model(kind, r) for r in s.requests} == {UPSTREAM_MODEL[kind]}

@@ -222,7 +222,7 @@ def test_responses_errors_are_in_the_responses_shape(harness: LoopThread) -> Non
     gw = harness.gateway(config(openai_provider(up, name="chat", timeouts=TIMEOUTS)))
     c = client(gw)
     with pytest.raises(openai.BadRequestError) as e:
-        c.responses.create(model="chat-model", input="x", tools=[{"type": "web_search"}])
+        c.responses.create(model="chat-model", input="x", tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}])
     assert e.value.code == "unsupported_parameter" and e.value.body["param"] == "tools[0].type"
     with pytest.raises(openai.NotFoundError):
         c.responses.create(model="nope", input="x")

@@ -91,7 +91,8 @@ PARSE = [
      preq(reasoning_effort="medium")),
     ("big budget -> high", mreq(thinking={"type": "enabled", "budget_tokens": 31999}), preq(reasoning_effort="high")),
     ("adaptive + effort", mreq(thinking={"type": "adaptive"}, output_config={"effort": "low"}), preq(reasoning_effort="low")),
-    ("adaptive alone: the upstream's default", mreq(thinking={"type": "adaptive"}), preq()),
+    # adaptive thinking is on: with no effort, at Anthropic's default effort (high)
+    ("adaptive alone: Anthropic's default effort", mreq(thinking={"type": "adaptive"}), preq(reasoning_effort="high")),
     ("disabled", mreq(thinking={"type": "disabled"}), preq()),
     ("structured output", mreq(output_config={"format": {"type": "json_schema", "schema": {"type": "object"}}}),
      preq(response_format={"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"},

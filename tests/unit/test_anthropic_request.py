@@ -190,7 +190,6 @@ REJECTED = [
     ("temperature above Anthropic's range", req(temperature=1.5), ErrorKind.UNSUPPORTED, "temperature"),
     ("audio output", req(modalities=["text", "audio"]), ErrorKind.UNSUPPORTED, "modalities"),
     ("unknown parameter", req(frobnicate=True), ErrorKind.UNSUPPORTED, "frobnicate"),
-    ("json_object", req(response_format={"type": "json_object"}), ErrorKind.UNSUPPORTED, "response_format"),
     ("structured outputs off", req(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
      ErrorKind.UNSUPPORTED, "response_format"),
     ("bad effort", req(reasoning_effort="huge"), ErrorKind.INVALID_REQUEST, "reasoning_effort"),

@@ -42,8 +42,10 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
         {"role": "system", "content": "Be brief."}, USER,
         {"role": "developer", "content": [{"type": "text", "text": "No emojis."}]}]},
      {**NOVA, "system_prompt": "You are a gateway test."},
-     {"messages": [{"role": "user", "content": [{"text": "Hi"}]}],
-      "system": [{"text": "You are a gateway test."}, {"text": "Be brief."}, {"text": "No emojis."}]}),
+     # the leading one joins system; the later one keeps its place, marked
+     {"messages": [{"role": "user", "content": [{"text": "Hi"},
+                                                {"text": "<system-reminder>\nNo emojis.\n</system-reminder>"}]}],
+      "system": [{"text": "You are a gateway test."}, {"text": "Be brief."}]}),
     ("inference config table", {"model": "m", "messages": [USER], "max_tokens": 100, "temperature": 0.2,
                                 "top_p": 0.9, "stop": "END", "n": 1, "presence_penalty": 0, "stream": True,
                                 "stream_options": {"include_usage": True}},
@@ -179,9 +181,6 @@ REJECTS: list[tuple[str, dict[str, Any], dict[str, Any], ErrorKind, str]] = [
      ErrorKind.UNSUPPORTED, "modalities"),
     ("top_logprobs", {"model": "m", "messages": [USER], "top_logprobs": 2}, NOVA, ErrorKind.UNSUPPORTED,
      "top_logprobs"),
-    ("verbosity", {"model": "m", "messages": [USER], "verbosity": "low"}, NOVA, ErrorKind.UNSUPPORTED, "verbosity"),
-    ("json_object", {"model": "m", "messages": [USER], "response_format": {"type": "json_object"}}, NOVA,
-     ErrorKind.UNSUPPORTED, "response_format"),
     ("service tier scale", {"model": "m", "messages": [USER], "service_tier": "scale"}, NOVA, ErrorKind.UNSUPPORTED,
      "service_tier"),
     ("image by URL", {"model": "m", "messages": [{"role": "user", "content": [

@@ -296,7 +296,8 @@ def test_history_goes_between_instructions_and_input() -> None:
 
 # (name, Responses request, param, kind)
 RESPONSES_REJECTS = [
-    ("hosted tool", {"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type", ErrorKind.UNSUPPORTED),
+    ("hosted tool", {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type",
+     ErrorKind.UNSUPPORTED),
     ("background", {"input": "hi", "background": True}, "background", ErrorKind.UNSUPPORTED),
     ("conversation", {"input": "hi", "conversation": "conv_1"}, "conversation", ErrorKind.UNSUPPORTED),
     ("truncation auto", {"input": "hi", "truncation": "auto"}, "truncation", ErrorKind.UNSUPPORTED),

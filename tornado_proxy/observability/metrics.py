@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                CONTENT_TYPE_LATEST)
 
+from tornado_proxy import fieldpolicy
 from tornado_proxy.errors import ErrorKind
 
 # LLM-sized: a reasoning model's answer can take minutes; the defaults stop at 10 s.
@@ -66,6 +67,15 @@ class Metrics:
                                        ["provider", "kind"], registry=r)
         self.failovers = Counter("tornado_proxy_failovers_total", "Requests retried on another account",
                                  ["provider"], registry=r)
+        # Field names come from tornado_proxy.fieldpolicy's tables, never from requests.
+        self.dropped_fields = Counter("tornado_proxy_dropped_fields_total",
+                                      "Request fields dropped because the upstream does not take them "
+                                      "and they cannot change the answer", ["route", "field"], registry=r)
+        self._dropped: dict[tuple[str, str], Any] = {}
+        for route in fieldpolicy.TABLES:
+            for name in fieldpolicy.droppable(route):
+                self._dropped[(route, name)] = self.dropped_fields.labels(route, name)
+        fieldpolicy.set_sink(self.count_dropped)
         self.draining = Gauge("tornado_proxy_draining", "1 while the server drains after SIGTERM", [],
                               registry=r, multiprocess_mode="max")
         self._req: dict[tuple[str, str, str, str], Any] = {}
@@ -76,6 +86,11 @@ class Metrics:
         self._up_ttfb: dict[str, Any] = {}
         self._streams: dict[str, Any] = {}
         self._active: dict[str, Any] = {}
+
+    def count_dropped(self, route: str, name: str) -> None:
+        c = self._dropped.get((route, name))
+        if c is not None:
+            c.inc()
 
     def observe_upstream_ttfb(self, provider: str, seconds: float) -> None:
         h = self._up_ttfb.get(provider)

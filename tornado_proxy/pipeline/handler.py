@@ -24,7 +24,7 @@ import tornado.web
 
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
 
-from tornado_proxy import jsonutil
+from tornado_proxy import fieldpolicy, jsonutil
 
 from tornado_proxy.observability import redact
 from tornado_proxy.errors import ErrorKind, ProxyError
@@ -206,6 +206,8 @@ class LLMHandler(BaseHandler):
     # -- serving ---------------------------------------------------------------------
     async def post(self, *args: Any) -> None:
         self._serving = True
+        # This request's task: the fields an upstream translator drops count under this route.
+        fieldpolicy.set_route(self.route_name)
         try:
             body = self.read_body()
             await self.serve(body)

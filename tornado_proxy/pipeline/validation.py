@@ -146,7 +146,7 @@ def validate_body(schema_name: str, body: Any) -> None:
         shrunk, index_maps = _shrink(_normalise(schema_name), v.schema, body)
         errors = list(v.iter_errors(shrunk))
         if errors:
-            raise error_from(errors, index_maps)
+            raise error_from(errors, index_maps, DIALECTS.get(schema_name, describe))
     except RecursionError:
         # Bodies from the wire are cut at jsonutil.MAX_DEPTH before they get here; this
         # is for any other caller: jsonschema (and repr in its messages) recurse per level.
@@ -509,7 +509,8 @@ class _Compiler:
 
 
 def error_from(errors: Iterable[ValidationError],
-               index_maps: dict[str, list[int]] | None = None) -> ProxyError:
+               index_maps: dict[str, list[int]] | None = None,
+               describer: Callable[[ValidationError], tuple[str | None, str]] | None = None) -> ProxyError:
     """The ProxyError for the most relevant of a body's validation errors.
 
     ``index_maps`` (from :func:`_shrink`) maps the item positions of cut-down
@@ -521,7 +522,7 @@ def error_from(errors: Iterable[ValidationError],
     err = _descend(err)
     if index_maps:
         _restore_index(err, index_maps)
-    param, message = describe(err)
+    param, message = (describer or describe)(err)
     return ProxyError(ErrorKind.INVALID_REQUEST, message, param=param)
 
 
@@ -683,3 +684,57 @@ def describe(err: ValidationError) -> tuple[str | None, str]:
             return param, f"Invalid {where}: {hint}."
         return param, f"Invalid {where}: {_show(inst)} matches none of the allowed forms."
     return param, f"Invalid {where}: {err.message}."
+
+
+# -- Anthropic's words ---------------------------------------------------------------
+# Anthropic's API words a bad body as pydantic does ("messages.1.role: Input should be
+# 'user' or 'assistant'"), and clients match on those words (Claude Code falls back
+# from mid-conversation system turns on them), so /v1/messages says the same.
+
+_PYDANTIC_TYPES = {"string": "a valid string", "integer": "a valid integer", "number": "a valid number",
+                   "boolean": "a valid boolean", "object": "a valid dictionary", "array": "a valid list",
+                   "null": "None"}
+
+
+def _pydantic_value(v: Any) -> str:
+    return "None" if v is None else f"'{v}'" if isinstance(v, str) else jsonutil.dumps(v)
+
+
+def describe_anthropic(err: ValidationError) -> tuple[str | None, str]:
+    """``(param, message)`` for one validation error, in Anthropic's API's wording."""
+    path = list(err.absolute_path)
+    kw, value, inst = err.validator, err.validator_value, err.instance
+    param = format_path(path) or None
+    if kw == "required" and isinstance(inst, dict):
+        missing = [p for p in value if p not in inst] if isinstance(value, list) else []
+        path = path + [str(missing[0]) if missing else "?"]
+        param, text = format_path(path), "Field required"
+    elif kw == "type":
+        expected = [value] if isinstance(value, str) else list(value)
+        text = "Input should be " + " or ".join(_PYDANTIC_TYPES.get(t, t) for t in expected)
+    elif kw in ("enum", "const"):
+        allowed = list(value) if kw == "enum" else [value]
+        text = "Input should be " + _one_of_words([_pydantic_value(a) for a in allowed])
+    elif kw in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        rel = {"minimum": "greater than or equal to", "exclusiveMinimum": "greater than",
+               "maximum": "less than or equal to", "exclusiveMaximum": "less than"}[kw]
+        text = f"Input should be {rel} {value}"
+    elif kw == "minLength":
+        text = f"String should have at least {_count(value, 'character')}"
+    elif kw == "minItems":
+        text = f"List should have at least {_count(value, 'item')} after validation, not " \
+               f"{len(inst) if isinstance(inst, list) else '?'}"
+    elif kw == "additionalProperties" and isinstance(inst, dict):
+        known = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
+        extra = [k for k in inst if k not in known]
+        path = path + extra[:1]
+        param, text = format_path(path), "Extra inputs are not permitted"
+    else:
+        return describe(err)
+    loc = ".".join(str(p) for p in path)
+    return param, f"{loc}: {text}" if loc else text
+
+
+DIALECTS: dict[str, Callable[[ValidationError], tuple[str | None, str]]] = {
+    "messages.request.v1": describe_anthropic,
+}
