@@ -20,7 +20,7 @@ from tornado_proxy.handlers.chat_completions import ChatCompletionsHandler
 from tornado_proxy.handlers.embeddings import EmbeddingsHandler
 from tornado_proxy.handlers.gemini_native import GeminiModelsHandler, GeminiNativeHandler
 from tornado_proxy.handlers.health import (HealthHandler, MetricsHandler, ModelsHandler, OpenAPIHandler,
-                              ReadyHandler)
+                              ReadyHandler, RootHandler)
 from tornado_proxy.handlers.messages import CountTokensHandler, MessagesHandler
 from tornado_proxy.handlers.responses import ResponseResourceHandler, ResponsesHandler
 from tornado_proxy.handlers.status import STATUS_ROUTES
@@ -77,6 +77,10 @@ ROUTES: list[Route] = [
           {"get": {"summary": "List the gemini-served models (Gemini shape)", "tags": ["gemini"]}}),
     Route(r"/v1beta/models/([^/:]+)", GeminiModelsHandler, "/v1beta/models/{model}",
           {"get": {"summary": "Retrieve a gemini-served model (Gemini shape)", "tags": ["gemini"]}}),
+    Route(r"/", RootHandler, "/",
+          {"get": {"summary": "Reachability check (clients probe it: Claude Code sends HEAD /)",
+                   "tags": ["operations"], "public": True},
+           "head": {"summary": "Reachability check", "tags": ["operations"], "public": True}}),
     Route(r"/health", HealthHandler, "/health",
           {"get": {"summary": "Liveness", "tags": ["operations"], "public": True},
            "head": {"summary": "Liveness", "tags": ["operations"], "public": True}}),
