@@ -97,6 +97,61 @@ def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
     return best
 
 
+# The key that names the model in each client format's answers (Gemini says which
+# model version answered; the client named the model in its URL).
+MODEL_KEYS = {"gemini": b'"modelVersion"'}
+
+
+class ModelRewrite:
+    """The model name in a passed-through answer, replaced by the one the client asked
+    for (an alias routed to another ``upstream_model``).  Clients compare it with the
+    model they called: Claude Code drops signed thinking blocks from turns whose
+    ``model`` differs, and the next tool turn then fails upstream.
+
+    No JSON is parsed: the first ``"model":"<name>"`` of the answer (the top-level
+    one: in message_start, the first chat chunk, response.created, a whole body) tells
+    the upstream's name, and from then on only that exact key and value are replaced,
+    one ``bytes.replace`` per read (a JSON string cannot hold an unescaped ``"``, so
+    the pattern never matches inside a text).  Works on complete lines only: the caller
+    holds a line back until its newline."""
+
+    __slots__ = ("key", "new", "old", "found", "off")
+
+    def __init__(self, key: bytes, client_name: str) -> None:
+        self.key = key
+        self.new = jsonutil.dumpb(client_name)   # the JSON string, quotes included
+        self.old = b""                           # key, separator and the upstream's JSON string
+        self.found = b""                         # what replaces ``old``
+        self.off = False                         # the upstream said the client's name (or an odd one)
+
+    def feed(self, data: bytes) -> bytes:
+        if not self.old:
+            if self.off or not self._learn(data):
+                return data
+        return data.replace(self.old, self.found) if self.old in data else data
+
+    def _learn(self, data: bytes) -> bool:
+        key = self.key
+        at = data.find(key)
+        if at < 0:
+            return False
+        i = at + len(key)
+        n = len(data)
+        while i < n and data[i] in b" \t:":
+            i += 1
+        sep = data[at + len(key):i]
+        if i >= n or data[i] != 0x22 or sep.count(b":") != 1:
+            return False  # not a key with a string value (the next one may be)
+        end = data.find(b'"', i + 1)
+        value = data[i:end + 1]
+        if end < 0 or b"\\" in value or value == self.new:
+            self.off = True  # the name asked for already, or one with escapes: left alone
+            return False
+        self.old = key + sep + value
+        self.found = key + sep + self.new
+        return True
+
+
 def translate_read(decoder: Any, translator: Any, encoder: Any, data: bytes, out: list[bytes],
                    on_usage: Callable[[dict[str, Any]], None]) -> None:
     """One upstream read through decoder, translator and encoder: the client bytes are
@@ -149,6 +204,7 @@ class LLMHandler(BaseHandler):
         self._streaming = False
         self._serving = False
         self._held_line = b""
+        self._rewrite: ModelRewrite | None = None
         self.model_id = ""
         self.provider_name = ""
         self.account_id = ""
@@ -323,6 +379,7 @@ class LLMHandler(BaseHandler):
             if passthrough:
                 on_data = self._on_passthrough
                 self._tail = self._held_line = b""  # (of an attempt that failed over)
+                self._rewrite = self._model_rewrite(ctx)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
             else:
                 self._translator = translator = provider.new_stream(ctx)
@@ -409,6 +466,9 @@ class LLMHandler(BaseHandler):
                 raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
             ctype = res.headers.get("content-type", "application/json")
             body = redact.data(res.body)
+            rw = self._model_rewrite(ctx)
+            if rw is not None:
+                body = rw.feed(body)
         else:
             pivot = provider.translate_response(res.body, ctx)
             usage = pivot.get("usage")
@@ -469,16 +529,28 @@ class LLMHandler(BaseHandler):
     def _set_usage(self, usage: dict[str, Any]) -> None:
         self._usage = usage
 
+    def _model_rewrite(self, ctx: StreamContext) -> ModelRewrite | None:
+        """The rewrite of the upstream's model name into the client's, when they differ."""
+        name = ctx.model
+        if not name:
+            return None
+        model = self.gw.router.resolve(name)
+        if model is not None and model[0].get("upstream_model") == name:
+            return None  # asked for by its upstream name: nothing to rewrite
+        return ModelRewrite(MODEL_KEYS.get(self.client_format.name, b'"model"'), name)
+
     def _on_passthrough(self, data: bytes) -> bool:
         if self._gone:
             return False
         # Keep the last 4 KiB (one object): the end marker and the usage event live there.
         tail = self._tail + data if self._tail else data
         self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
-        if redact.SCRUBBER.active:
+        rw = self._rewrite
+        if rw is not None or redact.SCRUBBER.active:
             # The upstream may quote a key (ours or another account's) in an error
-            # event: one regex search per read over complete lines.  Holding the
-            # incomplete last line costs a client nothing: an SSE event is only
+            # event: one regex search per read over complete lines; the model name,
+            # when it is not the client's, is replaced on complete lines too.  Holding
+            # the incomplete last line costs a client nothing: an SSE event is only
             # usable at its blank line.
             if self._held_line:
                 data = self._held_line + data
@@ -488,14 +560,22 @@ class LLMHandler(BaseHandler):
             self._held_line = data[cut:]
             if not cut:
                 return True
-            data = redact.data(data[:cut] if cut < len(data) else data)
+            data = data[:cut] if cut < len(data) else data
+            if redact.SCRUBBER.active:
+                data = redact.data(data)
+            if rw is not None:
+                data = rw.feed(data)
         self._send(data)
         return True
 
     def _held_rest(self) -> bytes:
         """The end of a passed-through stream that had no newline, scrubbed."""
         rest, self._held_line = self._held_line, b""
-        return redact.data(rest) if rest else b""
+        if not rest:
+            return b""
+        rest = redact.data(rest)
+        rw = self._rewrite
+        return rw.feed(rest) if rw is not None else rest
 
     def _start_stream(self) -> None:
         self._streaming = True
