@@ -251,7 +251,7 @@ def allowed_methods(handler: tornado.web.RequestHandler) -> str:
 
     path = handler.request.path
     for route in ROUTES:
-        if re.fullmatch(route.pattern, path):
+        if not route.upgrade and re.fullmatch(route.pattern, path):
             allow = _ALLOWED.get(route.pattern)
             if allow is None:
                 listed = {m.upper() for m in route.methods} | {"OPTIONS"}
