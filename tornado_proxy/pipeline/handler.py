@@ -292,14 +292,29 @@ class LLMHandler(BaseHandler):
         if provider.local:
             await self.serve_local(provider, pivot, ctx, stream)
             return
-        self._held = [body, pivot]  # let go of at the first byte (_mark_first)
         if provider.native_format == fmt.name:
             def build(acct: Account) -> UpstreamRequest:
                 return provider.build_native_request(body, self._raw, model, acct, stream, self.request.headers)
         else:
+            pivot = await self.inline_images(provider, pivot, model)
+
             def build(acct: Account) -> UpstreamRequest:
                 return provider.build_request(pivot, model, acct, stream)
+        self._held = [body, pivot]  # let go of at the first byte (_mark_first)
         await self.with_accounts(provider, build, ctx, passthrough=provider.native_format == fmt.name)
+
+    async def inline_images(self, provider: Any, pivot: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+        """The pivot with the image URLs its provider needs as bytes fetched and inlined
+        (``tornado_proxy/pipeline/images.py``); the pivot itself for any other provider."""
+        inline = getattr(provider, "inline_fetched", None)
+        if inline is None:
+            return pivot
+        urls = provider.urls_to_fetch(pivot, model)
+        if not urls:
+            return pivot
+        from tornado_proxy.pipeline.images import fetch_images
+
+        return inline(pivot, await fetch_images(pivot, urls, provider.image_fetch_policy()))  # type: ignore[no-any-return]
 
     async def serve_local(self, provider: Any, pivot: dict[str, Any], ctx: StreamContext, stream: bool) -> None:
         fmt = self.client_format
