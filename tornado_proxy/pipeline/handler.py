@@ -128,7 +128,7 @@ class ModelRewrite:
         if not self.old:
             if self.off or not self._learn(data):
                 return data
-        return data.replace(self.old, self.found) if self.old in data else data
+        return data.replace(self.old, self.found)  # (the same object when it has none)
 
     def _learn(self, data: bytes) -> bool:
         key = self.key
