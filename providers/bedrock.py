@@ -283,6 +283,10 @@ class EventStreamDecoder:
 def _data_url(url: str, param: str) -> tuple[str, str]:
     """``data:<mime>;base64,<data>`` -> (mime, base64 data)."""
     if not url.startswith("data:"):
+        if url.startswith(("http://", "https://")) and param.endswith("image_url.url"):
+            raise unsupported(param, "Bedrock takes inline bytes, not URLs, and this gateway fetches image URLs "
+                                     "only where its operator allows it (options.image_urls.fetch of the bedrock "
+                                     "provider); send the image as a base64 data: URL")
         raise unsupported(param, "Bedrock takes inline bytes; send the file as a base64 data: URL "
                                  "(the gateway does not fetch URLs)")
     head, sep, data = url[5:].partition(",")
@@ -290,6 +294,14 @@ def _data_url(url: str, param: str) -> tuple[str, str]:
     if not sep or enc.lower() != "base64":
         raise bad_request("expected a base64 data: URL (data:<type>;base64,<data>)", param)
     return mime.lower(), data
+
+
+def _part_image_url(part: Any) -> str | None:
+    if not isinstance(part, dict) or part.get("type") != "image_url":
+        return None
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    return url if isinstance(url, str) else None
 
 
 def _image_block(part: dict[str, Any], param: str) -> dict[str, Any]:
@@ -994,6 +1006,45 @@ class BedrockProvider(Provider):
         self.clock = clock
         _signer_class()  # load botocore now, not on the first request
         import botocore.eventstream  # noqa: F401
+
+    # -- remote images (fetched by the core: tornado_proxy/pipeline/images.py) --
+    def urls_to_fetch(self, req: dict[str, Any], model: dict[str, Any]) -> list[str]:
+        """The http(s) image URLs of the request's messages, when ``options.image_urls.fetch``."""
+        if not (self.options.get("image_urls") or {}).get("fetch"):
+            return []
+        out: list[str] = []
+        for msg in req.get("messages") or []:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            for part in content if isinstance(content, list) else []:
+                url = _part_image_url(part)
+                if url is not None and url.startswith(("http://", "https://")) and url not in out:
+                    out.append(url)
+        return out
+
+    def image_fetch_policy(self) -> dict[str, Any]:
+        """The limits of ``options.image_urls`` (defaults: tornado_proxy.pipeline.images)."""
+        return {k: v for k, v in (self.options.get("image_urls") or {}).items() if k != "fetch"}
+
+    def inline_fetched(self, req: dict[str, Any], fetched: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+        """A copy of ``req`` with each fetched URL replaced by a base64 data: URL."""
+        import base64
+
+        messages = []
+        for msg in req.get("messages") or []:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    url = _part_image_url(part)
+                    if url is not None and url in fetched:
+                        mime, data = fetched[url]
+                        image = part["image_url"] if isinstance(part["image_url"], dict) else {}
+                        part = {**part, "image_url": {**image, "url": f"data:{mime};base64,"
+                                                                     + base64.b64encode(data).decode("ascii")}}
+                    parts.append(part)
+                msg = {**msg, "content": parts}
+            messages.append(msg)
+        return {**req, "messages": messages}
 
     # -- configuration -------------------------------------------------------
     def validate(self, models: list[dict[str, Any]]) -> list[str]:

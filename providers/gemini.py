@@ -1217,12 +1217,19 @@ def build_embeddings_body(req: dict[str, Any], upstream_model: str, opts: dict[s
     return {"requests": requests}
 
 
+# "A token is equivalent to about 4 characters" for Gemini models (Google's
+# token-counting guide): the estimate when an embeddings answer has no usage.
+EMBED_CHARS_PER_TOKEN = 4
+
+
 def translate_embeddings(body: bytes, req: dict[str, Any]) -> dict[str, Any]:
     """``batchEmbedContents`` answer -> OpenAI embeddings response.
 
-    base64 is the little-endian float32 array OpenAI sends.  Gemini reports no
-    token counts for embeddings unless ``usageMetadata`` is present; usage is 0
-    then.
+    base64 is the little-endian float32 array OpenAI sends.  Usage is Gemini's
+    ``usageMetadata.promptTokenCount`` when the answer has it; the Gemini API's
+    ``batchEmbedContents`` answers without one, and then the count is estimated
+    the way Google documents Gemini tokens, about four characters each
+    (``EMBED_CHARS_PER_TOKEN``, at least one token per input), never 0.
     """
     try:
         obj = jsonutil.loads(body)
@@ -1239,7 +1246,10 @@ def translate_embeddings(body: bytes, req: dict[str, Any]) -> dict[str, Any]:
         if b64:
             vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
         data.append({"object": "embedding", "index": i, "embedding": vector})
-    tokens = int(((obj.get("usageMetadata") or {}).get("promptTokenCount")) or 0)
+    meta = obj.get("usageMetadata")
+    tokens = meta.get("promptTokenCount") if isinstance(meta, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+        tokens = sum(max(1, math.ceil(len(t) / EMBED_CHARS_PER_TOKEN)) for t in embedding_inputs(req))
     return {"object": "list", "data": data, "model": req.get("model"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import tornado.routing
 import tornado.web
 
 from providers import PROVIDER_TYPES
@@ -20,9 +21,10 @@ from tornado_proxy.handlers.chat_completions import ChatCompletionsHandler
 from tornado_proxy.handlers.embeddings import EmbeddingsHandler
 from tornado_proxy.handlers.gemini_native import GeminiModelsHandler, GeminiNativeHandler
 from tornado_proxy.handlers.health import (HealthHandler, MetricsHandler, ModelsHandler, OpenAPIHandler,
-                              ReadyHandler)
+                              ReadyHandler, RootHandler)
 from tornado_proxy.handlers.messages import CountTokensHandler, MessagesHandler
 from tornado_proxy.handlers.responses import ResponseResourceHandler, ResponsesHandler
+from tornado_proxy.handlers.responses_ws import ResponsesSocketHandler
 from tornado_proxy.handlers.status import STATUS_ROUTES
 from tornado_proxy.observability.metrics import Metrics
 from tornado_proxy.accounts.scheduler import Scheduler
@@ -37,6 +39,21 @@ class Route:
     openapi_path: str                 # the same path in OpenAPI template form
     # method -> {"summary", "request_schema", "response_schema", "stream_schema", "tags"}
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Only WebSocket upgrade requests take this route; the path's other requests go on
+    # to the next route that matches.
+    upgrade: bool = False
+
+
+class WebSocketUpgrade(tornado.routing.PathMatches):
+    """A path, for WebSocket upgrade requests only."""
+
+    upgrade_only = True  # (http1.exact_routes: no plain request is routed here)
+
+    def match(self, request: Any) -> dict[str, Any] | None:
+        headers = getattr(request, "headers", None)
+        if headers is None or headers.get("Upgrade", "").lower() != "websocket":
+            return None
+        return super().match(request)
 
 
 CHAT = {"summary": "Create a chat completion (OpenAI Chat Completions)", "tags": ["openai"],
@@ -53,6 +70,10 @@ ROUTES: list[Route] = [
     Route(r"/v1/messages/count_tokens", CountTokensHandler, "/v1/messages/count_tokens",
           {"post": {"summary": "Count input tokens (forwarded to Anthropic upstreams, estimated otherwise)",
                     "tags": ["anthropic"], "request_schema": "messages.request.v1"}}),
+    Route(r"/v1/responses", ResponsesSocketHandler, "/v1/responses",
+          {"get": {"summary": "The Responses WebSocket transport (Codex CLI): response.create frames in, "
+                              "Responses events out, on any upstream (docs/clients/codex.md)", "tags": ["openai"]}},
+          upgrade=True),
     Route(r"/v1/responses", ResponsesHandler, "/v1/responses",
           {"post": {"summary": "Create a response (OpenAI Responses), on any upstream", "tags": ["openai"],
                     "request_schema": "responses.request.v1"}}),
@@ -77,6 +98,10 @@ ROUTES: list[Route] = [
           {"get": {"summary": "List the gemini-served models (Gemini shape)", "tags": ["gemini"]}}),
     Route(r"/v1beta/models/([^/:]+)", GeminiModelsHandler, "/v1beta/models/{model}",
           {"get": {"summary": "Retrieve a gemini-served model (Gemini shape)", "tags": ["gemini"]}}),
+    Route(r"/", RootHandler, "/",
+          {"get": {"summary": "Reachability check (clients probe it: Claude Code sends HEAD /)",
+                   "tags": ["operations"], "public": True},
+           "head": {"summary": "Reachability check", "tags": ["operations"], "public": True}}),
     Route(r"/health", HealthHandler, "/health",
           {"get": {"summary": "Liveness", "tags": ["operations"], "public": True},
            "head": {"summary": "Liveness", "tags": ["operations"], "public": True}}),
@@ -173,7 +198,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(gw: Gateway) -> tornado.web.Application:
-    handlers = [(r.pattern, r.handler, {"gw": gw}) for r in ROUTES]
+    handlers = [tornado.routing.Rule(WebSocketUpgrade(r.pattern), r.handler, {"gw": gw}) if r.upgrade
+                else (r.pattern, r.handler, {"gw": gw}) for r in ROUTES]
     if gw.tracer is not None:
         gw.tracer.use_routes(ROUTES)
     return tornado.web.Application(

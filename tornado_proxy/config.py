@@ -48,6 +48,7 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "keepalive_timeout": 75.0,       # seconds a connection may wait idle between requests
     "max_upstream_body_bytes": 64 * 1024 * 1024,  # a buffered upstream answer (and one SSE event)
     "max_upstream_error_bytes": 1024 * 1024,      # a buffered upstream error body
+    "responses_websocket": True,     # GET /v1/responses upgraded (Codex's WebSocket transport); off: 426
 }
 
 TIMEOUT_DEFAULTS = {"connect": 10.0, "first_byte": 300.0, "idle": 300.0}

@@ -68,7 +68,8 @@ def test_translate_float() -> None:
                    "data": [{"object": "embedding", "index": 0,
                              "embedding": [0.013168523, -0.008711934, -0.046782676, 0.00069968984]},
                             {"object": "embedding", "index": 1, "embedding": [-0.0265, 0.0125, 0.5, -1.0]}],
-                   "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+                   # no usageMetadata: counted, at least one token per input
+                   "usage": {"prompt_tokens": 2, "total_tokens": 2}}
 
 
 def test_translate_base64_is_little_endian_float32() -> None:

@@ -223,7 +223,9 @@ def test_connection_close_is_honoured(server: Server) -> None:
     (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     (b"GET /echo HTTP/1.1\r\n\r\n", 400),  # no Host
     (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
-    (b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),
+    # a WebSocket upgrade to a route without one: 426, what clients read as "use plain HTTP"
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 426),
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", 400),
 ])
 def test_bad_requests_get_a_json_error_and_the_connection_closes(server: Server, raw: bytes, status: int) -> None:
     s = server.connect()

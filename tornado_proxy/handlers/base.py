@@ -250,7 +250,7 @@ def allowed_methods(handler: tornado.web.RequestHandler) -> str:
     # The one route table (app.ROUTES), handed over in the application's settings: the
     # handlers do not import the module that imports them.
     for route in handler.application.settings.get("routes", ()):
-        if re.fullmatch(route.pattern, path):
+        if not route.upgrade and re.fullmatch(route.pattern, path):
             allow = _ALLOWED.get(route.pattern)
             if allow is None:
                 listed = {m.upper() for m in route.methods} | {"OPTIONS"}

@@ -23,6 +23,22 @@ class HealthHandler(BaseHandler):
         self.finish()
 
 
+class RootHandler(BaseHandler):
+    """GET|HEAD /: what a client's reachability check hits (Claude Code sends ``HEAD /``
+    before its first request).  Public, like /health: it tells nothing but "up"."""
+
+    public = True
+    route_name = "root"
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(b'{"status":"ok","service":"tornado-proxy"}')
+
+    def head(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish()
+
+
 class ReadyHandler(BaseHandler):
     """GET|HEAD /health/ready: 503 while draining or while a provider has no usable account."""
 

@@ -145,6 +145,8 @@ class ResponsesHandler(LLMHandler):
         if provider.local:
             await self.serve_local(provider, pivot, ctx, stream)
         else:
+            pivot = await self.inline_images(provider, pivot, model)
+
             def build(acct: Account) -> UpstreamRequest:
                 return provider.build_request(pivot, model, acct, stream)
 

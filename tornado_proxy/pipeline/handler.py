@@ -100,6 +100,61 @@ def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
     return best
 
 
+# The key that names the model in each client format's answers (Gemini says which
+# model version answered; the client named the model in its URL).
+MODEL_KEYS = {"gemini": b'"modelVersion"'}
+
+
+class ModelRewrite:
+    """The model name in a passed-through answer, replaced by the one the client asked
+    for (an alias routed to another ``upstream_model``).  Clients compare it with the
+    model they called: Claude Code drops signed thinking blocks from turns whose
+    ``model`` differs, and the next tool turn then fails upstream.
+
+    No JSON is parsed: the first ``"model":"<name>"`` of the answer (the top-level
+    one: in message_start, the first chat chunk, response.created, a whole body) tells
+    the upstream's name, and from then on only that exact key and value are replaced,
+    one ``bytes.replace`` per read (a JSON string cannot hold an unescaped ``"``, so
+    the pattern never matches inside a text).  Works on complete lines only: the caller
+    holds a line back until its newline."""
+
+    __slots__ = ("key", "new", "old", "found", "off")
+
+    def __init__(self, key: bytes, client_name: str) -> None:
+        self.key = key
+        self.new = jsonutil.dumpb(client_name)   # the JSON string, quotes included
+        self.old = b""                           # key, separator and the upstream's JSON string
+        self.found = b""                         # what replaces ``old``
+        self.off = False                         # the upstream said the client's name (or an odd one)
+
+    def feed(self, data: bytes) -> bytes:
+        if not self.old:
+            if self.off or not self._learn(data):
+                return data
+        return data.replace(self.old, self.found)  # (the same object when it has none)
+
+    def _learn(self, data: bytes) -> bool:
+        key = self.key
+        at = data.find(key)
+        if at < 0:
+            return False
+        i = at + len(key)
+        n = len(data)
+        while i < n and data[i] in b" \t:":
+            i += 1
+        sep = data[at + len(key):i]
+        if i >= n or data[i] != 0x22 or sep.count(b":") != 1:
+            return False  # not a key with a string value (the next one may be)
+        end = data.find(b'"', i + 1)
+        value = data[i:end + 1]
+        if end < 0 or b"\\" in value or value == self.new:
+            self.off = True  # the name asked for already, or one with escapes: left alone
+            return False
+        self.old = key + sep + value
+        self.found = key + sep + self.new
+        return True
+
+
 def translate_read(decoder: Any, translator: Any, encoder: Any, data: bytes, out: list[bytes],
                    on_usage: Callable[[dict[str, Any]], None]) -> None:
     """One upstream read through decoder, translator and encoder: the client bytes are
@@ -152,6 +207,7 @@ class LLMHandler(BaseHandler):
         self._ttfb: float | None = None
         self._streaming = False
         self._serving = False
+        self._rewrite: ModelRewrite | None = None
         self.model_id = ""
         self.provider_name = ""
         self.account_id = ""
@@ -243,15 +299,30 @@ class LLMHandler(BaseHandler):
         if provider.local:
             await self.serve_local(provider, pivot, ctx, stream)
             return
-        self._held = [body, pivot]  # let go of at the first byte (_mark_first)
         if provider.native_format == fmt.name:
             def build(acct: Account) -> UpstreamRequest:
                 return provider.build_native_request(body, self._raw, model, acct, stream,
                                                      self.request.headers)  # type: ignore[arg-type]  # a str -> str mapping
         else:
+            pivot = await self.inline_images(provider, pivot, model)
+
             def build(acct: Account) -> UpstreamRequest:
                 return provider.build_request(pivot, model, acct, stream)
+        self._held = [body, pivot]  # let go of at the first byte (_mark_first)
         await self.with_accounts(provider, build, ctx, passthrough=provider.native_format == fmt.name)
+
+    async def inline_images(self, provider: Any, pivot: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+        """The pivot with the image URLs its provider needs as bytes fetched and inlined
+        (``tornado_proxy/pipeline/images.py``); the pivot itself for any other provider."""
+        inline = getattr(provider, "inline_fetched", None)
+        if inline is None:
+            return pivot
+        urls = provider.urls_to_fetch(pivot, model)
+        if not urls:
+            return pivot
+        from tornado_proxy.pipeline.images import fetch_images
+
+        return inline(pivot, await fetch_images(pivot, urls, provider.image_fetch_policy()))  # type: ignore[no-any-return]
 
     async def serve_local(self, provider: Any, pivot: dict[str, Any], ctx: StreamContext, stream: bool) -> None:
         fmt = self.client_format
@@ -331,6 +402,7 @@ class LLMHandler(BaseHandler):
             if passthrough:
                 on_data = self._on_passthrough
                 self._tail = b""  # (of an attempt that failed over)
+                self._rewrite = self._model_rewrite(ctx)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
                 self._checker = EventChecker(self.gw.upstream.max_body_bytes)
             else:
@@ -414,6 +486,9 @@ class LLMHandler(BaseHandler):
                 raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
             ctype = res.headers.get("content-type", "application/json")
             body = redact.data(res.body)
+            rw = self._model_rewrite(ctx)
+            if rw is not None:
+                body = rw.feed(body)
         else:
             pivot = provider.translate_response(res.body, ctx)
             usage = pivot.get("usage")
@@ -474,6 +549,16 @@ class LLMHandler(BaseHandler):
     def _set_usage(self, usage: dict[str, Any]) -> None:
         self._usage = usage
 
+    def _model_rewrite(self, ctx: StreamContext) -> ModelRewrite | None:
+        """The rewrite of the upstream's model name into the client's, when they differ."""
+        name = ctx.model
+        if not name:
+            return None
+        model = self.gw.router.resolve(name)
+        if model is not None and model[0].get("upstream_model") == name:
+            return None  # asked for by its upstream name: nothing to rewrite
+        return ModelRewrite(MODEL_KEYS.get(self.client_format.name, b'"model"'), name)
+
     def _on_passthrough(self, data: bytes) -> bool:
         if self._gone:
             return False
@@ -493,11 +578,16 @@ class LLMHandler(BaseHandler):
         # Keep the last 4 KiB (one object): the end marker and the usage event live there.
         tail = self._tail + data if self._tail else data
         self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
-        if redact.SCRUBBER.active:
+        rw = self._rewrite
+        if rw is not None or redact.SCRUBBER.active:
             # The upstream may quote a key (ours or another account's) in an error
-            # event: one regex search per read.  The checker hands over whole events
-            # only, so a key cannot be split across two reads here.
-            data = redact.data(data)
+            # event: one regex search per read; the model name, when it is not the
+            # client's, is replaced the same way.  The checker hands over whole events
+            # only, so neither can be split across two reads here.
+            if redact.SCRUBBER.active:
+                data = redact.data(data)
+            if rw is not None:
+                data = rw.feed(data)
         self._send(data)
 
     def _relay_rest(self) -> None:

@@ -170,7 +170,9 @@ def exact_routes(app: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     out: dict[str, tuple[Any, dict[str, Any]]] = {}
     if not isinstance(app, tornado.web.Application) or len(app.default_router.rules) != 1:
         return out
-    rules = app.wildcard_router.rules
+    # Routes for WebSocket upgrades only (app.WebSocketUpgrade) take no plain request:
+    # upgrades are routed by Tornado's routing (_upgrade_delegate), never through here.
+    rules = [r for r in app.wildcard_router.rules if not getattr(r.matcher, "upgrade_only", False)]
     for i, rule in enumerate(rules):
         m = rule.matcher
         if not isinstance(m, tornado.routing.PathMatches) or m.regex.groups:
@@ -213,7 +215,7 @@ class _Request:
 
     __slots__ = ("url", "headers", "delegate", "keep_alive", "version", "method", "body_bytes",
                  "complete", "held", "head_size", "chunked", "remaining", "closed_cb", "started",
-                 "answered", "head_done", "begun")
+                 "answered", "head_done", "begun", "upgrade", "switched")
 
     def __init__(self, begun: int) -> None:
         self.begun = begun               # server tick its head's deadline counts from
@@ -233,6 +235,8 @@ class _Request:
         self.closed_cb: Callable[[], None] | None = None
         self.started = False             # the answer's headers have been written
         self.answered = False            # the answer is complete
+        self.upgrade = False             # asks for another protocol (Upgrade + Connection: upgrade)
+        self.switched = False            # answered 101: the connection now speaks WebSocket
 
 
 _BODY, _END = 1, 2
@@ -261,6 +265,11 @@ class HTTP1Connection(asyncio.Protocol):
         self._on_writable: list[Callable[[], None]] = []
         self._paused_reading = False
         self._done: asyncio.Future[None] | None = None
+        # After a WebSocket upgrade: the bytes past the request head, then the stream
+        # Tornado's WebSocket protocol reads (see detach()).
+        self.upgraded = False
+        self._upgrade_rest = b""
+        self.stream: UpgradedStream | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -285,10 +294,24 @@ class HTTP1Connection(asyncio.Protocol):
         if self.closed:
             return
         self.last_read = self.server.tick
+        if self.upgraded:
+            if self.stream is not None:
+                self.stream.feed(data)
+            else:  # (frames sent before the handler took the socket)
+                self._upgrade_rest += data
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(400, "protocol upgrades are not supported")
+        except httptools.HttpParserUpgrade as exc:
+            r = self.current
+            if r is not None and r.upgrade and r.delegate is not None:
+                # A WebSocket upgrade handed to its handler: the parser is done with
+                # this connection; what follows the head belongs to the new protocol.
+                self.upgraded = True
+                at = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                self._upgrade_rest = data[at:]
+            else:
+                self._reject(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
             # An exception in one of our callbacks comes back wrapped, as the context.
             cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
@@ -314,6 +337,9 @@ class HTTP1Connection(asyncio.Protocol):
                 w.exception()
         self._drain_waiters = []
         self._on_writable = []
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.lost()
         for r in [self.current, *self.queue]:
             if r is None or r.answered:
                 continue
@@ -402,6 +428,11 @@ class HTTP1Connection(asyncio.Protocol):
         r.version = "HTTP/" + p.get_http_version()
         r.keep_alive = p.should_keep_alive() and not self.server.draining
         r.head_done = True
+        if p.should_upgrade():
+            # The parser reads no further request on this connection: it ends with the
+            # answer, unless that is a 101 and the connection goes on as a WebSocket.
+            r.upgrade = True
+            r.keep_alive = False
         cl = r.headers.get("Content-Length")
         if cl is not None and cl.isdigit() and int(cl) > self.server.max_body_size:
             raise _Refused(413, "request body is too large")
@@ -452,6 +483,10 @@ class HTTP1Connection(asyncio.Protocol):
             # What Tornado's routing delegate does (build the request, find the handler),
             # with the request built leaner and literal paths found by a dict lookup.
             request = _ServerRequest(start_line, r.headers, self, srv)
+            if r.upgrade:
+                r.delegate = self._upgrade_delegate(request)
+                r.delegate.headers_received(start_line, r.headers)
+                return
             hit = srv.exact.get(request.path)
             if hit is not None:
                 r.delegate = srv.app.get_handler_delegate(request, hit[0], hit[1])
@@ -464,6 +499,23 @@ class HTTP1Connection(asyncio.Protocol):
         except httputil.HTTPInputError as exc:  # e.g. a missing or invalid Host header
             r.delegate = None
             raise _Refused(400, _safe(str(exc))) from None
+
+    def _upgrade_delegate(self, request: httputil.HTTPServerRequest) -> Any:
+        """The handler for an upgrade request: a route's WebSocket handler, found by
+        Tornado's routing (upgrade routes are never in the exact-path table), or a 426.
+
+        426 is the answer WebSocket clients read as "use plain HTTP": Codex then POSTs
+        at once, where a 404/405 would cost it retries.  Other protocols (h2c) keep
+        the 400 they always got: llhttp stops reading at such a head, body included."""
+        import tornado.websocket
+
+        if request.headers.get("Upgrade", "").lower() != "websocket" or request.method != "GET":
+            raise _Refused(400, "protocol upgrades are not supported")
+        delegate = self.server.app.find_handler(request)
+        cls = getattr(delegate, "handler_class", None)
+        if not (isinstance(cls, type) and issubclass(cls, tornado.websocket.WebSocketHandler)):
+            raise _Refused(426, "no WebSocket on " + _safe(request.path) + "; send the request over plain HTTP")
+        return delegate
 
     def _next(self) -> None:
         """The current answer is complete (and the connection stays): start the next
@@ -518,6 +570,7 @@ class HTTP1Connection(asyncio.Protocol):
             return self._closed_future()
         r.started = True
         code = start_line.code
+        r.switched = code == 101 and self.upgraded
         r.chunked = (r.version == "HTTP/1.1" and r.method != "HEAD" and code not in (204, 304)
                      and not 100 <= code < 200 and "Content-Length" not in headers)
         if r.version == "HTTP/1.0" and not r.chunked and "Content-Length" not in headers \
@@ -537,7 +590,7 @@ class HTTP1Connection(asyncio.Protocol):
             lines.append("%s: %s" % (name, value))
         if r.chunked:
             lines.append("Transfer-Encoding: chunked")
-        if not r.keep_alive:
+        if not r.keep_alive and not r.switched:
             if r.version == "HTTP/1.1":
                 lines.append("Connection: close")
         elif r.version == "HTTP/1.0":
@@ -569,6 +622,8 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.write(b"0\r\n\r\n")
         r.answered = True
         r.closed_cb = None
+        if r.switched:
+            return  # the connection is the WebSocket's now (detach)
         self.fresh = False
         self.waiting_since = self.server.tick  # the keep-alive wait starts now
         if not r.keep_alive:  # (always so for an answer sent before the request was read)
@@ -578,8 +633,16 @@ class HTTP1Connection(asyncio.Protocol):
             return
         self._next()
 
-    def detach(self) -> Any:
-        raise NotImplementedError("connection detach (websockets) is not supported")
+    def detach(self) -> "UpgradedStream":
+        """After a 101: the connection as the stream Tornado's WebSocket protocol reads
+        and writes (what ``tornado.http1connection`` gives it as an ``IOStream``)."""
+        if not self.upgraded or self.stream is not None:
+            raise RuntimeError("detach() is only for a connection answered 101 to a WebSocket upgrade")
+        self.stream = UpgradedStream(self, self._upgrade_rest)
+        self._upgrade_rest = b""
+        if self.closed:
+            self.stream.lost()
+        return self.stream
 
     def _frame(self, r: _Request, chunk: bytes) -> bytes:
         if r.remaining is not None:
@@ -627,6 +690,101 @@ class HTTP1Connection(asyncio.Protocol):
         """A deadline passed while a request was being read: 408 and close."""
         self._reject(408, "the request did not arrive in time")
         self.server.connections.discard(self)
+
+
+# A WebSocket peer that sends faster than its handler reads is paused past this.
+STREAM_READ_HIGH = 1 << 20
+
+
+class UpgradedStream:
+    """What Tornado's ``WebSocketProtocol13`` uses of an ``IOStream`` (``read_bytes``,
+    ``write``, ``close``, ``closed``, ``set_nodelay``, ``io_loop``), over the
+    connection's transport: no second reader on the socket, the bytes that came
+    with the head are not lost, and writes get the connection's flow control."""
+
+    def __init__(self, conn: HTTP1Connection, rest: bytes) -> None:
+        from tornado.ioloop import IOLoop
+
+        self.conn = conn
+        self.io_loop = IOLoop.current()
+        self.error: BaseException | None = None
+        self._buf = bytearray(rest)
+        self._want = 0
+        self._read: asyncio.Future[bytes] | None = None
+        self._closed = False
+        self._paused = False
+
+    @property
+    def writable(self) -> bool:
+        return self.conn.writable
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        self.conn.when_writable(callback)
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+        self._deliver()
+        if len(self._buf) > STREAM_READ_HIGH and not self._paused and not self._closed:
+            self._paused = True
+            self.conn.transport.pause_reading()
+
+    def _deliver(self) -> None:
+        fut = self._read
+        if fut is None or len(self._buf) < self._want:
+            return
+        self._read = None
+        data = bytes(self._buf[:self._want])
+        del self._buf[:self._want]
+        if not fut.done():
+            fut.set_result(data)
+        if self._paused and len(self._buf) < STREAM_READ_HIGH // 2 and not self._closed:
+            self._paused = False
+            self.conn.transport.resume_reading()
+
+    def read_bytes(self, num_bytes: int, partial: bool = False) -> "asyncio.Future[bytes]":
+        if self._read is not None:
+            raise RuntimeError("already reading")
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._read, self._want = fut, num_bytes
+        self._deliver()
+        if self._read is fut and self._closed:
+            self._read = None
+            fut.set_exception(StreamClosedError())
+        return fut
+
+    def write(self, data: bytes) -> "asyncio.Future[None]":
+        conn = self.conn
+        if self._closed or conn.closed:
+            return conn._closed_future()
+        conn.transport.write(data)
+        return conn._write_future()
+
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, exc_info: Any = False) -> None:
+        if not self._closed:
+            self._closed = True
+            self.conn.close()
+            self._fail_read()
+
+    def set_nodelay(self, value: bool) -> None:
+        sock = self.conn.transport.get_extra_info("socket") if self.conn.transport is not None else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if value else 0)
+            except OSError:
+                pass
+
+    def lost(self) -> None:
+        """The connection is gone: a read in progress fails as a closed IOStream's would."""
+        self._closed = True
+        self._fail_read()
+
+    def _fail_read(self) -> None:
+        fut, self._read = self._read, None
+        if fut is not None and not fut.done():
+            fut.set_exception(StreamClosedError())
 
 
 class _Refused(Exception):
