@@ -229,6 +229,7 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
 
 def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     from providers import PROVIDER_TYPES
+    from providers.headers import problems as header_problems
 
     types = dict(PROVIDER_TYPES)
     problems: list[str] = []
@@ -259,8 +260,11 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                 if aid in ids:
                     problems.append(f"$.providers[{i}].accounts[{j}].id: duplicate account id {aid!r}")
                 ids.add(aid)
+        for j, a in enumerate(p.get("accounts") or []):
+            problems.extend(header_problems(a.get("headers"), f"$.providers[{i}].accounts[{j}].headers"))
     seen: dict[str, str] = {}
     for i, m in enumerate(raw.get("models") or []):
+        problems.extend(header_problems(m.get("headers"), f"$.models[{i}].headers"))
         if m["provider"] not in names:
             problems.append(f"$.models[{i}].provider: no provider named {m['provider']!r}")
         for j, name in enumerate([m["id"], *(m.get("aliases") or [])]):
