@@ -138,6 +138,14 @@ class Config:
         self.accounts_file: str | None = raw.get("accounts_file")
         for p in self.providers:
             p["timeouts"] = {**TIMEOUT_DEFAULTS, **(p.get("timeouts") or {})}
+            # Likewise an account whose only credential is "${KEY:-}" unset: no such account.
+            if p.get("accounts"):
+                p["accounts"] = [a for a in p["accounts"] if not _unset_key(a)]
+
+
+def _unset_key(account: Mapping[str, Any]) -> bool:
+    return account.get("api_key") == "" and not any(
+        account.get(f) for f in ("api_key_env", "refresh_token", "access_token", "aws_access_key_id"))
 
 
 def _strip_conditional(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
