@@ -7,6 +7,7 @@ from __future__ import annotations
 from .anthropic_messages import AnthropicProvider
 from .base import Provider
 from .bedrock import BedrockProvider
+from .coze import CozeProvider
 from .echo import EchoProvider
 from .openai_chat import OpenAIChatProvider
 from .openai_responses import ResponsesProvider
@@ -19,4 +20,5 @@ PROVIDER_TYPES: tuple[tuple[str, type[Provider]], ...] = (
     ("openai-responses", ResponsesProvider),
     ("bedrock", BedrockProvider),
     ("gemini", GeminiProvider),
+    ("coze", CozeProvider),
 )

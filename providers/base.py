@@ -58,6 +58,9 @@ from typing import Any, Iterable
 
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
+from . import headers as headers_mod
+from .headers import RequestInfo
+
 
 @dataclass
 class StreamContext:
@@ -253,6 +256,11 @@ class Provider:
         self.name: str = conf["name"]
         self.base_url: str = (conf.get("base_url") or self.default_base_url).rstrip("/")
         self.extra_headers: dict[str, str] = dict(conf.get("headers") or {})
+        self.session_id_header: str = str(conf.get("session_id_header") or headers_mod.DEFAULT_SESSION_HEADER).lower()
+        bad = headers_mod.problems(self.extra_headers, "headers")
+        if bad:
+            raise ValueError("; ".join(bad))
+        self._templates = headers_mod.templated(self.extra_headers)
 
     # -- configuration -------------------------------------------------------
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
@@ -276,6 +284,25 @@ class Provider:
         """A non-2xx upstream answer -> ProxyError (with retry_after from headers/body)."""
         return default_classify(status, headers, body)
 
+    def finish_request(self, up: UpstreamRequest, info: RequestInfo, model: dict[str, Any],
+                       account: Account) -> UpstreamRequest:
+        """The last look at a built request, with what the client sent besides its body:
+        fills header templates (``providers/headers.py``).  A provider that takes
+        something from the client's headers overrides this (validating what it takes)."""
+        templates = self._templates
+        own = model.get("headers"), account.extra.get("headers")
+        if own[0] or own[1]:
+            templates = {**templates, **headers_mod.templated(*own)}
+        if templates:
+            headers_mod.expand(up.headers, templates, info, self.session_id_header)
+        return up
+
+    def new_exchange(self, up: UpstreamRequest, ctx: StreamContext) -> "Exchange | None":
+        """For an upstream whose non-streaming answer takes more than one request (create,
+        then poll): the Exchange that follows up the answer to ``up``; None (the default)
+        for a one-request answer, which ``translate_response`` turns into the pivot."""
+        return None
+
     # -- native pass-through -------------------------------------------------
     def build_native_request(self, body: dict[str, Any], raw: bytes, model: dict[str, Any],
                              account: Account, stream: bool, client_headers: dict[str, str],
@@ -286,6 +313,26 @@ class Provider:
     def stream_complete_marker(self) -> bytes | None:
         """Bytes whose presence near the end of a passed-through stream means it finished."""
         return None
+
+
+class Exchange:
+    """A non-streaming answer that takes several upstream requests (create, poll, fetch).
+
+    No I/O and no clock, like a translator: the pipeline sends the first request
+    (``build_request``), then hands each 2xx body to ``next(body)``, which returns
+    ``(delay_seconds, next_request)`` or None when the answer is complete; then
+    ``result()`` is the pivot chat.completion.  The pipeline waits ``delay`` between
+    requests and gives up after ``max_seconds`` in all (``IDLE_TIMEOUT``).  ``next``
+    raises ProxyError for an answer that is an error (as a 200 with an error code).
+    """
+
+    max_seconds: float = 300.0
+
+    def next(self, body: bytes) -> tuple[float, UpstreamRequest] | None:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 def error_message_from_body(body: bytes) -> str:

@@ -139,6 +139,14 @@ class Config:
         self.accounts_file: str | None = raw.get("accounts_file")
         for p in self.providers:
             p["timeouts"] = {**TIMEOUT_DEFAULTS, **(p.get("timeouts") or {})}
+            # Likewise an account whose only credential is "${KEY:-}" unset: no such account.
+            if p.get("accounts"):
+                p["accounts"] = [a for a in p["accounts"] if not _unset_key(a)]
+
+
+def _unset_key(account: Mapping[str, Any]) -> bool:
+    return account.get("api_key") == "" and not any(
+        account.get(f) for f in ("api_key_env", "refresh_token", "access_token", "aws_access_key_id"))
 
 
 def _strip_conditional(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -230,6 +238,7 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
 
 def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     from providers import PROVIDER_TYPES
+    from providers.headers import problems as header_problems
 
     types = dict(PROVIDER_TYPES)
     problems: list[str] = []
@@ -260,8 +269,11 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                 if aid in ids:
                     problems.append(f"$.providers[{i}].accounts[{j}].id: duplicate account id {aid!r}")
                 ids.add(aid)
+        for j, a in enumerate(p.get("accounts") or []):
+            problems.extend(header_problems(a.get("headers"), f"$.providers[{i}].accounts[{j}].headers"))
     seen: dict[str, str] = {}
     for i, m in enumerate(raw.get("models") or []):
+        problems.extend(header_problems(m.get("headers"), f"$.models[{i}].headers"))
         if m["provider"] not in names:
             problems.append(f"$.models[{i}].provider: no provider named {m['provider']!r}")
         for j, name in enumerate([m["id"], *(m.get("aliases") or [])]):

@@ -43,6 +43,7 @@ class OAuthConfig:
     scope: str | None = None
     refresh_ahead: float = 300.0           # refresh this many seconds before expiry
     token_ttl: float = 3600.0              # when the answer says nothing about expiry
+    max_token_age: float | None = None     # refresh at least this often (a vendor's own schedule)
     timeout: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)  # more body fields (organization_id...)
 
@@ -60,6 +61,7 @@ def parse_config(conf: dict[str, Any]) -> OAuthConfig:
         scope=conf.get("scope"),
         refresh_ahead=float(conf.get("refresh_ahead", 300.0)),
         token_ttl=float(conf.get("token_ttl", 3600.0)),
+        max_token_age=float(conf["max_token_age"]) if conf.get("max_token_age") is not None else None,
         timeout=float(conf.get("timeout", 30.0)),
         extra={str(k): str(v) for k, v in (conf.get("extra") or {}).items()},
     )
@@ -147,6 +149,10 @@ def parse_response(conf: OAuthConfig, status: int, body: bytes, old_refresh_toke
         expires_at = wall_now + float(expires_in)
     else:
         expires_at = jwt_expiry(access) or wall_now + conf.token_ttl
+    if conf.max_token_age is not None:
+        # Some vendors' own clients refresh on a fixed schedule, well before the token's
+        # expiry (a token revoked server-side then stops working within that time).
+        expires_at = min(expires_at, wall_now + conf.max_token_age)
     return TokenSet(access_token=access,
                     refresh_token=rotated if isinstance(rotated, str) and rotated else old_refresh_token,
                     expires_at=expires_at)

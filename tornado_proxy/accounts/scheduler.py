@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from providers.base import Account
 
-from tornado_proxy.accounts import oauth
+from tornado_proxy.accounts import oauth, terms
 
 from tornado_proxy.observability import redact
 from tornado_proxy.accounts.file import AccountsFile, AccountsFileError, find, has_credential, mask
@@ -516,6 +516,7 @@ class Scheduler:
         self._next_poll = 0.0
         self._warned: set[str] = set()
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._anthropic = {p["name"]: p for p in providers_conf if terms.aims_at_anthropic(p)}
         for p in providers_conf:
             name = p["name"]
             pool = _Pool(name, parse_policy(p.get("scheduler")), p.get("proxy"))
@@ -581,6 +582,11 @@ class Scheduler:
         else:
             st.oauth = _oauth_for(pool.policy.oauth, entry)
             self._adopt_tokens(st, entry)
+        verdict = terms.screen(self._anthropic.get(pool.name), entry)
+        if verdict is not None:
+            self._warn(f"terms:{st.id}", "%s", verdict[1])
+            if verdict[0] and st.disabled_reason != terms.REASON:
+                self._set_disabled(st, terms.REASON, persist=False)
         own = entry.get("proxy")
         pol = pool.policy
         st.proxy = own if own else (proxy_for_id(st.id, pol.proxies) if pol.proxies and pol.proxy_mode == "hash"
@@ -763,6 +769,8 @@ class Scheduler:
                 if session:
                     self.store.session_set(provider, session, st3.id, now + pol.session_ttl)
                 return self._lease(pool, st3)
+        if pool.states and all(st.disabled_reason == terms.REASON for st in pool.states):
+            raise terms.refused_accounts(provider)
         raise self._none_left(pool, now, exclude)
 
     def _available(self, st: AccountState, now: float) -> bool:
@@ -838,6 +846,8 @@ class Scheduler:
         cred = client_credential(raw, self._access_keys)
         if cred is None:
             return None
+        if pool.name in self._anthropic and terms.guarded(self._anthropic[pool.name]) and terms.is_consumer_token(cred):
+            raise terms.refused_client()
         account = Account(id="client", api_key=cred, extra={"credential": "client"})
         return Lease(self, pool.name, account, None, False, self._proxy(pool, None))
 

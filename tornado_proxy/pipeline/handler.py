@@ -15,6 +15,7 @@ Everything between curl's write callback and ``flush()`` is synchronous (see
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -22,7 +23,8 @@ from typing import Any, Callable
 
 import tornado.web
 
-from providers.base import Account, Provider, StreamContext, UpstreamRequest
+from providers.base import Account, Exchange, Provider, StreamContext, UpstreamRequest
+from providers.headers import RequestInfo
 
 from tornado_proxy import fieldpolicy, jsonutil
 
@@ -353,6 +355,11 @@ class LLMHandler(BaseHandler):
         deadline = time.monotonic() + policy.max_seconds
         tried: list[str] = []
         last: ProxyError | None = None
+        info = RequestInfo(ctx.id, self.request.headers)
+        model = ctx.extra.get("model")
+        if model is None:  # (routes that resolved the model themselves)
+            hit = self.gw.router.resolve(self.model_id) if self.model_id else None
+            model = hit[0] if hit is not None else {}
         for attempt in range(max(1, policy.max_tries)):
             try:
                 lease = sched.acquire(provider.name, headers=self.request.headers, exclude=tried)
@@ -371,7 +378,7 @@ class LLMHandler(BaseHandler):
                 trace.attempt(self, provider, lease.account.id, ctx)
             try:
                 await lease.prepare()
-                up = build(lease.account)
+                up = provider.finish_request(build(lease.account), info, model, lease.account)
                 await self.attempt(provider, up, lease, ctx, passthrough)
                 lease.record_usage(self._usage)
                 return
@@ -458,11 +465,13 @@ class LLMHandler(BaseHandler):
             self.finish(b"".join(out))
             return
 
+        exchange = None if passthrough else provider.new_exchange(up, ctx)
         t = self.gw.upstream.start(up, connect_timeout=timeouts["connect"], first_byte=timeouts["first_byte"],
                                    idle=timeouts["idle"], proxy=proxy)
         self._transfer = t
         self._answer_args = (provider, ctx, passthrough)
-        t.on_done = self._answer_early
+        if exchange is None:
+            t.on_done = self._answer_early
         res = await self.gw.upstream.wait(t)
         self._transfer = None
         self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
@@ -473,10 +482,44 @@ class LLMHandler(BaseHandler):
         if not (200 <= res.status < 300):
             raise provider.classify_error(res.status, res.headers, res.body)
         lease.success(res.ttfb or 0.0, res.headers)
-        if not self._finished:  # (else answered from the transfer's completion already)
+        if exchange is not None:
+            await self._follow(provider, exchange, res, timeouts, proxy)
+            if not self._gone:
+                self._answer(provider, res, ctx, passthrough, exchange.result())
+        elif not self._finished:  # (else answered from the transfer's completion already)
             self._answer(provider, res, ctx, passthrough)
 
-    def _answer(self, provider: Provider, res: Any, ctx: StreamContext, passthrough: bool) -> None:
+    async def _follow(self, provider: Provider, exchange: Exchange, res: Any, timeouts: dict[str, float],
+                      proxy: str | None) -> None:
+        """A non-streaming answer that takes several requests (``Provider.new_exchange``,
+        e.g. create then poll): each 2xx body tells the exchange what to send next."""
+        deadline = time.monotonic() + exchange.max_seconds
+        while True:
+            step = exchange.next(res.body)
+            if step is None:
+                return
+            delay, up = step
+            if time.monotonic() + delay > deadline:
+                raise ProxyError(ErrorKind.IDLE_TIMEOUT,
+                                 f"upstream did not finish the answer within {exchange.max_seconds:g} s")
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._gone:
+                return
+            t = self.gw.upstream.start(up, connect_timeout=timeouts["connect"], first_byte=timeouts["first_byte"],
+                                       idle=timeouts["idle"], proxy=proxy)
+            self._transfer = t
+            res = await self.gw.upstream.wait(t)
+            self._transfer = None
+            if self._gone:
+                return
+            if res.error is not None:
+                raise res.error
+            if not (200 <= res.status < 300):
+                raise provider.classify_error(res.status, res.headers, res.body)
+
+    def _answer(self, provider: Provider, res: Any, ctx: StreamContext, passthrough: bool,
+                pivot: dict[str, Any] | None = None) -> None:
         """A 2xx non-stream upstream answer -> the client's response.  Raises ProxyError,
         before anything is sent, for a body that is not what the upstream format promises."""
         if passthrough:
@@ -490,7 +533,8 @@ class LLMHandler(BaseHandler):
             if rw is not None:
                 body = rw.feed(body)
         else:
-            pivot = provider.translate_response(res.body, ctx)
+            if pivot is None:
+                pivot = provider.translate_response(res.body, ctx)
             usage = pivot.get("usage")
             body = jsonutil.dumpb(self.client_format.render_response(pivot, ctx))
             ctype = "application/json"
