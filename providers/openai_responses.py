@@ -991,7 +991,7 @@ def input_to_messages(inp: Any, tools: Any = None) -> list[JSON]:
             msg = assistant()
             if kind == "custom_tool_call":
                 inp = item.get("input")
-                args = jsonutil.dumps({CUSTOM_INPUT: inp if isinstance(inp, str) else ""})
+                args: Any = jsonutil.dumps({CUSTOM_INPUT: inp if isinstance(inp, str) else ""})
             else:
                 args = item.get("arguments")
             name = item["name"]

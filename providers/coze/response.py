@@ -111,7 +111,8 @@ class CozeExchange(Exchange):
             self.step = "list"
             return (0.0, self._get("/v3/chat/message/list"))
         if status == "failed":
-            le = data.get("last_error") if isinstance(data.get("last_error"), dict) else {}
+            last = data.get("last_error")
+            le: dict[str, Any] = last if isinstance(last, dict) else {}
             raise coded_error(le.get("code"), le.get("msg"), where=" (the chat failed)")
         if status == "requires_action":
             raise ProxyError(ErrorKind.UPSTREAM_BAD_REQUEST, "the Coze bot asked for a local plugin's output "

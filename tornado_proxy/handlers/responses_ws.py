@@ -250,7 +250,8 @@ class FrameConnection:
     def __init__(self, ws: ResponsesSocketHandler, sent_input: Any) -> None:
         self.ws = ws
         self.sent_input = _items(sent_input)
-        self.context = ws.request.connection.context if hasattr(ws.request.connection, "context") else None
+        conn: Any = ws.request.connection
+        self.context = conn.context if hasattr(conn, "context") else None
         self.status = 200
         self.headers: httputil.HTTPHeaders | None = None
         self.sse = False
@@ -287,7 +288,8 @@ class FrameConnection:
         headers["Content-Type"] = "application/json"
         headers["Content-Length"] = str(len(body))
         start = httputil.RequestStartLine("POST", req.path, "HTTP/1.1")
-        request = httputil.HTTPServerRequest(headers=headers, connection=self, start_line=start)
+        request = httputil.HTTPServerRequest(headers=headers, connection=self,  # type: ignore[arg-type]  # (duck-typed HTTPConnection)
+                                             start_line=start)
         request.remote_ip = req.remote_ip
         delegate = ws.application.get_handler_delegate(request, ResponsesHandler, {"gw": ws.gw})
         # As our HTTP/1.1 server hands a request over: the route's data_received only buffers.
