@@ -142,7 +142,12 @@ class Gateway:
         self.providers: dict[str, Provider] = {p["name"]: types[p["type"]](p) for p in config.providers}
         self.router = Router(config.models, self.providers)
         self.scheduler = Scheduler.from_config(config)
-        self.upstream = Upstream(max_clients=s["max_clients"], max_body_bytes=s["max_upstream_body_bytes"],
+        upstream_class = Upstream
+        if s["upstream_client"] == "tornado":
+            from tornado_proxy.pipeline.tornado_upstream import TornadoUpstream
+
+            upstream_class = TornadoUpstream
+        self.upstream = upstream_class(max_clients=s["max_clients"], max_body_bytes=s["max_upstream_body_bytes"],
                                  max_error_bytes=s["max_upstream_error_bytes"])
         self.metrics = Metrics()
         self.metrics.init_providers(self.providers)

@@ -41,6 +41,9 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "log_level": "info",
     "workers": 0,   # 0: one per core
     "busy_poll_us": 50,  # the event loop polls up to this long before sleeping (busypoll.py); 0: off
+    # Our own server side and curl driver, or Tornado's stock ones (docs/architecture.md).
+    "http_server": "fast",
+    "upstream_client": "fast",
     # Limits at the boundary (docs/operations-limits.md).
     "max_connections": 10000,        # client connections per worker; at the limit idle ones are shed
     "client_header_timeout": 10.0,   # seconds for a whole request head (from its first byte / the accept)

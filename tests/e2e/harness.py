@@ -15,12 +15,14 @@ come from ``tests/fixtures/<provider>/``.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
@@ -218,7 +220,7 @@ class LoopThread:
         from tornado_proxy.config import build
         from tornado_proxy.server.workers import Server
 
-        cfg = build(raw_config, "test", env or {})
+        cfg = build(with_paths(raw_config), "test", env or {})
 
         async def start() -> Any:
             server = Server(cfg, "127.0.0.1", 0)
@@ -237,6 +239,30 @@ class LoopThread:
                 self.call(cb)
             except Exception:
                 pass
+
+
+# The server side and upstream client every gateway of the run uses (fast: ours; tornado:
+# Tornado's stock ones), unless a test's config names them: CI runs tests/e2e on both.
+PATHS = {"http_server": os.environ.get("TP_HTTP_SERVER", "fast"),
+         "upstream_client": os.environ.get("TP_UPSTREAM_CLIENT", "fast")}
+ON_TORNADO = "tornado" in PATHS.values()
+fast_only = pytest.mark.skipif(PATHS["http_server"] != "fast", reason="about our own server side (server/http1.py)")
+fast_client_only = pytest.mark.skipif(PATHS["upstream_client"] != "fast",
+                                      reason="about our own curl driver (pipeline/upstream.py)")
+
+
+def client_buffered(conn: Any) -> int:
+    """Bytes a gateway connection holds for its client, on either server side (Tornado's
+    IOStream has no public count: its write buffer's length)."""
+    transport = getattr(conn, "transport", None)
+    if transport is not None:
+        return transport.get_write_buffer_size()
+    return len(conn.stream._write_buffer)
+
+
+def with_paths(raw_config: dict[str, Any]) -> dict[str, Any]:
+    server = raw_config.get("server") or {}
+    return {**raw_config, "server": {**PATHS, **server}}
 
 
 def openai_provider(up: FakeUpstream, name: str = "up", accounts: list[dict[str, Any]] | None = None,

@@ -14,6 +14,8 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from tests.e2e.harness import with_paths
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,7 +37,7 @@ class Gateway:
                 "--workers", str(workers)]
         if config is not None:
             cfg = tmp / f"c{self.port}.json"
-            cfg.write_text(json.dumps(config))
+            cfg.write_text(json.dumps(with_paths(config)))
             args[3:3] = ["--config", str(cfg)]
         extra = env or {}
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}

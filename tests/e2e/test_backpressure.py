@@ -7,7 +7,7 @@ import json
 import socket
 import time
 
-from tests.e2e.harness import LoopThread, Reply, openai_provider, simple_config
+from tests.e2e.harness import LoopThread, Reply, client_buffered, openai_provider, simple_config
 
 N_EVENTS = 3000  # ~1 KiB each: about 3 MiB, written by the fake upstream as fast as it can
 
@@ -57,7 +57,7 @@ def test_slow_client_pauses_the_upstream_and_still_gets_everything(harness: Loop
 
     def state() -> tuple[bool, int]:
         paused = any(t.paused for t in gw.gw.upstream.active)
-        buffered = max((c.transport.get_write_buffer_size() for c in gw.server.http.connections), default=0)
+        buffered = max((client_buffered(c) for c in gw.server.http.connections), default=0)
         return paused, buffered
 
     time.sleep(1.6)  # longer than the upstream idle timeout: a paused transfer is not idle

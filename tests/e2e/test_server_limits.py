@@ -12,7 +12,7 @@ from typing import Any, Callable
 import openai
 import pytest
 
-from tests.e2e.harness import LoopThread, Reply, openai_provider, sent_before_close, simple_config
+from tests.e2e.harness import PATHS, LoopThread, Reply, fast_only, openai_provider, sent_before_close, simple_config
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -154,10 +154,14 @@ def test_slowloris_gets_408_at_the_configured_header_deadline(harness: LoopThrea
         got += d
         if not d or time.monotonic() - start > 6:
             break
-    assert got.startswith(b"HTTP/1.1 408 "), got
+    if PATHS["http_server"] == "fast":
+        assert got.startswith(b"HTTP/1.1 408 "), got
+    else:  # Tornado closes a late head without an answer (docs/architecture.md)
+        assert got == b"", got
     assert time.monotonic() - start < 4  # one second, plus at most one sweep
 
 
+@fast_only  # the accept loop that sheds idle connections is our own (server/http1.py)
 def test_out_of_file_descriptors_a_new_request_is_still_served(tmp_path: Any) -> None:
     """A worker with a tiny fd limit, every descriptor held by idle keep-alive
     connections: accept fails with EMFILE, the longest-idle are closed, and a new

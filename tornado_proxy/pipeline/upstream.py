@@ -405,20 +405,7 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         for t in batch:
             parts = t.pending
             t.pending = []
-            if t.abort_kind is not None or t.abort_err is not None or t.on_data is None:
-                continue
-            try:
-                keep_going = t.on_data(parts[0] if len(parts) == 1 else b"".join(parts))
-            except ProxyError as err:
-                t.abort_err = err
-                keep_going = False
-            except Exception as exc:  # a bug must not leave the transfer running
-                log.exception("stream handler failed")
-                t.abort_err = ProxyError(ErrorKind.INTERNAL, f"internal error while streaming: {type(exc).__name__}")
-                keep_going = False
-            if not keep_going:
-                if t.abort_err is None:
-                    t.abort_kind = ErrorKind.INTERNAL  # client went away
+            if not hand_over(t, parts[0] if len(parts) == 1 else b"".join(parts)):
                 self.abort(t)
 
     def _setup_transfer(self, curl: pycurl.Curl, request: "Transfer") -> None:
@@ -458,6 +445,25 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
             setopt(pycurl.NOBODY, 1)
         elif method != "GET":
             setopt(pycurl.CUSTOMREQUEST, method)
+
+
+def hand_over(t: "Transfer", data: bytes) -> bool:
+    """Give streamed bytes to ``t.on_data``; False: the transfer is to be aborted (the
+    client has gone, or the handler failed: ``t.abort_kind`` / ``t.abort_err`` say)."""
+    if t.abort_kind is not None or t.abort_err is not None or t.on_data is None:
+        return True  # ending already
+    try:
+        keep_going = t.on_data(data)
+    except ProxyError as err:
+        t.abort_err = err
+        keep_going = False
+    except Exception as exc:  # a bug must not leave the transfer running
+        log.exception("stream handler failed")
+        t.abort_err = ProxyError(ErrorKind.INTERNAL, f"internal error while streaming: {type(exc).__name__}")
+        keep_going = False
+    if not keep_going and t.abort_err is None:
+        t.abort_kind = ErrorKind.INTERNAL  # client went away
+    return keep_going
 
 
 def _complete(t: "Transfer", errno: int | None, starttransfer: float) -> None:
@@ -612,13 +618,19 @@ class Upstream:
                  max_body_bytes: int = 64 << 20, max_error_bytes: int = 1 << 20) -> None:
         self.max_body_bytes = max_body_bytes    # a buffered (non-streamed) 2xx answer
         self.max_error_bytes = max_error_bytes  # a buffered error body
-        AsyncHTTPClient.configure(GatewayCurlClient, max_clients=max_clients)
-        self.http: GatewayCurlClient = AsyncHTTPClient()  # type: ignore[assignment]
+        self.http = self._client(max_clients)
+        self._aio = self.http._aio  # the loop the curl client (one per IOLoop) runs on
         self.user_agent = user_agent
         self.tick = 0
         self.active: set[Transfer] = set()
         self._sweeper = PeriodicCallback(self._sweep, 1000 / TICKS_PER_SECOND)
         self._sweeper.start()
+
+    def _client(self, max_clients: int) -> Any:
+        """The curl client our transfers run on: it starts, aborts, pauses and resumes them
+        (``start_transfer``, ``abort``, ``pause``, ``resume``)."""
+        AsyncHTTPClient.configure(GatewayCurlClient, max_clients=max_clients)
+        return AsyncHTTPClient()
 
     def close(self) -> None:
         self._sweeper.stop()
@@ -657,7 +669,7 @@ class Upstream:
         t = Transfer(self, req, on_data, first_byte, idle)
         t.connect_ms = int(connect_timeout * 1000)
         t.client_proxy = proxy
-        aio = self.http._aio  # the loop the curl client (one per IOLoop) runs on
+        aio = self._aio
         t.started_at = aio.time()  # = IOLoop.time()
         t.future = aio.create_future()
         self.active.add(t)
@@ -685,7 +697,7 @@ class Upstream:
 
     def result(self, t: Transfer, errno: int | None, st: float) -> Result:
         """The Result of a completed transfer (what ``wait`` returns), for ``on_done``."""
-        ttfb = float(st) if st else self.http._aio.time() - t.started_at
+        ttfb = float(st) if st else self._aio.time() - t.started_at
         # (also any header lines after the body: trailers)
         status = t.parse_head() if t._parsed != len(t.head) else t._header_status
         status = t.status or status

@@ -471,7 +471,7 @@ class HTTP1Connection(asyncio.Protocol):
         if self._trusted_peer:
             h = r.headers
             if "X-Forwarded-For" in h or "X-Real-Ip" in h or "X-Scheme" in h or "X-Forwarded-Proto" in h:
-                ctx = _forwarded_context(ctx, h, srv.trusts)  # type: ignore[arg-type]
+                ctx = forwarded_context(ctx, h, srv.trusts)  # type: ignore[arg-type]
         self.context = ctx
         self.current = r
         start_line = httputil.RequestStartLine(r.method, r.url.decode("latin-1"), r.version)
@@ -800,7 +800,32 @@ def _safe(s: str) -> str:
     return "".join(c for c in s if c.isprintable() and c not in '"\\')[:200]
 
 
-def _forwarded_context(base: _Context, headers: httputil.HTTPHeaders,
+class TrustedProxies:
+    """``trusts(ip)``: is the peer ``ip`` one of ``server.trusted_proxies``?
+
+    X-Forwarded-For / X-Real-Ip / X-Forwarded-Proto are believed only from these (IPs
+    or CIDRs): from anyone else they are the client's own words."""
+
+    def __init__(self, networks: list[str] | tuple[str, ...]) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, ip: str) -> bool:
+        if not self.networks:
+            return False
+        hit = self._cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            hit = any(addr in net for net in self.networks)
+            if len(self._cache) < 4096:
+                self._cache[ip] = hit
+        return hit
+
+
+def forwarded_context(base: _Context, headers: httputil.HTTPHeaders,
                        trusts: Callable[[str], bool]) -> _Context:
     """For a request from a trusted proxy: the client address from X-Real-Ip or, in
     X-Forwarded-For, the right-most hop that is not itself a trusted proxy (hops to its
@@ -839,10 +864,7 @@ class HTTP1Server:
 
         # Literal paths -> handler; None: app is not a Tornado Application (see _start).
         self.exact = exact_routes(app) if isinstance(app, tornado.web.Application) else None
-        # X-Forwarded-For / X-Real-Ip / X-Forwarded-Proto are believed only from these
-        # (IPs or CIDRs): from anyone else they are the client's own words.
-        self.trusted_proxies = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
-        self._trust_cache: dict[str, bool] = {}
+        self.trusts = TrustedProxies(trusted_proxies)
         self.max_body_size = max_body_size
         self.sweep_seconds = sweep_seconds
         self.idle_ticks = max(1, round(idle_timeout / sweep_seconds))
@@ -865,20 +887,6 @@ class HTTP1Server:
         self._reserve = -1       # a descriptor kept spare, to turn a connection away when none is left
         self._paused: asyncio.TimerHandle | None = None
         self._closing: list[Any] = []  # transports closed by close_all_connections, still flushing
-
-    def trusts(self, ip: str) -> bool:
-        if not self.trusted_proxies:
-            return False
-        hit = self._trust_cache.get(ip)
-        if hit is None:
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                return False
-            hit = any(addr in net for net in self.trusted_proxies)
-            if len(self._trust_cache) < 4096:
-                self._trust_cache[ip] = hit
-        return hit
 
     async def add_sockets(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()

@@ -79,7 +79,12 @@ class Server:
         # Bodies are size-checked by the handlers (413 in the client's format); the
         # server's own limit only stops absurd uploads before a handler sees them.
         s = config.server
-        self.http = HTTP1Server(self.app, trusted_proxies=s.get("trusted_proxies") or (),
+        server_class: Any = HTTP1Server
+        if s["http_server"] == "tornado":
+            from tornado_proxy.server.tornado_http import TornadoHTTPServer
+
+            server_class = TornadoHTTPServer
+        self.http = server_class(self.app, trusted_proxies=s.get("trusted_proxies") or (),
                                 max_body_size=max(s["max_body_bytes"] * 2, 1 << 20),
                                 idle_timeout=float(s["keepalive_timeout"]),
                                 header_timeout=float(s["client_header_timeout"]),
