@@ -58,7 +58,12 @@ class _Connection(HTTP1Connection):
             callback()
             return
         # An empty write's future resolves once everything written before it has gone out.
-        stream.write(b"").add_done_callback(lambda f: (f.cancelled() or f.exception(), callback()))
+        def done(f: Any) -> None:
+            if not f.cancelled():
+                f.exception()  # (retrieved: a closed stream is not an error here)
+            callback()
+
+        stream.write(b"").add_done_callback(done)
 
     def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> Any:
         if self.tp_server.draining:
@@ -142,8 +147,8 @@ class _Server(HTTPServer):
         self.open.add(server_conn)
         if request_conn.__class__ is HTTP1Connection:
             request_conn.__class__ = _Connection
-            request_conn.tp_server = self
-            request_conn.tp_done = None
+            request_conn.tp_server = self  # type: ignore[attr-defined]  # (now a _Connection)
+            request_conn.tp_done = None  # type: ignore[attr-defined]
         return _Forwarded(self, server_conn, request_conn, super().start_request(server_conn, request_conn))
 
 
@@ -173,7 +178,7 @@ class TornadoHTTPServer:
 
     @property
     def port(self) -> int:
-        return self._sockets[0].getsockname()[1]
+        return int(self._sockets[0].getsockname()[1])
 
     def stop(self) -> None:
         self.server.stop()

@@ -97,7 +97,7 @@ class Server:
             sockets = bind_sockets(self.port, self.host, backlog=LISTEN_BACKLOG)
         await self.http.add_sockets(sockets)
         self.port = self.http.port
-        return self.port
+        return int(self.port)
 
     def warn_open(self) -> None:
         if not self.gw.access_keys:
