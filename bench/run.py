@@ -467,8 +467,17 @@ class TornadoProxy(Gateway):
     name = "tornado-proxy"
     label = "tornado-proxy"
 
+    def __init__(self, upstream: Upstream, server: Optional[dict[str, Any]] = None,
+                 rev: Optional[str] = None) -> None:
+        super().__init__(upstream)
+        self.server = server or {}  # `server` settings (--busy-poll-us); empty: every default
+        self.tree = REPO
+        if rev:  # --compare: another commit's code, side by side with the work tree's
+            self.name = self.label = f"tornado-proxy@{rev}"
+            self.tree = checkout(rev)
+
     def has_anthropic(self) -> bool:
-        return (REPO / "providers" / "anthropic_messages.py").exists()
+        return (self.tree / "providers" / "anthropic_messages.py").exists()
 
     @property
     def cross_format(self) -> bool:  # type: ignore[override]
@@ -488,29 +497,47 @@ class TornadoProxy(Gateway):
             }
             providers.append(p)
             models.append({"id": f"bench-{kind}", "provider": p["name"], "upstream_model": MODEL})
-        return {"providers": providers, "models": models}
+        cfg: dict[str, Any] = {"providers": providers, "models": models}
+        if self.server:
+            cfg["server"] = dict(self.server)
+        return cfg
 
     def command(self) -> tuple[list[str], dict[str, str], Optional[Path]]:
-        cfg = WORK / "tornado-proxy.json"
+        cfg = WORK / f"{self.name}.json"
         cfg.write_text(json.dumps(self.config(), indent=2))
         py = str(BENCH / ".venv-tornado" / "bin" / "python")
         cmd = [py, "-m", "tornado_proxy", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(self.port)]
-        helptext = out([py, "-m", "tornado_proxy", "--help"], cwd=REPO,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+        helptext = out([py, "-m", "tornado_proxy", "--help"], cwd=self.tree,
+                       env=dict(os.environ, PYTHONPATH=str(self.tree)))
         if "--workers" in helptext:
             cmd += ["--workers", "1"]  # one process on one core: the issue's comparison
-        return cmd, {"PYTHONPATH": str(REPO)}, REPO
+        return cmd, {"PYTHONPATH": str(self.tree)}, self.tree
 
     def target(self, kind: str) -> Target:
         return Target(self.port, "/v1/chat/completions", {"Authorization": "Bearer test-key-123"},
                       self.body(kind, f"bench-{kind}"))
 
     def version(self) -> str:
+        if self.tree != REPO:
+            return f"git {self.tree.name.split('-', 1)[1]}"
         rev = out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
         dirty = out(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
         py = BENCH / ".venv-tornado" / "bin" / "python"
         libs = out([str(py), "-c", "import tornado, pycurl; print('tornado', tornado.version, '|', pycurl.version)"])
         return f"git {rev}{' (+ uncommitted changes)' if dirty else ''}; {libs}"
+
+
+def checkout(rev: str) -> Path:
+    """The tree of commit ``rev`` under .work/ (git archive: no worktree, no index touched)."""
+    sha = out(["git", "-C", str(REPO), "rev-parse", "--short", rev])
+    if not sha:
+        raise SystemExit(f"--compare: no commit {rev!r}")
+    tree = WORK / f"tree-{sha}"
+    if not (tree / "tornado_proxy").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 class LiteLLM(Gateway):
@@ -1073,7 +1100,7 @@ def fmt(v: Optional[float], spec: str = ".0f") -> str:
 
 
 def table(results: dict[tuple[str, str], Result], names: list[str], args: argparse.Namespace) -> str:
-    labels = {n: GATEWAYS[n].label for n in names}
+    labels = {n: LABELS.get(n, n) for n in names}
 
     def get(n: str, sc: str) -> Optional[Result]:
         r = results.get((n, sc))
@@ -1144,11 +1171,11 @@ def within_rounds(results: dict[tuple[str, str], Result], a: str, sc_a: str, b: 
     return statistics.median(vals) if vals else None
 
 
-def ratios(results: dict[tuple[str, str], Result], names: list[str]) -> str:
-    """Each gateway against the reference peer (TensorZero if measured), as the
+def ratios(results: dict[tuple[str, str], Result], names: list[str], ref: Optional[str] = None) -> str:
+    """Each gateway against the reference peer (--ref; TensorZero if measured), as the
     median over rounds of the ratio within a round; the added latency over the floor
     within a round; each gateway's cross-format ÷ same-format CPU per chunk."""
-    ref = "tensorzero" if "tensorzero" in names else None
+    ref = ref or ("tensorzero" if "tensorzero" in names else None)
     gws = [n for n in names if n != "floor"]
     rows: list[tuple[str, list[Optional[float]], str]] = []
     if ref:
@@ -1158,9 +1185,17 @@ def ratios(results: dict[tuple[str, str], Result], names: list[str]) -> str:
                               ("sse-c1", "streams/s c=1", "streams_per_s"),
                               ("sse-c16", "streams/s c=16", "streams_per_s"),
                               ("xsse-c16", "cross-format streams/s c=16", "streams_per_s")):
-            rows.append((f"{what} ÷ {GATEWAYS[ref].label}",
+            rows.append((f"{what} ÷ {LABELS.get(ref, ref)}",
                          [within_rounds(results, n, sc, ref, sc, lambda x, y, k=key: x[k] / y[k]) for n in gws],
                          ".2f"))
+        for c in (1, 16, 64):
+            rows.append((f"non-stream CPU per request c={c} ÷ {LABELS.get(ref, ref)}",
+                         [within_rounds(results, n, f"json-c{c}", ref, f"json-c{c}",
+                                        lambda x, y: (x["cpu_s"] / x["requests"]) / (y["cpu_s"] / y["requests"]))
+                          for n in gws], ".3f"))
+        rows.append((f"stream CPU per chunk c=16 ÷ {LABELS.get(ref, ref)}",
+                     [within_rounds(results, n, "sse-c16", ref, "sse-c16", lambda x, y: _cpu_chunk(x) / _cpu_chunk(y))
+                      for n in gws], ".3f"))
     for key in ("p50_ms", "p99_ms"):
         rows.append((f"added {key[:3]} at c=1 over the floor, ms",
                      [within_rounds(results, n, "json-c1", "floor", "json-c1", lambda x, y, k=key: x[k] - y[k])
@@ -1168,7 +1203,7 @@ def ratios(results: dict[tuple[str, str], Result], names: list[str]) -> str:
     rows.append(("cross-format ÷ same-format CPU per chunk, c=16",
                  [within_rounds(results, n, "xsse-c16", n, "sse-c16", lambda x, y: _cpu_chunk(x) / _cpu_chunk(y))
                   for n in gws], ".2f"))
-    head = "| | " + " | ".join(GATEWAYS[n].label for n in gws) + " |"
+    head = "| | " + " | ".join(LABELS.get(n, n) for n in gws) + " |"
     sep = "|---|" + "---:|" * len(gws)
     body = "\n".join(f"| {t} | " + " | ".join(fmt(v, spec) for v in vals) + " |"
                      for t, vals, spec in rows if any(v is not None for v in vals))
@@ -1260,7 +1295,7 @@ def write_results(text: str, results: dict[tuple[str, str], Result], names: list
     (WORK / "results.json").write_text(json.dumps(raw, indent=1))
     if args.no_write:
         return
-    vers = "\n".join(f"- {GATEWAYS[n].label}: {versions.get(n, '')}" for n in names)
+    vers = "\n".join(f"- {LABELS.get(n, n)}: {versions.get(n, '')}" for n in names)
     tools = (f"- wrk: {out(['dpkg-query', '-W', '-f=${Version}', 'wrk'])}, "
              f"nginx echo module: {out(['dpkg-query', '-W', '-f=${Version}', 'libnginx-mod-http-echo'])}, "
              f"python {platform.python_version()}")
@@ -1294,8 +1329,21 @@ Versions:
 # profiling (phase 2): py-spy on tornado-proxy under load
 
 
+LABELS: dict[str, str] = {n: g.label for n, g in GATEWAYS.items()}  # (+ tornado-proxy@REV)
+
+
+def make_gateway(name: str, up: Upstream, args: argparse.Namespace) -> Gateway:
+    if name.startswith("tornado-proxy"):
+        server = {} if args.busy_poll_us is None else {"busy_poll_us": args.busy_poll_us}
+        gw: Gateway = TornadoProxy(up, server, name.partition("@")[2] or None)
+    else:
+        gw = GATEWAYS[name](up)
+    LABELS[gw.name] = gw.label
+    return gw
+
+
 def profile(up: Upstream, args: argparse.Namespace) -> None:
-    gw = TornadoProxy(up)
+    gw = make_gateway("tornado-proxy", up, args)
     pyspy = str(BENCH / ".venv-tornado" / "bin" / "py-spy")
     gw.start()
     try:
@@ -1307,19 +1355,89 @@ def profile(up: Upstream, args: argparse.Namespace) -> None:
             secs = args.duration if kind != "slow" else args.slow / args.slow_rate + CHUNKS * SLOW_INTERVAL_S
             rec = subprocess.Popen(["taskset", "-c", str(LOAD_CORE), pyspy, "record", "-p", str(gw.pid),
                                     "-d", str(int(secs) + 1), "-r", "250", "-f", "raw", "-o", str(outp),
-                                    "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--nonblocking", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-            if kind == "json":
-                wrk(t, conns, args.duration)
-            elif kind == "slow":
-                sseload(t, count=conns, rate=args.slow_rate, timeout=secs + args.slow_slack)
-            else:
-                sseload(t, conns=conns, duration=args.duration, expect=1)
+            with Sampler(gw.pid) as smp:
+                if kind == "json":
+                    done = wrk(t, conns, args.duration)["requests"]
+                elif kind == "slow":
+                    done = sseload(t, count=conns, rate=args.slow_rate, timeout=secs + args.slow_slack)["ok"]
+                else:
+                    done = sseload(t, conns=conns, duration=args.duration, expect=1)["ok"]
             rec.wait(secs + 30)
             print(f"\n## py-spy: {kind}, {'c' if kind != 'slow' else 'streams'}={conns}\n")
+            print(phase_table(outp, smp.cpu_s, done))
+            print(f"(other processes took {smp.foreign_gw:.0f} % of core {GATEWAY_CORE} meanwhile, "
+                  f"{smp.foreign_load:.0f} % of core {LOAD_CORE})\n")
             print(top_frames(outp))
     finally:
         gw.stop()
+
+
+# Phases of a request, for the per-phase breakdown of a profile: a sample goes to the
+# phase of its innermost frame that one of these names (first match in this order,
+# per frame), so a JSON parse under the body reader counts as parsing and the same
+# parse under the answer as the answer. Order within a frame: specific before generic.
+PHASES: list[tuple[str, str]] = [
+    ("metrics / access log", r"\(tornado_proxy/observability/(?:metrics|accesslog|account_metrics|tracing)\.py\)"
+                             r"|\(prometheus_client/|log_request|RequestHandler\._log \(|LLMHandler\.on_finish"),
+    ("scheduler (lease)", r"\(tornado_proxy/accounts/"),
+    ("response write", r"HTTP1Connection\.(?:write_headers|write|finish|_next|_write_future|_frame) "
+                       r"|RequestHandler\.(?:finish|flush|set_header|clear|_convert_header_value|set_status) "
+                       r"|_SelectorSocketTransport\.write|BaseHandler\.clear|_http_date|LLMHandler\._mark_first"),
+    ("answer (usage, scrub, translate)", r"LLMHandler\._answer |LLMHandler\._answer_early|usage_of"
+                                         r"|translate_response|render_response|tornado_proxy/observability/redact"),
+    ("provider build", r"build_native_request|build_request|Provider\.headers|Transfer\.header_lines"
+                       r"|serve\.<locals>\.build"),
+    ("upstream transfer (curl)", r"\(tornado_proxy/pipeline/upstream\.py\)|pycurl"),
+    ("parse (HTTP, body, validation)", r"HTTP1Connection\.(?:data_received|on_\w+) |_Request\.__init__"
+                                       r"|LLMHandler\.(?:read_body|validate|data_received) |json_body"
+                                       r"|tornado_proxy/pipeline/validation|parse_request"),
+    ("route / handler construction", r"HTTP1Connection\._start |_ServerRequest|_HandlerDelegate\."
+                                     r"|Application\.(?:get_handler_delegate|find_handler)|RequestHandler\.__init__"
+                                     r"|BaseHandler\.(?:__init__|initialize)|LLMHandler\.(?:initialize|prepare|__init__)"
+                                     r"|Router\.resolve|_has_stream_request_body|RequestHandler\._execute"),
+    ("handler coroutine (await, tasks)", r"LLMHandler\.|tornado/gen\.py|asyncio/tasks\.py|tornado/ioloop\.py"),
+    ("event loop (poll, dispatch)", r"selectors\.py|busypoll\.py|asyncio/"),
+]
+_PHASE_RES = [(name, re.compile(rx)) for name, rx in PHASES]
+
+
+def phase_shares(path: Path) -> tuple[int, dict[str, int]]:
+    """py-spy collapsed stacks -> samples per phase (PHASES; "other" for the rest)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, cnt = line.rpartition(" ")
+        if not stack:
+            continue
+        c = int(cnt)
+        total += c
+        frames = [re.sub(r"\((?:.*/(?:site-packages|lib/python3\.\d+)/)?([^:]*):\d+\)", r"(\1)", f)
+                  for f in stack.split(";")]
+        phase = "other"
+        for f in reversed(frames):
+            hit = next((name for name, rx in _PHASE_RES if rx.search(f)), None)
+            if hit is not None:
+                phase = hit
+                break
+        counts[phase] = counts.get(phase, 0) + c
+    return total, counts
+
+
+def phase_table(path: Path, cpu_s: float, requests: int) -> str:
+    """Per-phase breakdown: share of samples and CPU µs per request."""
+    try:
+        total, counts = phase_shares(path)
+    except OSError:
+        return "(no profile)"
+    per_req = 1e6 * cpu_s / max(1, requests)
+    lines = [f"gateway CPU {per_req:.0f} µs per request ({requests} requests, {cpu_s:.2f} s CPU, "
+             f"{total} samples)", "", "| phase | samples | CPU µs per request |", "|---|---:|---:|"]
+    for name in [p for p, _ in PHASES] + ["other"]:
+        share = counts.get(name, 0) / max(1, total)
+        lines.append(f"| {name} | {100 * share:.1f} % | {share * per_req:.0f} |")
+    return "\n".join(lines)
 
 
 def top_frames(path: Path, n: int = 20) -> str:
@@ -1391,6 +1509,13 @@ def main() -> int:
                     help="comma-separated subset of: json (non-stream), sse, xsse (cross-format), slow")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s, 1 rep, 200 slow streams, no 10k")
     ap.add_argument("--profile", action="store_true", help="py-spy tornado-proxy under load instead")
+    ap.add_argument("--compare", default="", metavar="REV[,REV]",
+                    help="also run tornado-proxy as of these commits (git archive into .work/), "
+                         "side by side with the work tree's")
+    ap.add_argument("--ref", default=None,
+                    help="the gateway the 'within a round' ratios divide by (default: tensorzero if run)")
+    ap.add_argument("--busy-poll-us", type=int, default=None,
+                    help="tornado-proxy's server.busy_poll_us (default: the gateway's own default)")
     ap.add_argument("--no-install", action="store_true", help="skip the install step")
     ap.add_argument("--no-write", action="store_true", help="don't rewrite bench/RESULTS.md")
     args = ap.parse_args()
@@ -1400,8 +1525,9 @@ def main() -> int:
         args.no_write = True
     args.loads = [x.strip() for x in args.loads.split(",") if x.strip()]
     names = [n.strip() for n in args.gateways.split(",") if n.strip()]
+    names += [f"tornado-proxy@{r.strip()}" for r in args.compare.split(",") if r.strip()]
     for n in names:
-        if n not in GATEWAYS:
+        if n not in GATEWAYS and not n.startswith("tornado-proxy@"):
             ap.error(f"unknown gateway {n!r}")
     if "floor" not in names:
         names.insert(0, "floor")  # every figure is read against the floor
@@ -1429,7 +1555,7 @@ def main() -> int:
         versions: dict[str, str] = {}
         gws = []
         for n in names:
-            gw = GATEWAYS[n](up)
+            gw = make_gateway(n, up, args)
             versions[n] = gw.version()
             log(f"=== {gw.label} ({versions[n]})")
             gws.append(gw)
@@ -1437,7 +1563,7 @@ def main() -> int:
             wait_idle(args.wait_idle)
         measure(gws, args, results)
         text = "## Figures\n\n" + table(results, names, args)
-        rt = ratios(results, names)
+        rt = ratios(results, names, args.ref)
         if rt:
             text += ("\n\n## Within a round\n\nMedians over the rounds of figures taken within one round "
                      "(the gateways run one after another, load by load): what the shared machine does to "
