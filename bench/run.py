@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of tornado-proxy, LiteLLM proxy and Portkey's gateway.
+"""Side-by-side benchmark of tornado-proxy, TensorZero, LiteLLM proxy and Portkey's gateway.
 
 One script: installs what it needs (Debian packages, a venv per Python gateway,
 Portkey from npm), starts a fake upstream (nginx + the echo module) and each
@@ -39,6 +39,7 @@ BUILD = BENCH / "build"
 
 # Versions measured. Pinned so that two runs compare the same peers; bump on purpose.
 LITELLM_SPEC = "litellm[proxy]==1.106.2"
+TENSORZERO_SPEC = "tensorzero==2026.6.0"
 PY_SPY_SPEC = "py-spy"
 APT_PACKAGES = ["nginx", "libnginx-mod-http-echo", "wrk", "gcc", "libc6-dev", "nodejs", "npm"]
 
@@ -161,6 +162,12 @@ def install(args: argparse.Namespace) -> None:
             run([sys.executable, "-m", "venv", str(venv)])
             run([str(venv / "bin" / "pip"), "install", "-q", "--upgrade", "pip"])
             run([str(venv / "bin" / "pip"), "install", "-q", LITELLM_SPEC])
+    if "tensorzero" in args.gateways:
+        venv = BENCH / ".venv-tensorzero"
+        if not (venv / "bin" / "python").exists() or not list(venv.glob("lib/python*/site-packages/tensorzero")):
+            log(f"installing {TENSORZERO_SPEC} into {venv}")
+            run([sys.executable, "-m", "venv", str(venv)])
+            run([str(venv / "bin" / "pip"), "install", "-q", TENSORZERO_SPEC])
     if "portkey" in args.gateways:
         pk = BENCH / "portkey"
         if not (pk / "node_modules" / "@portkey-ai" / "gateway").exists():
@@ -460,8 +467,17 @@ class TornadoProxy(Gateway):
     name = "tornado-proxy"
     label = "tornado-proxy"
 
+    def __init__(self, upstream: Upstream, server: Optional[dict[str, Any]] = None,
+                 rev: Optional[str] = None) -> None:
+        super().__init__(upstream)
+        self.server = server or {}  # `server` settings (--busy-poll-us); empty: every default
+        self.tree = REPO
+        if rev:  # --compare: another commit's code, side by side with the work tree's
+            self.name = self.label = f"tornado-proxy@{rev}"
+            self.tree = checkout(rev)
+
     def has_anthropic(self) -> bool:
-        return (REPO / "providers" / "anthropic_messages.py").exists()
+        return (self.tree / "providers" / "anthropic_messages.py").exists()
 
     @property
     def cross_format(self) -> bool:  # type: ignore[override]
@@ -481,29 +497,47 @@ class TornadoProxy(Gateway):
             }
             providers.append(p)
             models.append({"id": f"bench-{kind}", "provider": p["name"], "upstream_model": MODEL})
-        return {"providers": providers, "models": models}
+        cfg: dict[str, Any] = {"providers": providers, "models": models}
+        if self.server:
+            cfg["server"] = dict(self.server)
+        return cfg
 
     def command(self) -> tuple[list[str], dict[str, str], Optional[Path]]:
-        cfg = WORK / "tornado-proxy.json"
+        cfg = WORK / f"{self.name}.json"
         cfg.write_text(json.dumps(self.config(), indent=2))
         py = str(BENCH / ".venv-tornado" / "bin" / "python")
         cmd = [py, "-m", "tornado_proxy", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(self.port)]
-        helptext = out([py, "-m", "tornado_proxy", "--help"], cwd=REPO,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+        helptext = out([py, "-m", "tornado_proxy", "--help"], cwd=self.tree,
+                       env=dict(os.environ, PYTHONPATH=str(self.tree)))
         if "--workers" in helptext:
             cmd += ["--workers", "1"]  # one process on one core: the issue's comparison
-        return cmd, {"PYTHONPATH": str(REPO)}, REPO
+        return cmd, {"PYTHONPATH": str(self.tree)}, self.tree
 
     def target(self, kind: str) -> Target:
         return Target(self.port, "/v1/chat/completions", {"Authorization": "Bearer test-key-123"},
                       self.body(kind, f"bench-{kind}"))
 
     def version(self) -> str:
+        if self.tree != REPO:
+            return f"git {self.tree.name.split('-', 1)[1]}"
         rev = out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
         dirty = out(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
         py = BENCH / ".venv-tornado" / "bin" / "python"
         libs = out([str(py), "-c", "import tornado, pycurl; print('tornado', tornado.version, '|', pycurl.version)"])
         return f"git {rev}{' (+ uncommitted changes)' if dirty else ''}; {libs}"
+
+
+def checkout(rev: str) -> Path:
+    """The tree of commit ``rev`` under .work/ (git archive: no worktree, no index touched)."""
+    sha = out(["git", "-C", str(REPO), "rev-parse", "--short", rev])
+    if not sha:
+        raise SystemExit(f"--compare: no commit {rev!r}")
+    tree = WORK / f"tree-{sha}"
+    if not (tree / "tornado_proxy").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 class LiteLLM(Gateway):
@@ -573,8 +607,65 @@ class Portkey(Gateway):
                 f"hono {ver('hono')}, node {out(['node', '--version'])}")
 
 
+class TensorZero(Gateway):
+    """TensorZero's Rust gateway, as its pip wheel embeds it (bench/tensorzero_serve.py),
+    no database, its OpenAI-compatible endpoint; one model per upstream shape."""
+    name = "tensorzero"
+    label = "TensorZero"
+
+    def config(self) -> str:
+        base = f"http://127.0.0.1:{self.up.port}"
+        lines = ["# generated by bench/run.py: one model per upstream shape, no observability",
+                 "[gateway.observability]", "enabled = false", ""]
+        for kind, (prefix, fmt, _) in SCENARIO_KINDS.items():
+            api_base = f"{base}/{prefix}/v1/"  # it appends chat/completions or messages
+            lines += [f"[models.bench-{kind}]", 'routing = ["up"]', "",
+                      f"[models.bench-{kind}.providers.up]", f'type = "{fmt}"',
+                      f'api_base = "{api_base}"', f'model_name = "{MODEL}"', 'api_key_location = "env::BENCH_UPSTREAM_KEY"', ""]
+        return "\n".join(lines)
+
+    def command(self) -> tuple[list[str], dict[str, str], Optional[Path]]:
+        cfg = WORK / "tensorzero.toml"
+        cfg.write_text(self.config())
+        self.url_file = WORK / "tensorzero.url"
+        self.url_file.unlink(missing_ok=True)
+        py = str(BENCH / ".venv-tensorzero" / "bin" / "python")
+        return [py, str(BENCH / "tensorzero_serve.py"), str(cfg), str(self.url_file)], \
+            {"RUST_LOG": "warn", "BENCH_UPSTREAM_KEY": "test-key-123"}, WORK
+
+    def start(self) -> None:
+        # The embedded gateway picks its own port: read it from the file the wrapper writes.
+        cmd, env, cwd = self.command()
+        self.logf = open(WORK / f"{self.name}.log", "ab")
+        self.logf.write(f"\n=== start {time.ctime()}: {' '.join(cmd)}\n".encode())
+        self.logf.flush()
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", str(GATEWAY_CORE)] + cmd, env=dict(os.environ, **env), cwd=cwd,
+            preexec_fn=lambda: (raise_nofile(), os.setsid()), stdout=self.logf, stderr=self.logf)
+        end = time.monotonic() + self.start_timeout()
+        while not self.url_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"tensorzero did not start (see {WORK / 'tensorzero.log'})")
+            time.sleep(0.1)
+        m = re.match(r"http://127\.0\.0\.1:(\d+)/", self.url_file.read_text())
+        if not m:
+            raise RuntimeError(f"tensorzero listens on {self.url_file.read_text()!r}, not on loopback")
+        self.port = int(m.group(1))
+        wait_port(self.port, self.start_timeout(), self.proc)
+        self.wait_ready()
+
+    def target(self, kind: str) -> Target:
+        return Target(self.port, "/openai/v1/chat/completions", {"Authorization": "Bearer test-key-123"},
+                      self.body(kind, f"tensorzero::model_name::bench-{kind}"))
+
+    def version(self) -> str:
+        py = BENCH / ".venv-tensorzero" / "bin" / "python"
+        return "tensorzero " + out([str(py), "-c", "import importlib.metadata as m; print(m.version('tensorzero'))"])
+
+
 GATEWAYS: dict[str, type[Gateway]] = {
-    "floor": Floor, "tornado-proxy": TornadoProxy, "portkey": Portkey, "litellm": LiteLLM,
+    "floor": Floor, "tornado-proxy": TornadoProxy, "tensorzero": TensorZero, "portkey": Portkey,
+    "litellm": LiteLLM,
 }
 
 
@@ -858,83 +949,110 @@ def wait_fast_core(limit: float, slack: float) -> float:
     return slow
 
 
-def measure(gw: Gateway, args: argparse.Namespace, results: dict[tuple[str, str], Result]) -> None:
-    kinds = ["json", "sse", "slow"] + (["xsse"] if gw.cross_format else [])
-    gw.start()
-    try:
-        works = smoke(gw, kinds)
-        log(f"{gw.name}: working routes {works}")
-        D = args.duration
+def attempt(gw: Gateway, args: argparse.Namespace, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One measured run; repeated (up to --retries times) while other processes
+    take more than --max-foreign % of the gateway's core, or the host slowed that
+    core down (cpu_probe, before and after); the quietest is kept."""
+    best: Optional[dict[str, Any]] = None
+    for i in range(1 + args.retries):
+        before = wait_fast_core(args.host_wait, args.host_slack) if args.host_slack else 1.0
+        with Sampler(gw.pid) as s:
+            r = dict(fn())
+        after = cpu_probe() if args.host_slack else 1.0
+        r.update(cpu_s=s.cpu_s, cpu_pct=s.cpu_pct, peak_rss_mib=s.peak_rss / 2**20,
+                 foreign_gw_pct=s.foreign_gw, foreign_load_pct=s.foreign_load,
+                 host_slow=max(before, after))
+        # Other processes on either core distort a figure: on the gateway's core they
+        # take its CPU, on the load core they slow the upstream and the load client.
+        foreign = max(s.foreign_gw, s.foreign_load / 2)
+        r["foreign_pct"] = foreign
+        # (a host-slowed run counts as busy as 100 % foreign per 1.0 of slowdown)
+        badness = foreign + 100 * max(0.0, r["host_slow"] - 1)
+        r["badness"] = badness
+        if best is None or badness < best["badness"]:
+            best = r
+        if (foreign <= args.max_foreign and (not args.host_slack or r["host_slow"] <= args.host_slack)) \
+                or i == args.retries:
+            break
+        log(f"    (other processes took {s.foreign_gw:.0f}% of core {GATEWAY_CORE}, "
+            f"{s.foreign_load:.0f}% of core {LOAD_CORE}; core {GATEWAY_CORE} ran at "
+            f"1/{r['host_slow']:.2f} of its best speed: again)")
+    assert best is not None
+    return best
 
-        def attempt(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-            """One measured run; repeated (up to --retries times) while other processes
-            take more than --max-foreign % of the gateway's core, or the host slowed that
-            core down (cpu_probe, before and after); the quietest is kept."""
-            best: Optional[dict[str, Any]] = None
-            for i in range(1 + args.retries):
-                before = wait_fast_core(args.host_wait, args.host_slack) if args.host_slack else 1.0
-                with Sampler(gw.pid) as s:
-                    r = dict(fn())
-                after = cpu_probe() if args.host_slack else 1.0
-                r.update(cpu_s=s.cpu_s, cpu_pct=s.cpu_pct, peak_rss_mib=s.peak_rss / 2**20,
-                         foreign_gw_pct=s.foreign_gw, foreign_load_pct=s.foreign_load,
-                         host_slow=max(before, after))
-                # Other processes on either core distort a figure: on the gateway's core they
-                # take its CPU, on the load core they slow the upstream and the load client.
-                foreign = max(s.foreign_gw, s.foreign_load / 2)
-                r["foreign_pct"] = foreign
-                # (a host-slowed run counts as busy as 100 % foreign per 1.0 of slowdown)
-                badness = foreign + 100 * max(0.0, r["host_slow"] - 1)
-                r["badness"] = badness
-                if best is None or badness < best["badness"]:
-                    best = r
-                if (foreign <= args.max_foreign and (not args.host_slack or r["host_slow"] <= args.host_slack)) \
-                        or i == args.retries:
-                    break
-                log(f"    (other processes took {s.foreign_gw:.0f}% of core {GATEWAY_CORE}, "
-                    f"{s.foreign_load:.0f}% of core {LOAD_CORE}; core {GATEWAY_CORE} ran at "
-                    f"1/{r['host_slow']:.2f} of its best speed: again)")
-            assert best is not None
-            return best
 
-        def rep(name: str, fn: Callable[[], dict[str, Any]]) -> None:
-            res = results.setdefault((gw.name, name), Result(gw.name, name))
-            fn()  # warm-up (not counted)
-            for _ in range(args.reps):
-                res.reps.append(attempt(fn))
-            log(f"  {gw.name} {name}: " + summarize(res))
-
-        works = [k for k in works if k in args.loads]
-        if "json" in works:
-            for c in (1, 16, 64):
-                t = gw.target("json")
-                rep(f"json-c{c}", lambda t=t, c=c: wrk(t, c, D))
-        for kind in ("sse", "xsse"):
-            if kind not in works:
-                continue
-            for c in ((1, 16) if kind == "sse" else (16,)):
-                t = gw.target(kind)
-                rep(f"{kind}-c{c}", lambda t=t, c=c: _stream_run(t, c, D, kind))
-        if "slow" in works and args.slow:
-            # Fresh process: peak RSS is about holding streams, not what fast loads left behind.
-            gw.stop()
+def measure(gws: list[Gateway], args: argparse.Namespace, results: dict[tuple[str, str], Result]) -> None:
+    """Every load on every gateway in interleaved rounds: for each load, one warm-up run
+    per gateway, then round after round of one run per gateway (the order rotating), so
+    that what the shared machine does to a round it does to every gateway in it and the
+    ratios within a round (``ratios()``) cancel it.  Every gateway stays up meanwhile,
+    pinned to the same core; the idle ones take next to nothing of it."""
+    D = args.duration
+    works: dict[str, list[str]] = {}
+    up: list[Gateway] = []
+    for gw in gws:
+        kinds = ["json", "sse", "slow"] + (["xsse"] if gw.cross_format else [])
+        try:
             gw.start()
-            loads = [(args.slow, args.slow_rate)]
-            if gw.name in ("tornado-proxy", "floor") and args.slow_max:
-                loads.append((args.slow_max, args.slow_max_rate))
-            for n, rate in loads:
-                t = gw.target("slow")
-                name = f"slow-{n}"
-                n = fd_capped(n)
-                res = results.setdefault((gw.name, name), Result(gw.name, name))
-                timeout = n / rate + CHUNKS * SLOW_INTERVAL_S + args.slow_slack
-                for _ in range(args.reps):
-                    res.reps.append(attempt(lambda t=t, n=n, rate=rate, timeout=timeout: flat(sseload(
-                        t, count=n, rate=rate, timeout=timeout, max_connecting=args.max_connecting))))
+        except Exception as e:  # one broken peer must not lose the others' figures
+            log(f"{gw.name}: FAILED to start: {e!r}")
+            gw.stop()
+            continue
+        works[gw.name] = [k for k in smoke(gw, kinds) if k in args.loads]
+        log(f"{gw.name}: working routes {works[gw.name]}")
+        up.append(gw)
+
+    def rounds(name: str, kind: str, make: Callable[[Gateway], Callable[[], dict[str, Any]]],
+               fresh: bool = False, only: Optional[list[str]] = None) -> None:
+        part = [g for g in up if kind in works.get(g.name, []) and (only is None or g.name in only)]
+        if not part:
+            return
+        if not fresh:
+            for gw in part:
+                try:
+                    make(gw)()  # warm-up (not counted)
+                except Exception as e:
+                    log(f"  {gw.name} {name} warm-up: FAILED: {e!r}")
+        for i in range(args.reps):
+            for gw in part[i % len(part):] + part[:i % len(part)]:
+                if fresh:  # peak RSS is about holding streams, not what earlier loads left behind
+                    gw.stop()
+                    gw.start()
+                try:
+                    r = attempt(gw, args, make(gw))
+                except Exception as e:
+                    log(f"  {gw.name} {name} round {i + 1}: FAILED: {e!r}")
+                    continue
+                r["round"] = i
+                results.setdefault((gw.name, name), Result(gw.name, name)).reps.append(r)
+                if fresh:
                     time.sleep(1)  # let closed sockets drain
+        for gw in part:
+            res = results.get((gw.name, name))
+            if res and res.reps:
                 log(f"  {gw.name} {name}: " + summarize(res))
+
+    try:
+        for c in (1, 16, 64):
+            rounds(f"json-c{c}", "json", lambda gw, c=c: (lambda t=gw.target("json"): wrk(t, c, D)))
+        for kind in ("sse", "xsse"):
+            for c in ((1, 16) if kind == "sse" else (16,)):
+                rounds(f"{kind}-c{c}", kind,
+                       lambda gw, c=c, kind=kind: (lambda t=gw.target(kind): _stream_run(t, c, D, kind)))
+        if args.slow and "slow" in args.loads:
+            loads = [(args.slow, args.slow_rate, None)]
+            if args.slow_max:
+                loads.append((args.slow_max, args.slow_max_rate, ["tornado-proxy", "floor"]))
+            for n_asked, rate, only in loads:
+                n = fd_capped(n_asked)
+                timeout = n / rate + CHUNKS * SLOW_INTERVAL_S + args.slow_slack
+                rounds(f"slow-{n_asked}", "slow", lambda gw, n=n, rate=rate, timeout=timeout: (
+                    lambda t=gw.target("slow"): flat(sseload(t, count=n, rate=rate, timeout=timeout,
+                                                             max_connecting=args.max_connecting))),
+                       fresh=True, only=only)
     finally:
-        gw.stop()
+        for gw in up:
+            gw.stop()
 
 
 def _stream_run(t: Target, c: int, d: float, kind: str) -> dict[str, Any]:
@@ -982,7 +1100,7 @@ def fmt(v: Optional[float], spec: str = ".0f") -> str:
 
 
 def table(results: dict[tuple[str, str], Result], names: list[str], args: argparse.Namespace) -> str:
-    labels = {n: GATEWAYS[n].label for n in names}
+    labels = {n: LABELS.get(n, n) for n in names}
 
     def get(n: str, sc: str) -> Optional[Result]:
         r = results.get((n, sc))
@@ -1027,6 +1145,69 @@ def table(results: dict[tuple[str, str], Result], names: list[str], args: argpar
     sep = "|---|" + "---:|" * len(names)
     body = "\n".join(f"| {t} | " + " | ".join(c) + " |" for t, c in rows if any(x != "n/a" for x in c))
     return "\n".join([head, sep, body])
+
+
+def _by_round(results: dict[tuple[str, str], Result], n: str, sc: str) -> dict[int, dict[str, Any]]:
+    r = results.get((n, sc))
+    return {x["round"]: x for x in r.reps if "round" in x} if r else {}
+
+
+def _cpu_chunk(x: dict[str, Any]) -> float:
+    return x["cpu_s"] / max(1, x["ok"] * CHUNKS)
+
+
+def within_rounds(results: dict[tuple[str, str], Result], a: str, sc_a: str, b: str, sc_b: str,
+                  f: Callable[[dict[str, Any], dict[str, Any]], Optional[float]]) -> Optional[float]:
+    """Median over rounds of f(a's run, b's run) for runs of the same round."""
+    ra, rb = _by_round(results, a, sc_a), _by_round(results, b, sc_b)
+    vals = []
+    for i in sorted(set(ra) & set(rb)):
+        try:
+            v = f(ra[i], rb[i])
+        except (TypeError, ZeroDivisionError, KeyError):
+            v = None
+        if v is not None:
+            vals.append(v)
+    return statistics.median(vals) if vals else None
+
+
+def ratios(results: dict[tuple[str, str], Result], names: list[str], ref: Optional[str] = None) -> str:
+    """Each gateway against the reference peer (--ref; TensorZero if measured), as the
+    median over rounds of the ratio within a round; the added latency over the floor
+    within a round; each gateway's cross-format ÷ same-format CPU per chunk."""
+    ref = ref or ("tensorzero" if "tensorzero" in names else None)
+    gws = [n for n in names if n != "floor"]
+    rows: list[tuple[str, list[Optional[float]], str]] = []
+    if ref:
+        for sc, what, key in (("json-c1", "non-stream req/s c=1", "rps"),
+                              ("json-c16", "non-stream req/s c=16", "rps"),
+                              ("json-c64", "non-stream req/s c=64", "rps"),
+                              ("sse-c1", "streams/s c=1", "streams_per_s"),
+                              ("sse-c16", "streams/s c=16", "streams_per_s"),
+                              ("xsse-c16", "cross-format streams/s c=16", "streams_per_s")):
+            rows.append((f"{what} ÷ {LABELS.get(ref, ref)}",
+                         [within_rounds(results, n, sc, ref, sc, lambda x, y, k=key: x[k] / y[k]) for n in gws],
+                         ".2f"))
+        for c in (1, 16, 64):
+            rows.append((f"non-stream CPU per request c={c} ÷ {LABELS.get(ref, ref)}",
+                         [within_rounds(results, n, f"json-c{c}", ref, f"json-c{c}",
+                                        lambda x, y: (x["cpu_s"] / x["requests"]) / (y["cpu_s"] / y["requests"]))
+                          for n in gws], ".3f"))
+        rows.append((f"stream CPU per chunk c=16 ÷ {LABELS.get(ref, ref)}",
+                     [within_rounds(results, n, "sse-c16", ref, "sse-c16", lambda x, y: _cpu_chunk(x) / _cpu_chunk(y))
+                      for n in gws], ".3f"))
+    for key in ("p50_ms", "p99_ms"):
+        rows.append((f"added {key[:3]} at c=1 over the floor, ms",
+                     [within_rounds(results, n, "json-c1", "floor", "json-c1", lambda x, y, k=key: x[k] - y[k])
+                      for n in gws], ".2f"))
+    rows.append(("cross-format ÷ same-format CPU per chunk, c=16",
+                 [within_rounds(results, n, "xsse-c16", n, "sse-c16", lambda x, y: _cpu_chunk(x) / _cpu_chunk(y))
+                  for n in gws], ".2f"))
+    head = "| | " + " | ".join(LABELS.get(n, n) for n in gws) + " |"
+    sep = "|---|" + "---:|" * len(gws)
+    body = "\n".join(f"| {t} | " + " | ".join(fmt(v, spec) for v in vals) + " |"
+                     for t, vals, spec in rows if any(v is not None for v in vals))
+    return "\n".join([head, sep, body]) if body else ""
 
 
 def targets(results: dict[tuple[str, str], Result]) -> str:
@@ -1114,7 +1295,7 @@ def write_results(text: str, results: dict[tuple[str, str], Result], names: list
     (WORK / "results.json").write_text(json.dumps(raw, indent=1))
     if args.no_write:
         return
-    vers = "\n".join(f"- {GATEWAYS[n].label}: {versions.get(n, '')}" for n in names)
+    vers = "\n".join(f"- {LABELS.get(n, n)}: {versions.get(n, '')}" for n in names)
     tools = (f"- wrk: {out(['dpkg-query', '-W', '-f=${Version}', 'wrk'])}, "
              f"nginx echo module: {out(['dpkg-query', '-W', '-f=${Version}', 'libnginx-mod-http-echo'])}, "
              f"python {platform.python_version()}")
@@ -1148,8 +1329,21 @@ Versions:
 # profiling (phase 2): py-spy on tornado-proxy under load
 
 
+LABELS: dict[str, str] = {n: g.label for n, g in GATEWAYS.items()}  # (+ tornado-proxy@REV)
+
+
+def make_gateway(name: str, up: Upstream, args: argparse.Namespace) -> Gateway:
+    if name.startswith("tornado-proxy"):
+        server = {} if args.busy_poll_us is None else {"busy_poll_us": args.busy_poll_us}
+        gw: Gateway = TornadoProxy(up, server, name.partition("@")[2] or None)
+    else:
+        gw = GATEWAYS[name](up)
+    LABELS[gw.name] = gw.label
+    return gw
+
+
 def profile(up: Upstream, args: argparse.Namespace) -> None:
-    gw = TornadoProxy(up)
+    gw = make_gateway("tornado-proxy", up, args)
     pyspy = str(BENCH / ".venv-tornado" / "bin" / "py-spy")
     gw.start()
     try:
@@ -1161,19 +1355,89 @@ def profile(up: Upstream, args: argparse.Namespace) -> None:
             secs = args.duration if kind != "slow" else args.slow / args.slow_rate + CHUNKS * SLOW_INTERVAL_S
             rec = subprocess.Popen(["taskset", "-c", str(LOAD_CORE), pyspy, "record", "-p", str(gw.pid),
                                     "-d", str(int(secs) + 1), "-r", "250", "-f", "raw", "-o", str(outp),
-                                    "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--nonblocking", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-            if kind == "json":
-                wrk(t, conns, args.duration)
-            elif kind == "slow":
-                sseload(t, count=conns, rate=args.slow_rate, timeout=secs + args.slow_slack)
-            else:
-                sseload(t, conns=conns, duration=args.duration, expect=1)
+            with Sampler(gw.pid) as smp:
+                if kind == "json":
+                    done = wrk(t, conns, args.duration)["requests"]
+                elif kind == "slow":
+                    done = sseload(t, count=conns, rate=args.slow_rate, timeout=secs + args.slow_slack)["ok"]
+                else:
+                    done = sseload(t, conns=conns, duration=args.duration, expect=1)["ok"]
             rec.wait(secs + 30)
             print(f"\n## py-spy: {kind}, {'c' if kind != 'slow' else 'streams'}={conns}\n")
+            print(phase_table(outp, smp.cpu_s, done))
+            print(f"(other processes took {smp.foreign_gw:.0f} % of core {GATEWAY_CORE} meanwhile, "
+                  f"{smp.foreign_load:.0f} % of core {LOAD_CORE})\n")
             print(top_frames(outp))
     finally:
         gw.stop()
+
+
+# Phases of a request, for the per-phase breakdown of a profile: a sample goes to the
+# phase of its innermost frame that one of these names (first match in this order,
+# per frame), so a JSON parse under the body reader counts as parsing and the same
+# parse under the answer as the answer. Order within a frame: specific before generic.
+PHASES: list[tuple[str, str]] = [
+    ("metrics / access log", r"\(tornado_proxy/observability/(?:metrics|accesslog|account_metrics|tracing)\.py\)"
+                             r"|\(prometheus_client/|log_request|RequestHandler\._log \(|LLMHandler\.on_finish"),
+    ("scheduler (lease)", r"\(tornado_proxy/accounts/"),
+    ("response write", r"HTTP1Connection\.(?:write_headers|write|finish|_next|_write_future|_frame) "
+                       r"|RequestHandler\.(?:finish|flush|set_header|clear|_convert_header_value|set_status) "
+                       r"|_SelectorSocketTransport\.write|BaseHandler\.clear|_http_date|LLMHandler\._mark_first"),
+    ("answer (usage, scrub, translate)", r"LLMHandler\._answer |LLMHandler\._answer_early|usage_of"
+                                         r"|translate_response|render_response|tornado_proxy/observability/redact"),
+    ("provider build", r"build_native_request|build_request|Provider\.headers|Transfer\.header_lines"
+                       r"|serve\.<locals>\.build"),
+    ("upstream transfer (curl)", r"\(tornado_proxy/pipeline/upstream\.py\)|pycurl"),
+    ("parse (HTTP, body, validation)", r"HTTP1Connection\.(?:data_received|on_\w+) |_Request\.__init__"
+                                       r"|LLMHandler\.(?:read_body|validate|data_received) |json_body"
+                                       r"|tornado_proxy/pipeline/validation|parse_request"),
+    ("route / handler construction", r"HTTP1Connection\._start |_ServerRequest|_HandlerDelegate\."
+                                     r"|Application\.(?:get_handler_delegate|find_handler)|RequestHandler\.__init__"
+                                     r"|BaseHandler\.(?:__init__|initialize)|LLMHandler\.(?:initialize|prepare|__init__)"
+                                     r"|Router\.resolve|_has_stream_request_body|RequestHandler\._execute"),
+    ("handler coroutine (await, tasks)", r"LLMHandler\.|tornado/gen\.py|asyncio/tasks\.py|tornado/ioloop\.py"),
+    ("event loop (poll, dispatch)", r"selectors\.py|busypoll\.py|asyncio/"),
+]
+_PHASE_RES = [(name, re.compile(rx)) for name, rx in PHASES]
+
+
+def phase_shares(path: Path) -> tuple[int, dict[str, int]]:
+    """py-spy collapsed stacks -> samples per phase (PHASES; "other" for the rest)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, cnt = line.rpartition(" ")
+        if not stack:
+            continue
+        c = int(cnt)
+        total += c
+        frames = [re.sub(r"\((?:.*/(?:site-packages|lib/python3\.\d+)/)?([^:]*):\d+\)", r"(\1)", f)
+                  for f in stack.split(";")]
+        phase = "other"
+        for f in reversed(frames):
+            hit = next((name for name, rx in _PHASE_RES if rx.search(f)), None)
+            if hit is not None:
+                phase = hit
+                break
+        counts[phase] = counts.get(phase, 0) + c
+    return total, counts
+
+
+def phase_table(path: Path, cpu_s: float, requests: int) -> str:
+    """Per-phase breakdown: share of samples and CPU µs per request."""
+    try:
+        total, counts = phase_shares(path)
+    except OSError:
+        return "(no profile)"
+    per_req = 1e6 * cpu_s / max(1, requests)
+    lines = [f"gateway CPU {per_req:.0f} µs per request ({requests} requests, {cpu_s:.2f} s CPU, "
+             f"{total} samples)", "", "| phase | samples | CPU µs per request |", "|---|---:|---:|"]
+    for name in [p for p, _ in PHASES] + ["other"]:
+        share = counts.get(name, 0) / max(1, total)
+        lines.append(f"| {name} | {100 * share:.1f} % | {share * per_req:.0f} |")
+    return "\n".join(lines)
 
 
 def top_frames(path: Path, n: int = 20) -> str:
@@ -1218,7 +1482,7 @@ def top_frames(path: Path, n: int = 20) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gateways", default="floor,tornado-proxy,portkey,litellm",
+    ap.add_argument("--gateways", default="floor,tornado-proxy,tensorzero,portkey,litellm",
                     help="comma-separated subset of: " + ",".join(GATEWAYS))
     ap.add_argument("--duration", type=float, default=5, help="seconds per measured run (default 5)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per figure; the median is reported")
@@ -1245,6 +1509,13 @@ def main() -> int:
                     help="comma-separated subset of: json (non-stream), sse, xsse (cross-format), slow")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s, 1 rep, 200 slow streams, no 10k")
     ap.add_argument("--profile", action="store_true", help="py-spy tornado-proxy under load instead")
+    ap.add_argument("--compare", default="", metavar="REV[,REV]",
+                    help="also run tornado-proxy as of these commits (git archive into .work/), "
+                         "side by side with the work tree's")
+    ap.add_argument("--ref", default=None,
+                    help="the gateway the 'within a round' ratios divide by (default: tensorzero if run)")
+    ap.add_argument("--busy-poll-us", type=int, default=None,
+                    help="tornado-proxy's server.busy_poll_us (default: the gateway's own default)")
     ap.add_argument("--no-install", action="store_true", help="skip the install step")
     ap.add_argument("--no-write", action="store_true", help="don't rewrite bench/RESULTS.md")
     args = ap.parse_args()
@@ -1254,8 +1525,9 @@ def main() -> int:
         args.no_write = True
     args.loads = [x.strip() for x in args.loads.split(",") if x.strip()]
     names = [n.strip() for n in args.gateways.split(",") if n.strip()]
+    names += [f"tornado-proxy@{r.strip()}" for r in args.compare.split(",") if r.strip()]
     for n in names:
-        if n not in GATEWAYS:
+        if n not in GATEWAYS and not n.startswith("tornado-proxy@"):
             ap.error(f"unknown gateway {n!r}")
     if "floor" not in names:
         names.insert(0, "floor")  # every figure is read against the floor
@@ -1281,18 +1553,21 @@ def main() -> int:
             return 0
         results: dict[tuple[str, str], Result] = {}
         versions: dict[str, str] = {}
+        gws = []
         for n in names:
-            gw = GATEWAYS[n](up)
+            gw = make_gateway(n, up, args)
             versions[n] = gw.version()
-            if args.wait_idle:
-                wait_idle(args.wait_idle)
             log(f"=== {gw.label} ({versions[n]})")
-            try:
-                measure(gw, args, results)
-            except Exception as e:  # one broken peer must not lose the others' figures
-                log(f"{n}: FAILED: {e!r}")
-                gw.stop()
+            gws.append(gw)
+        if args.wait_idle:
+            wait_idle(args.wait_idle)
+        measure(gws, args, results)
         text = "## Figures\n\n" + table(results, names, args)
+        rt = ratios(results, names, args.ref)
+        if rt:
+            text += ("\n\n## Within a round\n\nMedians over the rounds of figures taken within one round "
+                     "(the gateways run one after another, load by load): what the shared machine does to "
+                     "a round it does to every gateway in it.\n\n" + rt)
         if NOTES:
             text += "\n\n" + "\n".join(f"Note: {x}" for x in dict.fromkeys(NOTES))
         if "tornado-proxy" in names:

@@ -430,6 +430,9 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         setopt(pycurl.USERAGENT, request.client.user_agent)
         setopt(pycurl.ENCODING, "gzip,deflate")
         setopt(pycurl.NOSIGNAL, 1)
+        # A body in several writes must not wait on the upstream's delayed ACK on a
+        # reused connection (libcurl's default since 7.50.2; older ones had Nagle on).
+        setopt(pycurl.TCP_NODELAY, 1)
         # libcurl's default 64 KiB send buffer per transfer is most of a slow stream's
         # memory; request bodies go out fine in 16 KiB pieces.
         setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
