@@ -18,7 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.clients.harness import FIXTURES, UPSTREAM_MODEL, gateway_config, upstream_model
 from tests.clients.scripted import TOOL_OUTPUT, ScriptedModel
-from tests.e2e.harness import GatewayHandle, LoopThread, Reply, fixture_bytes
+from tests.e2e.harness import GatewayHandle, LoopThread, Reply, fast_only, fixture_bytes
 
 KEY = "gw-key-0001"
 RECORDED = json.loads((FIXTURES / "codex/0.171.0/ws_tool.json").read_text())
@@ -180,6 +180,7 @@ def raw_upgrade(gw: GatewayHandle, path: str, upgrade: str = "websocket", extra:
     return got
 
 
+@fast_only  # (stock Tornado answers an upgrade on such a route as a plain GET: 404/405)
 def test_a_route_without_a_websocket_answers_426(harness: LoopThread) -> None:
     gw, _ = start(harness, "openai")
     assert raw_upgrade(gw, "/v1/chat/completions").startswith(b"HTTP/1.1 426 ")
