@@ -68,6 +68,11 @@ class _Connection(HTTP1Connection):
     def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> Any:
         if self.tp_server.draining:
             headers["Connection"] = "close"
+        # Tornado turns Nagle back on after each answer (HTTP1Connection._finish_request):
+        # on a reused connection the next stream's small writes would then wait for the
+        # client's delayed ACK, ~40 ms between chunks.  Off for every answer.
+        if not self.stream.closed():
+            self.stream.set_nodelay(True)
         return super().write_headers(start_line, headers, chunk)
 
     def finish(self) -> None:
