@@ -1042,7 +1042,8 @@ def measure(gws: list[Gateway], args: argparse.Namespace, results: dict[tuple[st
         if args.slow and "slow" in args.loads:
             loads = [(args.slow, args.slow_rate, None)]
             if args.slow_max:
-                loads.append((args.slow_max, args.slow_max_rate, ["tornado-proxy", "floor"]))
+                loads.append((args.slow_max, args.slow_max_rate,
+                              ["floor"] + [g.name for g in up if g.name.startswith("tornado-proxy")]))
             for n_asked, rate, only in loads:
                 n = fd_capped(n_asked)
                 timeout = n / rate + CHUNKS * SLOW_INTERVAL_S + args.slow_slack
@@ -1333,9 +1334,17 @@ LABELS: dict[str, str] = {n: g.label for n, g in GATEWAYS.items()}  # (+ tornado
 
 
 def make_gateway(name: str, up: Upstream, args: argparse.Namespace) -> Gateway:
+    """A gateway by name; ``tornado-proxy@REV`` is another commit's code (--compare),
+    ``tornado-proxy+KEY=VALUE`` the work tree's with that ``server`` setting (--variant)."""
     if name.startswith("tornado-proxy"):
-        server = {} if args.busy_poll_us is None else {"busy_poll_us": args.busy_poll_us}
-        gw: Gateway = TornadoProxy(up, server, name.partition("@")[2] or None)
+        server: dict[str, Any] = {} if args.busy_poll_us is None else {"busy_poll_us": args.busy_poll_us}
+        base, _, setting = name.partition("+")
+        if setting:
+            key, _, value = setting.partition("=")
+            server[key] = json.loads(value)
+        gw: Gateway = TornadoProxy(up, server, base.partition("@")[2] or None)
+        if setting:
+            gw.name = gw.label = name
     else:
         gw = GATEWAYS[name](up)
     LABELS[gw.name] = gw.label
@@ -1512,6 +1521,9 @@ def main() -> int:
     ap.add_argument("--compare", default="", metavar="REV[,REV]",
                     help="also run tornado-proxy as of these commits (git archive into .work/), "
                          "side by side with the work tree's")
+    ap.add_argument("--variant", default="", metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="also run the work tree's tornado-proxy with this server setting (JSON value), "
+                         "e.g. busy_poll_us=0, as gateway tornado-proxy+KEY=VALUE")
     ap.add_argument("--ref", default=None,
                     help="the gateway the 'within a round' ratios divide by (default: tensorzero if run)")
     ap.add_argument("--busy-poll-us", type=int, default=None,
@@ -1526,8 +1538,9 @@ def main() -> int:
     args.loads = [x.strip() for x in args.loads.split(",") if x.strip()]
     names = [n.strip() for n in args.gateways.split(",") if n.strip()]
     names += [f"tornado-proxy@{r.strip()}" for r in args.compare.split(",") if r.strip()]
+    names += [f"tornado-proxy+{v.strip()}" for v in args.variant.split(",") if v.strip()]
     for n in names:
-        if n not in GATEWAYS and not n.startswith("tornado-proxy@"):
+        if n not in GATEWAYS and not n.startswith(("tornado-proxy@", "tornado-proxy+")):
             ap.error(f"unknown gateway {n!r}")
     if "floor" not in names:
         names.insert(0, "floor")  # every figure is read against the floor

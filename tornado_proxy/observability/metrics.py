@@ -78,7 +78,7 @@ class Metrics:
         fieldpolicy.set_sink(self.count_dropped)
         self.draining = Gauge("tornado_proxy_draining", "1 while the server drains after SIGTERM", [],
                               registry=r, multiprocess_mode="max")
-        self._req: dict[tuple[str, str, str, str], Any] = {}
+        self._req: dict[tuple[str, str, str, int, ErrorKind | None], list[Any]] = {}
         self._dur: dict[tuple[str, str], Any] = {}
         self._ttfb: dict[tuple[str, str], Any] = {}
         self._tok: dict[tuple[str, str, str], Any] = {}
@@ -131,24 +131,36 @@ class Metrics:
 
     def observe_request(self, route: str, model: str, provider: str, status: int, kind: ErrorKind | None,
                         duration: float, ttfb: float | None) -> None:
-        s = str(status)
-        key = (route, model, provider, s)
-        c = self._req.get(key)
-        if c is None:
-            c = self._req[key] = self.requests.labels(route, model, provider, s)
-        c.inc()
-        if provider:
-            self._outcome(provider, outcome_of(status, kind)).inc()
+        # Everything a request's end touches, looked up once per distinct outcome (the
+        # key's parts come from config and code: bounded) rather than four dict
+        # lookups, a status string and outcome_of() per request.
+        key = (route, model, provider, status, kind)
+        s = self._req.get(key)
+        if s is None:
+            s = self._req[key] = self._request_series(route, model, provider, status, kind)
+        s[0]()
+        if s[1] is not None:
+            s[1]()
+        s[2](duration)
+        if ttfb is not None:
+            if s[3] is None:  # (made on first use: a route that never sends has no series)
+                k2 = (route, provider)
+                h = self._ttfb.get(k2)
+                if h is None:
+                    h = self._ttfb[k2] = self.ttfb.labels(route, provider)
+                s[3] = h.observe
+            s[3](ttfb)
+
+    def _request_series(self, route: str, model: str, provider: str, status: int,
+                        kind: ErrorKind | None) -> list[Any]:
         k2 = (route, provider)
         h = self._dur.get(k2)
         if h is None:
             h = self._dur[k2] = self.duration.labels(route, provider)
-        h.observe(duration)
-        if ttfb is not None:
-            h = self._ttfb.get(k2)
-            if h is None:
-                h = self._ttfb[k2] = self.ttfb.labels(route, provider)
-            h.observe(ttfb)
+        t = self._ttfb.get(k2)
+        return [self.requests.labels(route, model, provider, str(status)).inc,
+                self._outcome(provider, outcome_of(status, kind)).inc if provider else None,
+                h.observe, t.observe if t is not None else None]
 
     def observe_tokens(self, provider: str, model: str, usage: dict[str, Any] | None) -> None:
         if not usage:
