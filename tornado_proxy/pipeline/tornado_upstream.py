@@ -129,12 +129,7 @@ class TornadoCurl:
             return
         t.room -= len(data)
         if t.room < 0:
-            ok = 200 <= t.status < 300
-            cap = t.client.max_body_bytes if ok else t.client.max_error_bytes
-            t.abort_err = ProxyError(
-                ErrorKind.UPSTREAM_BAD_RESPONSE,
-                f"upstream {'answer' if ok else f'error body (status {t.status})'} is larger than "
-                f"the gateway's limit of {cap} bytes")
+            t.abort_err = t.too_large()
             t.body = []
             self.abort(t)
             return

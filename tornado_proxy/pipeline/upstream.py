@@ -552,6 +552,13 @@ class Transfer:
         self._parsed = len(head)
         return self._header_status
 
+    def too_large(self) -> ProxyError:
+        """The error for an answer over the body cap (error bodies have their own)."""
+        ok = 200 <= self.status < 300
+        cap = self.client.max_body_bytes if ok else self.client.max_error_bytes
+        return ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE,
+                          f"upstream {'answer' if ok else f'error body (status {self.status})'} is larger than "
+                          f"the gateway's limit of {cap} bytes")
     def _write(self, data: bytes) -> int | None:
         self.last_tick = self.client.tick
         if not self.started:
@@ -572,12 +579,7 @@ class Transfer:
         self.room -= len(data)
         if self.room < 0:
             # A rogue or broken upstream must not fill our memory: stop reading now.
-            ok = 200 <= self.status < 300
-            cap = self.client.max_body_bytes if ok else self.client.max_error_bytes
-            self.abort_err = ProxyError(
-                ErrorKind.UPSTREAM_BAD_RESPONSE,
-                f"upstream {'answer' if ok else f'error body (status {self.status})'} is larger than "
-                f"the gateway's limit of {cap} bytes")
+            self.abort_err = self.too_large()
             self.body = []
             return 0  # curl ends the transfer (CURLE_WRITE_ERROR)
         self.body.append(data)
