@@ -21,22 +21,17 @@ import pytest
 from tests.clients.conftest import Stack
 from tests.clients.harness import FIXTURES, UPSTREAM_MODEL, UPSTREAM_TYPES, Codex, Run, upstream_model
 from tests.clients.scripted import TOOL_OUTPUT
+from tests.clients.test_codex import events as http_events, items
 
 StartStack = Callable[..., Stack]
 CodexFor = Callable[..., Codex]
 
 
 def events(run: Run) -> list[dict[str, Any]]:
-    assert run.returncode == 0, run.explain()
-    evs = run.jsonl()
-    assert not [e for e in evs if e.get("type") in ("error", "turn.failed")], run.explain()
-    assert evs[-1]["type"] == "turn.completed", run.explain()
+    """What test_codex checks of a run, and that Codex did not fall back to HTTP."""
+    evs = http_events(run)
     assert "Falling back" not in run.stderr and "falling back" not in run.stderr.lower(), run.explain()
     return evs
-
-
-def items(evs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [e["item"] for e in evs if e["type"] == "item.completed" and e["item"]["type"] == kind]
 
 
 def ws_stack(stack: StartStack, kind: str) -> Stack:
