@@ -15,6 +15,7 @@ come from ``tests/fixtures/<provider>/``.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -218,6 +219,13 @@ class LoopThread:
         from tornado_proxy.config import build
         from tornado_proxy.server.workers import Server
 
+        if "state" not in raw_config:
+            # the default (local) store, but one per gateway: two gateways of one test are
+            # two machines unless the test gives them one store
+            import tempfile
+
+            raw_config = {**raw_config, "state": {"store": "local", "path": tempfile.mkdtemp(
+                prefix="gw-", dir=os.environ.get("XDG_STATE_HOME"))}}
         cfg = build(raw_config, "test", env or {})
 
         async def start() -> Any:
