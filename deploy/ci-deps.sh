@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the tools tests/deploy/ uses, if missing: promtool, systemd-analyze (systemd),
-# pkill (procps, for the unit's ExecReload) and docker-compose (to
-# validate compose.yaml). Idempotent and quiet; without root or apt-get it installs nothing,
+# Installs the tools tests/deploy/ and tests/state/ use, if missing: promtool, systemd-analyze
+# (systemd), pkill (procps, for the unit's ExecReload), docker-compose (to validate
+# compose.yaml) and redis-server (the shared state store's tests start their own, on loopback).
+# Idempotent and quiet; without root or apt-get it installs nothing,
 # and the tests that need a missing tool skip, saying which.
 #
 # promtool comes out of Debian's prometheus package without installing the package: that
@@ -12,6 +13,7 @@ apt_want=()
 command -v systemd-analyze >/dev/null 2>&1 || apt_want+=(systemd)
 command -v pkill >/dev/null 2>&1 || apt_want+=(procps)
 command -v docker-compose >/dev/null 2>&1 || apt_want+=(docker-compose)
+command -v redis-server >/dev/null 2>&1 || apt_want+=(redis-server)
 need_promtool=0
 command -v promtool >/dev/null 2>&1 || need_promtool=1
 [ ${#apt_want[@]} -eq 0 ] && [ $need_promtool -eq 0 ] && exit 0

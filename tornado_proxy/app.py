@@ -141,7 +141,11 @@ class Gateway:
         types = dict(PROVIDER_TYPES)
         self.providers: dict[str, Provider] = {p["name"]: types[p["type"]](p) for p in config.providers}
         self.router = Router(config.models, self.providers)
-        self.scheduler = Scheduler.from_config(config)
+        from tornado_proxy.state.config import make_store
+
+        # shared with the other workers and replicas (docs/state.md); started by start()
+        self.state = make_store(config)
+        self.scheduler = Scheduler.from_config(config, store=self.state)
         upstream_class = Upstream
         if s["upstream_client"] == "tornado":
             from tornado_proxy.pipeline.tornado_upstream import TornadoUpstream
@@ -156,9 +160,11 @@ class Gateway:
         self.active_requests = 0
         self.started = time.time()
         from tornado_proxy.state.responses import ResponseStore
+        from tornado_proxy.state.store import SharedResponses, SharedStateStore
 
         # previous_response_id on non-Responses upstreams (handlers/responses.py)
-        self.response_store = ResponseStore.from_config(s.get("response_store"))
+        self.response_store = SharedResponses(ResponseStore.from_config(s.get("response_store")),
+                                              self.state if isinstance(self.state, SharedStateStore) else None)
         self.access_log = AccessLog(s.get("log_format", "text"))
         self.tracer = tracing.from_config(config)  # None unless observability.otel.enabled
         self._openapi: dict[str, Any] | None = None
@@ -174,7 +180,26 @@ class Gateway:
             self._openapi = doc
         return self._openapi
 
+    async def start(self) -> None:
+        """Load the shared state before the first request (a replica starting joins as it is)."""
+        start = getattr(self.state, "start", None)
+        if start is not None:
+            await start()
+
+    async def close_state(self) -> None:
+        close = getattr(self.state, "close", None)
+        if close is not None:
+            await close()
+
     def close(self) -> None:
+        if getattr(self.state, "close", None) is not None:
+            try:
+                import asyncio
+
+                asyncio.get_running_loop()
+                asyncio.ensure_future(self.close_state())
+            except RuntimeError:
+                pass
         self.upstream.close()
         self.access_log.close()
         if self.tracer is not None:

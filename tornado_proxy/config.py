@@ -140,6 +140,7 @@ class Config:
         self.providers: list[dict[str, Any]] = raw.get("providers") or []
         self.models: list[dict[str, Any]] = raw.get("models") or []
         self.accounts_file: str | None = raw.get("accounts_file")
+        self.state: dict[str, Any] = raw.get("state") or {}
         for p in self.providers:
             p["timeouts"] = {**TIMEOUT_DEFAULTS, **(p.get("timeouts") or {})}
             # Likewise an account whose only credential is "${KEY:-}" unset: no such account.
@@ -210,6 +211,9 @@ def build(raw: Any, source: str, env: Mapping[str, str] | None = None) -> Config
     if problems:
         raise ConfigError(problems)
     problems.extend(_semantic_problems(raw))
+    from tornado_proxy.state.config import problems as state_problems
+
+    problems.extend(state_problems(raw))
     if not problems:
         problems.extend(_account_problems(raw, source))
     if problems:

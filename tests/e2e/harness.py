@@ -220,6 +220,13 @@ class LoopThread:
         from tornado_proxy.config import build
         from tornado_proxy.server.workers import Server
 
+        if "state" not in raw_config:
+            # the default (local) store, but one per gateway: two gateways of one test are
+            # two machines unless the test gives them one store
+            import tempfile
+
+            raw_config = {**raw_config, "state": {"store": "local", "path": tempfile.mkdtemp(
+                prefix="gw-", dir=os.environ.get("XDG_STATE_HOME"))}}
         cfg = build(with_paths(raw_config), "test", env or {})
 
         async def start() -> Any:

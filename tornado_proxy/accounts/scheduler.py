@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import email.utils
@@ -61,6 +62,7 @@ from tornado_proxy.observability import redact
 from tornado_proxy.accounts.file import AccountsFile, AccountsFileError, find, has_credential, mask
 from tornado_proxy.errors import Action, ErrorKind, ProxyError
 from tornado_proxy.state.accounts_state import AccountState, MemoryStateStore, StateStore, Status
+from tornado_proxy.state.store import LockTimeout
 
 log = logging.getLogger("tornado_proxy.accounts.scheduler")
 
@@ -558,9 +560,9 @@ class Scheduler:
         self._update(pool, st, entry)
         if kind == "oauth" and st.oauth is None:
             self._set_disabled(st, f"no token endpoint: provider '{pool.name}' has no scheduler.oauth "
-                               "and the account no token_url/client_id", persist=False)
+                               "and the account no token_url/client_id", persist=False, transition="config")
         if entry.get("enabled") is False:
-            self._set_disabled(st, "enabled: false in the config", persist=False)
+            self._set_disabled(st, "enabled: false in the config", persist=False, transition="config")
         pool.states.append(st)
         return st
 
@@ -577,7 +579,8 @@ class Scheduler:
             if not key and env:
                 key = os.environ.get(env)
                 if not key and entry.get("aws_access_key_id") is None:
-                    self._set_disabled(st, f"environment variable {env} is not set", persist=False)
+                    self._set_disabled(st, f"environment variable {env} is not set", persist=False,
+                                       transition="config")
             a.api_key = key
         else:
             st.oauth = _oauth_for(pool.policy.oauth, entry)
@@ -991,12 +994,13 @@ class Scheduler:
         self.store.publish(f"{st.provider}/{st.id}", st)
         log.info("account '%s' cools down for %.1f s (%s)", st.id, until - now, reason)
 
-    def _set_disabled(self, st: AccountState, reason: str, *, persist: bool, at: Any = None) -> None:
+    def _set_disabled(self, st: AccountState, reason: str, *, persist: bool, at: Any = None,
+                      transition: str = "") -> None:
         st.status = DISABLED
         st.probe_inflight = False
         st.disabled_reason = redact.text(reason)  # shown by the admin API, saved in the file
         st.disabled_at = float(at) if isinstance(at, (int, float)) else self.wall_clock()
-        self.store.publish(f"{st.provider}/{st.id}", st)
+        self.store.publish(f"{st.provider}/{st.id}", st, transition)
         log.warning("account '%s' disabled: %s", st.id, reason)
         if persist:
             self._persist_disabled(st)
@@ -1010,7 +1014,7 @@ class Scheduler:
         st.consecutive_errors = 0
         st.backoff_level = 0
         st.probe_inflight = False
-        self.store.publish(f"{st.provider}/{st.id}", st)
+        self.store.publish(f"{st.provider}/{st.id}", st, "enable")
         log.info("account '%s' enabled", st.id)
         if persist:
             self._persist_disabled(st)
@@ -1044,13 +1048,27 @@ class Scheduler:
         f = self._file
         if f is None:
             raise ProxyError(ErrorKind.INTERNAL, f"account '{st.id}': OAuth accounts need an accounts_file")
+        key = f"{st.provider}/{st.id}"
+        shared_lock = getattr(self.store, "refresh_lock", None)
         try:
-            async with f.refresh_lock(st.id):
+            # Across replicas (Redis: a lock with a TTL and a fencing token), then across
+            # this machine's processes (the accounts file's flock).
+            async with (shared_lock(key) if shared_lock is not None else contextlib.nullcontext()) as fence, \
+                    f.refresh_lock(st.id):
                 doc = f.load()  # recovers a write that a killed process left half-done
                 entry = find(doc, st.id)
                 if entry is None or not entry.get("refresh_token"):
                     raise ProxyError(ErrorKind.UPSTREAM_AUTH,
                                      f"account '{st.id}' is no longer in the accounts file")
+                if fence is not None:
+                    # another replica may have rotated the tokens: then its refresh token is
+                    # the only valid one, and it is in the store, not in our file
+                    theirs = await self.store.load_tokens(key)  # type: ignore[attr-defined]
+                    if theirs and theirs.get("refresh_token") and \
+                            theirs.get("refresh_token") != entry.get("refresh_token"):
+                        f.save_tokens(st.id, theirs.get("access_token"), theirs["refresh_token"],
+                                      theirs.get("expires_at"))
+                        entry = {**entry, **theirs}
                 wall = self.wall_clock()
                 # Another process may have refreshed while we waited for the lock: its
                 # token is in the file, and its refresh token is the only valid one now.
@@ -1072,6 +1090,14 @@ class Scheduler:
                         return
                     kind = ErrorKind.UPSTREAM_AUTH if e.dead else ErrorKind.UPSTREAM_UNREACHABLE
                     raise ProxyError(kind, f"account '{st.id}': token refresh failed: {e.message}") from None
+                saved = {"access_token": tokens.access_token, "refresh_token": tokens.refresh_token,
+                         "expires_at": tokens.expires_at}
+                if fence is not None and not await self.store.save_tokens(key, fence, saved):  # type: ignore[attr-defined]
+                    # we stalled past the lock's TTL and a newer holder saved: its tokens win
+                    theirs = await self.store.load_tokens(key)  # type: ignore[attr-defined]
+                    if theirs:
+                        self._adopt_tokens(st, theirs)
+                    return
                 # Saved at once, under the lock: a rotated refresh token exists nowhere else.
                 f.save_tokens(st.id, tokens.access_token, tokens.refresh_token, tokens.expires_at)
                 self._adopt_tokens(st, {"access_token": tokens.access_token,
@@ -1079,7 +1105,7 @@ class Scheduler:
                                         "expires_at": tokens.expires_at})
                 st.refresh_ok += 1
                 log.info("account '%s': token refreshed", st.id)
-        except AccountsFileError as e:
+        except (AccountsFileError, LockTimeout) as e:
             # not the request's fault: another account may serve it
             raise ProxyError(ErrorKind.UPSTREAM_ERROR, f"account '{st.id}': {e}") from None
 
@@ -1098,7 +1124,7 @@ class Scheduler:
 
     def disable(self, account_id: str, reason: str = "disabled by an operator") -> dict[str, Any]:
         st = self._find(account_id)
-        self._set_disabled(st, reason, persist=True)
+        self._set_disabled(st, reason, persist=True, transition="admin")
         return self._snap(st, self.clock(), self.wall_clock())
 
     def probe(self, account_id: str) -> dict[str, Any]:
@@ -1108,7 +1134,7 @@ class Scheduler:
             st.status = PROBING
             st.probe_inflight = False
             st.cooling_until = self.clock()
-            self.store.publish(f"{st.provider}/{st.id}", st)
+            self.store.publish(f"{st.provider}/{st.id}", st, "admin")
         return self._snap(st, self.clock(), self.wall_clock())
 
     # -- reporting ----------------------------------------------------------------------

@@ -92,7 +92,7 @@ class MetricsHandler(BaseHandler):
     public = True
     route_name = "metrics"
 
-    def get(self) -> None:
+    async def get(self) -> None:
         token = self.gw.metrics_token
         if token:  # account ids, states and quotas are for the operator's scraper only
             auth = self.request.headers.get("Authorization", "")
@@ -100,6 +100,11 @@ class MetricsHandler(BaseHandler):
             if not hmac.compare_digest(given, token):
                 raise ProxyError(ErrorKind.AUTH_INVALID if given else ErrorKind.AUTH_MISSING,
                                  "/metrics needs 'Authorization: Bearer <server.metrics_token>'")
+        refresh = getattr(self.gw.state, "refresh_counters", None)
+        if refresh is not None:
+            # the account counters are the store's (every worker's and replica's): read
+            # them now, after adding ours, so every scrape anywhere agrees and never goes back
+            await refresh()
         body, ctype = self.gw.metrics.render()
         self.set_header("Content-Type", ctype)
         self.finish(body)

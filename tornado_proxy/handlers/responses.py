@@ -43,21 +43,21 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.handler import LLMHandler
 from tornado_proxy.state.responses import ResponseStore, StoredResponse
+from tornado_proxy.state.store import SharedResponses
 from tornado_proxy.handlers.base import BaseHandler
 
 RESPONSES_FORMAT = ResponsesFormat()
 log = logging.getLogger("tornado_proxy.responses")
 
 
-def response_store(gw: Any) -> ResponseStore:
-    """The gateway's store, made from ``server.response_store`` on first use.
-
-    (Kept on the Gateway object so every handler of the process shares it; the
-    lead may move its creation into ``Gateway.__init__``.)
-    """
+def response_store(gw: Any) -> SharedResponses:
+    """The gateway's store (``Gateway.response_store``: this process's LRU in front of
+    the shared state store), made from ``server.response_store`` if the gateway has none."""
     store = getattr(gw, "response_store", None)
     if store is None:
         store = ResponseStore.from_config(gw.config.server.get("response_store"))
+    if isinstance(store, ResponseStore):
+        store = SharedResponses(store, None)
         gw.response_store = store
     return store
 
@@ -120,7 +120,7 @@ class ResponsesHandler(LLMHandler):
         stream = bool(body.get("stream"))
         store = response_store(self.gw)
         prev = body.get("previous_response_id")
-        stored = store.get(prev) if isinstance(prev, str) else None
+        stored = await store.fetch(prev) if isinstance(prev, str) else None
         ctx = StreamContext(id=fmt.context_id(os.urandom(12).hex()), created=int(time.time()), model=name,
                             extra={CTX_REQUEST: body})
         if provider.native_format == fmt.name and stored is None:
@@ -152,6 +152,34 @@ class ResponsesHandler(LLMHandler):
 
             await self.with_accounts(provider, build, ctx, passthrough=False)
 
+    def finish(self, chunk: Any = None) -> Any:
+        """The answer's last bytes (``response.completed``, or the whole Response) wait
+        until the shared store has the response: a follow-up sent the moment the client
+        has read them, to any worker or replica, finds it."""
+        if getattr(self, "_held_finish", False):
+            return None  # a repeat (auto-finish, a late duplicate answer) while we wait
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[1].extra.get(CTX_RESULT) is not None and not self._gone:
+            self._memo = None
+            try:
+                written = self._remember(*memo)
+            except Exception:  # the answer goes out all the same
+                log.exception("could not store response %s", memo[1].id)
+                written = None
+            if written is not None and not written.done():
+                self._held_finish = True
+
+                def send(_: Any) -> None:
+                    self._held_finish = False
+                    if not self._finished and not self._gone:
+                        super(ResponsesHandler, self).finish(chunk)
+                    elif not self._finished:
+                        self.on_finish()  # the client left meanwhile: still counted out
+
+                written.add_done_callback(send)
+                return None
+        return super().finish(chunk)
+
     def on_finish(self) -> None:
         memo = getattr(self, "_memo", None)
         if memo is not None:
@@ -162,15 +190,15 @@ class ResponsesHandler(LLMHandler):
                 log.exception("could not store response %s", memo[1].id)
         super().on_finish()
 
-    def _remember(self, store: ResponseStore, ctx: StreamContext, body: dict[str, Any],
-                  history: list[dict[str, Any]] | None) -> None:
+    def _remember(self, store: SharedResponses, ctx: StreamContext, body: dict[str, Any],
+                  history: list[dict[str, Any]] | None) -> Any:
         result = ctx.extra.get(CTX_RESULT)
         if result is None or body.get("store") is False or not store.enabled:
-            return  # failed, or the client asked us not to keep it
+            return None  # failed, or the client asked us not to keep it
         answer = _history_message(result["pivot"]["choices"][0]["message"])
         messages = [*(history or []), *input_to_messages(body.get("input", [])), answer]
-        store.put(StoredResponse(id=ctx.id, messages=messages, response=result["response"],
-                                 input_items=_input_items(body, ctx.id)))
+        return store.put(StoredResponse(id=ctx.id, messages=messages, response=result["response"],
+                                        input_items=_input_items(body, ctx.id)))
 
     def _on_passthrough(self, data: bytes) -> bool:
         # Remember the upstream's last sequence_number, so that an error event we
@@ -240,7 +268,7 @@ class ResponseResourceHandler(BaseHandler):
         check_resource_id(resp_id)
         if sub not in (None, "input_items"):
             raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"GET is not allowed on {self.request.path}")
-        entry = response_store(self.gw).get(resp_id)
+        entry = await response_store(self.gw).fetch(resp_id)
         if entry is None:
             await self.forward("GET", resp_id, sub)
         elif sub is None:
@@ -255,7 +283,7 @@ class ResponseResourceHandler(BaseHandler):
         check_resource_id(resp_id)
         if sub is not None:
             raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"DELETE is not allowed on {self.request.path}")
-        if response_store(self.gw).delete(resp_id):
+        if await response_store(self.gw).delete(resp_id):
             self.send_json({"id": resp_id, "object": "response", "deleted": True})
         else:
             await self.forward("DELETE", resp_id, None)
@@ -264,7 +292,7 @@ class ResponseResourceHandler(BaseHandler):
         check_resource_id(resp_id)
         if sub != "cancel":
             raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, f"POST is not allowed on {self.request.path}")
-        if response_store(self.gw).get(resp_id) is not None:
+        if await response_store(self.gw).fetch(resp_id) is not None:
             raise ProxyError(ErrorKind.INVALID_REQUEST, "Only background responses can be cancelled; this one "
                              "has already completed.", param="response_id")
         await self.forward("POST", resp_id, sub)

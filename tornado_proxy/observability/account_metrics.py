@@ -6,6 +6,12 @@ into metric families when ``/metrics`` is scraped.  The label is the account id
 from config or the accounts file, never its key.  Every outcome and every state
 series exists for every account, so rates and alerts work before the first error.
 
+With a shared state store (``local``, ``redis``) the counters (requests by
+outcome, tokens, latency sum/count, refreshes) are the store's totals, summed over
+every worker and replica, so every scrape of any of them reports the same,
+non-decreasing series; the scrape handler refreshes them first.  States come from
+the shared account state; in-flight, success ratio and quota are this process's.
+
 Register once: ``metrics.register_collector(AccountCollector(scheduler))``.
 """
 from __future__ import annotations
@@ -30,6 +36,11 @@ class AccountCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.scheduler.snapshot()
+        store = getattr(self.scheduler, "store", None)
+        counter_totals = getattr(store, "counter_totals", None)
+        totals = counter_totals() if counter_totals is not None else None
+        if totals is not None:
+            snap = [_from_store(a, totals.get(f"{a['provider']}/{a['id']}") or {}) for a in snap]
         pa = ["provider", "account"]
         requests = CounterMetricFamily("tornado_proxy_account_requests",
                                        "Upstream requests per account by outcome", labels=[*pa, "outcome"])
@@ -72,3 +83,23 @@ class AccountCollector(Collector):
             for limit, value in a["quota_remaining"].items():
                 quota.add_metric([*lab, limit], value)
         yield from (requests, state, cooldown, inflight, health, latency, tokens, refresh, expiry, quota)
+        if store is not None and hasattr(store, "up"):
+            up = GaugeMetricFamily("tornado_proxy_state_store_up",
+                                   "1 while the shared state store answers, 0 while serving from local state",
+                                   labels=["store"])
+            up.add_metric([store.backend.name], 1.0 if store.up else 0.0)
+            errors = CounterMetricFamily("tornado_proxy_state_store_errors",
+                                         "State store operations that failed or timed out (this process)",
+                                         labels=["store"])
+            errors.add_metric([store.backend.name], store.errors)
+            yield from (up, errors)
+
+
+def _from_store(a: dict[str, Any], tot: dict[str, float]) -> dict[str, Any]:
+    """The snapshot with its counters replaced by the store's totals."""
+    return {**a,
+            "requests": {o: int(tot.get("o:" + o, 0)) for o in OUTCOMES},
+            "latency_sum_s": tot.get("latency_sum", 0.0),
+            "latency_count": int(tot.get("latency_count", 0)),
+            "tokens": {"prompt": int(tot.get("prompt_tokens", 0)), "completion": int(tot.get("completion_tokens", 0))},
+            "refresh": {"ok": int(tot.get("refresh_ok", 0)), "failed": int(tot.get("refresh_failed", 0))}}

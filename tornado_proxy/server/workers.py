@@ -95,6 +95,7 @@ class Server:
     async def listen(self, sockets: Any = None) -> int:
         if sockets is None:
             sockets = bind_sockets(self.port, self.host, backlog=LISTEN_BACKLOG)
+        await self.gw.start()  # the shared state is loaded before the first request is taken
         await self.http.add_sockets(sockets)
         self.port = self.http.port
         return int(self.port)
@@ -128,6 +129,7 @@ class Server:
                 await asyncio.sleep(0.01)
         await self.http.close_all_connections()
         await self.http.flushed(1.0)  # what was just written (those frames) goes out before we exit
+        await self.gw.close_state()  # the last counts reach the store
         self.gw.close()
         if self._stopped is not None:
             self._stopped.set()

@@ -19,6 +19,7 @@ comparable across hosts).
 """
 from __future__ import annotations
 
+import abc
 import enum
 from collections import OrderedDict
 from typing import Any
@@ -100,26 +101,31 @@ class AccountState:
         self.file_pending = 0                 # our own writes of this account not yet on disk
 
 
-class StateStore:
-    """The interface; :class:`MemoryStateStore` is the default implementation."""
+class StateStore(abc.ABC):
+    """What the scheduler needs of a store; ``tornado_proxy.state.store`` adds the
+    shared stores (``local``: SQLite, ``redis``) and the rest of what they share."""
 
+    @abc.abstractmethod
     def record(self, key: str, make: "Any") -> AccountState:
         """The live state for ``key``; ``make()`` builds it the first time."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def forget(self, key: str) -> None:
         """The account is gone (removed from config or the accounts file)."""
-        raise NotImplementedError
 
-    def publish(self, key: str, state: AccountState) -> None:
-        """A transition other replicas must see (cooldown, probe, disable, enable)."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def publish(self, key: str, state: AccountState, transition: str = "") -> None:
+        """A transition other replicas must see (cooldown, probe, disable, enable).
 
-    def session_get(self, provider: str, session: str, now: float) -> str | None:
-        raise NotImplementedError
+        ``transition`` is "enable" or "admin" when an operator (or a passed admin
+        probe) asked for it: those override what the store holds; anything else
+        may not shorten a running cooldown or lift a disable."""
 
-    def session_set(self, provider: str, session: str, account_id: str, until: float) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def session_get(self, provider: str, session: str, now: float) -> str | None: ...
+
+    @abc.abstractmethod
+    def session_set(self, provider: str, session: str, account_id: str, until: float) -> None: ...
 
 
 class MemoryStateStore(StateStore):
@@ -139,7 +145,7 @@ class MemoryStateStore(StateStore):
     def forget(self, key: str) -> None:
         self._records.pop(key, None)
 
-    def publish(self, key: str, state: AccountState) -> None:
+    def publish(self, key: str, state: AccountState, transition: str = "") -> None:
         return None   # nothing to share with
 
     def session_get(self, provider: str, session: str, now: float) -> str | None:
