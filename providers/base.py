@@ -52,11 +52,12 @@ Errors are :class:`tornado_proxy.errors.ProxyError` (this package may import
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
+# (re-exported: the fused text lane's patterns live with the lane)
+from tornado_proxy.pipeline.text_lane import PLAIN_JSON_STRING, TextLane  # noqa: F401
 
 from . import headers as headers_mod
 from .headers import RequestInfo
@@ -149,41 +150,6 @@ def text_chunk(ctx: StreamContext, text: str) -> dict[str, Any]:
     """The pivot chunk of a text delta, as every translator with a text lane emits it."""
     return {"id": ctx.id, "object": "chat.completion.chunk", "created": ctx.created, "model": ctx.model,
             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
-
-
-# The body of a JSON string literal (between its quotes) that decodes to the same text
-# in any JSON parser: no raw quote, backslash or control character, escapes of one
-# character only (``\uXXXX`` goes the long way: a lone surrogate is not portable).
-# Bytes >= 0x80 pass; the SSE decoder checks a run is UTF-8 before it takes the lane.
-PLAIN_JSON_STRING = rb'[^"\\\x00-\x1f]*(?:\\["\\/bfnrt][^"\\\x00-\x1f]*)*'
-
-
-class TextLane:
-    """Patterns for the event blocks ``head + LITERAL + tail`` (one whole block and its
-    blank line, LF line ends), where LITERAL is the text's JSON string literal without
-    its quotes, as the upstream writes it.
-
-    ``run.match(buf, pos, endpos)`` matches one or more such blocks back to back; over
-    that span ``one.findall`` returns each block's literal (``b""`` for an empty text,
-    which ``feed`` drops).  Built once per (head, tail) and shared.
-    """
-
-    __slots__ = ("run", "one")
-    _cache: dict[tuple[bytes, bytes], "TextLane"] = {}
-
-    def __init__(self, head: bytes, tail: bytes) -> None:
-        item = re.escape(head) + b"(" + PLAIN_JSON_STRING + b")" + re.escape(tail) + b"\n\n"
-        self.one = re.compile(item)
-        self.run = re.compile(b"(?:" + re.escape(head) + PLAIN_JSON_STRING + re.escape(tail) + b"\n\n)+")
-
-    @classmethod
-    def of(cls, head: bytes, tail: bytes) -> "TextLane":
-        lane = cls._cache.get((head, tail))
-        if lane is None:
-            lane = cls(head, tail)
-            if len(cls._cache) < 1024:
-                cls._cache[(head, tail)] = lane
-        return lane
 
 
 class StreamEncoder:

@@ -1,4 +1,4 @@
-"""The fused text lane (providers.base.TextLane): plain text deltas go from upstream
+"""The fused text lane (tornado_proxy/pipeline/text_lane.py): plain text deltas go from upstream
 bytes to client bytes without being parsed.  Taking the lane must never change the
 stream a client gets: every case here runs through the pipeline's own
 ``translate_read`` twice, with the lane and without, read by read at many split
@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from providers.anthropic_messages import AnthropicProvider
-from providers.base import PLAIN_JSON_STRING, StreamContext, TextLane, text_chunk
+from providers.base import StreamContext, text_chunk
 from providers.openai_chat import OpenAIChatFormat, OpenAIEncoder
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ProxyError
 from tornado_proxy.pipeline.handler import translate_read
 from tornado_proxy.pipeline.sse import SSEDecoder
+from tornado_proxy.pipeline.text_lane import PLAIN_JSON_STRING, FusedSSEDecoder, TextLane
 from tests.replay import MODES, cuts, fixture, splits
 CTX = StreamContext(id="chatcmpl-lane123", created=1700000000, model='claude "test"', include_usage=True)
 
@@ -95,16 +96,16 @@ def stream_of(name: str) -> tuple[bytes, bool | None]:
 def run(reads: list[bytes], fused: bool) -> tuple[list[Any], str | None, int]:
     """What a client gets: the data of each frame decoded, how the stream ended, and
     how many times the lane answered."""
-    dec = SSEDecoder()
     tr = AnthropicProvider({"name": "anthropic", "type": "anthropic"}).new_stream(CTX)
     enc = OpenAIChatFormat().new_encoder(CTX)
     lane_items = 0
+    dec: SSEDecoder = SSEDecoder()
     if fused:
         def text_bytes(lits: list[bytes]) -> bytes:
             nonlocal lane_items
             lane_items += len(lits)
             return enc.text_bytes(lits)
-        dec.fuse(tr.text_lane, text_bytes)
+        dec = FusedSSEDecoder(tr.text_lane, text_bytes)
     out: list[bytes] = []
     usage: list[Any] = []
     end = None
@@ -152,10 +153,9 @@ def test_lane_output_is_byte_identical_for_plain_text() -> None:
 def test_a_run_of_deltas_is_one_write() -> None:
     """The point of the lane: forty deltas in one read cost one regex pass and one join."""
     data = start(open_text(0), *(delta(0, b"w%d" % i) for i in range(40)), stop(0)) + END
-    dec = SSEDecoder()
     tr = AnthropicProvider({"name": "anthropic", "type": "anthropic"}).new_stream(CTX)
     enc = OpenAIChatFormat().new_encoder(CTX)
-    dec.fuse(tr.text_lane, enc.text_bytes)
+    dec = FusedSSEDecoder(tr.text_lane, enc.text_bytes)
     items = []
     for ev in dec.feed(data):
         items.append(ev)

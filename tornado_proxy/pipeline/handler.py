@@ -32,6 +32,7 @@ from tornado_proxy.observability import redact
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.handlers.base import BaseHandler
 from tornado_proxy.pipeline.sse import BadEvent, EventChecker, SSEDecoder
+from tornado_proxy.pipeline.text_lane import FusedSSEDecoder
 from tornado_proxy.pipeline.upstream import Transfer
 
 log = logging.getLogger("tornado_proxy.pipeline")
@@ -417,12 +418,13 @@ class LLMHandler(BaseHandler):
                 self._encoder = encoder = fmt.new_encoder(ctx)
                 if provider.stream_decoder != "sse":
                     self._decoder = provider.new_decoder()  # type: ignore[attr-defined]
+                elif translator.text_lane is not None and encoder.text_bytes is not None:
+                    # Plain text deltas go from upstream bytes to client bytes without
+                    # being parsed (pipeline/text_lane.py).
+                    self._decoder = FusedSSEDecoder(translator.text_lane, encoder.text_bytes,
+                                                    self.gw.upstream.max_body_bytes)
                 else:
                     self._decoder = SSEDecoder(self.gw.upstream.max_body_bytes)
-                    if translator.text_lane is not None and encoder.text_bytes is not None:
-                        # Plain text deltas go from upstream bytes to client bytes without
-                        # being parsed (see providers.base.TextLane).
-                        self._decoder.fuse(translator.text_lane, encoder.text_bytes)
                 on_data = self._on_translated
             t = self.gw.upstream.start(up, on_data=on_data, connect_timeout=timeouts["connect"],
                                        first_byte=timeouts["first_byte"], idle=timeouts["idle"], proxy=proxy)

@@ -14,7 +14,7 @@ one endless line (or endless data lines and never a blank one) gets
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
@@ -64,14 +64,6 @@ class SSEEvent:
 _NAMES: dict[bytes, str] = {}
 
 
-def _utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _name(raw: bytes) -> str:
     n = _NAMES.get(raw)
     if n is None:
@@ -85,8 +77,7 @@ _BLANK = [b""]
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf", "_lane_of", "_lane_bytes",
-                 "_max", "_held")
+    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_seen", "_skip_lf", "_max", "_held")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
@@ -98,29 +89,16 @@ class SSEDecoder:
         self._retry: int | None = None
         self._seen = False  # any field seen since the last dispatch
         self._skip_lf = False
-        self._lane_of: Any = None     # the translator's text_lane (fuse)
-        self._lane_bytes: Any = None  # the encoder's text_bytes
 
-    def fuse(self, text_lane: Any, text_bytes: Any) -> None:
-        """Turn on the fused text lane (see ``providers.base.TextLane``).
-
-        ``feed`` then returns an iterator, not a list, over events and, in place of
-        each run of event blocks the translator's ``text_lane()`` takes, the client
-        bytes ``text_bytes(literals)`` (never empty).  The lane is asked again each
-        time the consumer wants the next item, so the translator has seen every event
-        before it.  The lane runs on the fast path; anything unusual is an event, and
-        so is a run that is not valid UTF-8 (the event path replaces the bad bytes).
-        """
-        self._lane_of = text_lane
-        self._lane_bytes = text_bytes
-
-    def feed(self, chunk: bytes) -> list[SSEEvent] | Iterator[Any]:
+    def feed(self, chunk: bytes) -> Iterable[SSEEvent]:
+        """The events ``chunk`` completes (a list; when an event outgrows the cap, the
+        events before it and then ``UPSTREAM_BAD_RESPONSE``, raised while iterating)."""
         out = self._feed(chunk)
         if len(self._buf) + self._held > self._max:
             return self._then_fail(out)
         return out
 
-    def _then_fail(self, out: Any) -> Iterator[Any]:
+    def _then_fail(self, out: Iterable[Any]) -> Iterator[Any]:
         """The events completed before the oversized one, then the error (as they would
         be had the oversized event come in a later read)."""
         self._buf = b""
@@ -130,7 +108,7 @@ class SSEDecoder:
         raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE,
                          f"upstream sent a stream event larger than the gateway's limit of {self._max} bytes")
 
-    def _feed(self, chunk: bytes) -> list[SSEEvent] | Iterator[Any]:
+    def _feed(self, chunk: bytes) -> Iterable[Any]:
         if self._skip_lf:
             # The previous read ended in CR, which already ended a line: an LF
             # that starts this read is the second half of that CRLF.
@@ -142,42 +120,17 @@ class SSEDecoder:
             self._skip_lf = buf.endswith(b"\r")
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         elif not self._seen:
-            if self._lane_of is not None:
-                end = buf.rfind(b"\n\n") + 2
-                if end < 2:
-                    self._buf = buf
-                    return []
-                self._buf = buf[end:]  # what follows the last blank line waits whole
-                return self._lane(buf, end)
-            blocks = buf.split(b"\n\n")
-            self._buf = blocks.pop()  # what follows the last blank line waits whole
-            return self._blocks(blocks)
+            return self._whole(buf)
         lines = buf.split(b"\n")
         self._buf = lines.pop()
         return self._lines(lines) if lines else []
 
-    def _lane(self, buf: bytes, end: int) -> Iterator[Any]:
-        """The blocks of ``buf[:end]`` (which ends in a blank line), runs of text deltas fused."""
-        text_lane = self._lane_of
-        ascii_only = buf.isascii()
-        pos = 0
-        while pos < end:
-            lane = text_lane()
-            if lane is not None:
-                m = lane.run.match(buf, pos, end)
-                if m is not None:
-                    stop = m.end()
-                    if ascii_only or _utf8(buf[pos:stop]):
-                        lits = lane.one.findall(buf, pos, stop)
-                        if not all(lits):
-                            lits = [x for x in lits if x]
-                        if lits:
-                            yield self._lane_bytes(lits)
-                        pos = stop
-                        continue
-            stop = buf.find(b"\n\n", pos, end)
-            yield from self._blocks((buf[pos:stop],))
-            pos = stop + 2
+    def _whole(self, buf: bytes) -> Iterable[Any]:
+        """LF line ends and no event half-read: the complete events of ``buf``, whole
+        blocks at a time (the fused text lane takes over here: text_lane.py)."""
+        blocks = buf.split(b"\n\n")
+        self._buf = blocks.pop()  # what follows the last blank line waits whole
+        return self._blocks(blocks)
 
     def _blocks(self, blocks: Any) -> list[SSEEvent]:
         """The fast path (LF line ends, no event half-read): whole events at a time.
