@@ -180,10 +180,11 @@ def install(args: argparse.Namespace) -> None:
             log(f"creating {venv} with tornado-proxy from {REPO}")
             run([sys.executable, "-m", "venv", str(venv)])
             run([str(venv / "bin" / "pip"), "install", "-q", "--upgrade", "pip"])
-            # The runtime dependencies from setup.cfg; the code itself runs from the work
-            # tree via PYTHONPATH, so that what is measured is what is checked out (and an
-            # install step never writes into the repo).
-            run([str(venv / "bin" / "pip"), "install", "-q", *tornado_proxy_requirements(), PY_SPY_SPEC])
+        # The runtime dependencies from setup.cfg, every run (a new one since the venv was
+        # made would stop the gateway from starting); the code itself runs from the work
+        # tree via PYTHONPATH, so that what is measured is what is checked out (and an
+        # install step never writes into the repo).
+        run([str(venv / "bin" / "pip"), "install", "-q", *tornado_proxy_requirements(), PY_SPY_SPEC])
 
 
 def tornado_proxy_requirements() -> list[str]:
