@@ -63,3 +63,11 @@ def test_error_events_are_counted() -> None:
     chk.feed(b'data: {"error": {"message": "x"}}\n\nevent: error\ndata: {"type": "error"}\n\n'
              b'data: {"type": "response.failed"}\n\ndata: {"choices": []}\n\n')
     assert chk.error_events == 3
+
+
+def test_a_cr_inside_the_data_line_is_read_as_sse_reads_it() -> None:
+    # SSE ends a line at a lone CR: the client sees data `{"a":` (and a field `1}`), which is
+    # not JSON, even though the bytes between "data: " and the blank line would parse.
+    for stream in (b'data: {"a":\r1}\n\n', b'data: {"x":1}\n\ndata: {"a":\r1}\n\n'):
+        with pytest.raises(BadEvent):
+            EventChecker().feed(stream)

@@ -272,6 +272,17 @@ class EventChecker:
         self.limit = limit  # one event larger than this is an error, not a memory leak
 
     def feed(self, data: bytes) -> bytes:
+        if (data.endswith(b"\n\n") and data.startswith(b"data: ") and data.find(b"\n") == len(data) - 2
+                and not self._pending and b"\r" not in data):
+            # The usual read: one ``data:`` line and its blank line (checked inline)
+            try:
+                p = _probe(data[6:-2])
+            except msgspec.DecodeError:
+                pass  # not an object, [DONE], or worse: the general path decides
+            else:
+                if p.error is not msgspec.UNSET or p.type in _ERROR_TYPES:
+                    self.error_events += 1
+                return data
         buf = self._pending + data if self._pending else data
         tail = buf[-4:]
         if tail[2:] != b"\n\n" and tail != b"\r\n\r\n":  # (else the usual read: it ends an event)
@@ -326,7 +337,7 @@ class EventChecker:
         for block in buf.split(sep):
             start = pos
             pos += len(block) + len(sep)
-            if block[:6] == b"data: " and eol not in block:
+            if block[:6] == b"data: " and b"\r" not in block and eol not in block:
                 # (the usual event of a read that holds several, inline: ``_json`` less a call)
                 try:
                     p = probe(block[6:])
@@ -346,6 +357,9 @@ class EventChecker:
 
     def _json(self, payload: bytes, event: bytes, start: int) -> None:
         if payload == b"[DONE]":
+            return
+        if b"\r" in payload:  # a CR ends an SSE line: the event is not what a JSON parser sees
+            self._slow(event, start)
             return
         try:
             probe = _probe(payload)
