@@ -192,14 +192,7 @@ class Gateway:
             await close()
 
     def close(self) -> None:
-        if getattr(self.state, "close", None) is not None:
-            try:
-                import asyncio
-
-                asyncio.get_running_loop()
-                asyncio.ensure_future(self.close_state())
-            except RuntimeError:
-                pass
+        """The rest, once ``close_state`` has been awaited (``Server`` does both, in order)."""
         self.upstream.close()
         self.access_log.close()
         if self.tracer is not None:

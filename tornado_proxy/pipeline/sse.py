@@ -366,8 +366,8 @@ class EventChecker:
         except msgspec.ValidationError:
             return  # JSON, but not an object: nothing to count
         except msgspec.DecodeError:
-            # Not JSON by the strict reading (or a stray CR, NaN, a lone surrogate): the
-            # decoder and our lenient parser decide, as for any unusual event.
+            # Not JSON by the strict reading (or NaN, a lone surrogate): the decoder and
+            # our lenient parser decide, as for any unusual event.
             self._slow(event, start)
             return
         if probe.error is not msgspec.UNSET or probe.type in _ERROR_TYPES:
