@@ -156,3 +156,16 @@ def test_run_serves_on_a_spinning_loop_and_zero_turns_it_off() -> None:
     assert got == sum(len(b"%d" % i) for i in range(200))
     kind, got = busypoll.run(_ping_pong(5), 0)
     assert kind is not SpinningSelector and got == 5
+
+
+def test_a_poll_preempted_past_the_timeout_still_closes_the_window(pair, monkeypatch) -> None:
+    """On a loaded machine the poll itself can outlast the loop's timeout (the process was
+    preempted): nothing came, so the window halves as after any long wait."""
+    a, _ = pair
+    sel = make(0.0004, a)
+    sel.window = 0.0004
+    clock = iter([0.0, 0.5, 0.5, 0.5])  # start, then preempted for half a second
+    monkeypatch.setattr(busypoll, "_now", lambda: next(clock))
+    assert sel.select(0.01) == []
+    assert sel.window == pytest.approx(0.0002)
+    assert sel.polled == 1 and sel.caught == 0

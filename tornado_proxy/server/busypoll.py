@@ -63,9 +63,10 @@ class SpinningSelector(selectors.EpollSelector):
                     break
             if timeout is not None:
                 timeout -= now - start
-                if timeout <= 0:
-                    return []  # a timer is due: the loop runs it
-        ready = super().select(timeout)
+        # A timer may be due already (the poll was preempted past it): then nothing is
+        # waited for, but the window is judged the same way, so a slow machine does not
+        # keep a window that caught nothing.
+        ready = super().select(timeout) if timeout is None or timeout > 0 else []
         waited = _now() - start
         if waited <= 2 * self.max_spin:
             self.window = min(self.max_spin, max(self.grow_from, 2 * window))
