@@ -78,13 +78,14 @@ def test_every_query_names_metrics_and_labels_the_gateway_exports(exported: dict
     assert not problems, "\n".join(problems)
 
 
-def test_the_dashboard_covers_traffic_errors_latency_tokens_accounts_and_quota() -> None:
+def test_the_dashboard_covers_traffic_errors_latency_tokens_accounts_quota_and_the_store() -> None:
     used = set().union(*(parse_promql(grafana_to_promql(e)).metrics for _, e, _ in dashboard_queries(DASHBOARD)))
     for m in ("tornado_proxy_requests_total", "tornado_proxy_provider_requests_total",
               "tornado_proxy_upstream_errors_total", "tornado_proxy_time_to_first_byte_seconds_bucket",
               "tornado_proxy_request_duration_seconds_bucket", "tornado_proxy_upstream_time_to_first_byte_seconds_bucket",
               "tornado_proxy_tokens_total", "tornado_proxy_active_streams", "tornado_proxy_account_state",
-              "tornado_proxy_account_cooldown_seconds", "tornado_proxy_account_quota_remaining"):
+              "tornado_proxy_account_cooldown_seconds", "tornado_proxy_account_quota_remaining",
+              "tornado_proxy_state_store_up", "tornado_proxy_state_store_errors_total"):
         assert m in used, m
     ttfb = [e for _, e, _ in dashboard_queries(DASHBOARD) if "time_to_first_byte_seconds_bucket" in e
             and "upstream" not in e]
