@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -94,6 +95,18 @@ def test_stop_timeout_outlasts_the_drain_and_files_fit_two_sockets_per_stream() 
         "a drain of drain_seconds would be cut by SIGKILL"
     # serve() asks for 2 x max_clients + 1024 (raise_fd_limit), up to the hard limit set here
     assert int(u["Service.LimitNOFILE"][0]) >= 2 * int(SERVER_DEFAULTS["max_clients"]) + 1024
+
+
+@pytest.mark.parametrize("key, check", [
+    ("User", lambda v: v == ["tornado-proxy"]),            # a dedicated user (not DynamicUser=: see the unit)
+    ("ProtectSystem", lambda v: v == ["strict"]),
+    ("StateDirectory", lambda v: v == ["tornado-proxy"]),  # the accounts file and the local store
+    ("Restart", lambda v: v == ["on-failure"]),
+    ("KillSignal", lambda v: v == ["SIGTERM"]),
+    ("ExecReload", lambda v: len(v) == 1 and "-HUP" in shlex.split(v[0])),
+], ids=["User", "ProtectSystem", "StateDirectory", "Restart", "KillSignal", "ExecReload"])
+def test_the_unit_has_what_issue_18_asks_for(key: str, check: Callable[[list[str]], bool]) -> None:
+    assert check(unit().get(f"Service.{key}", [])), f"{key}={unit().get(f'Service.{key}')}"
 
 
 def reload_command(mainpid: int) -> list[str]:
