@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools tests/deploy/ and tests/state/ use, if missing: promtool, systemd-analyze
 # (systemd), pkill (procps, for the unit's ExecReload), docker-compose (to validate
-# compose.yaml) and redis-server (the shared state store's tests start their own, on loopback).
+# compose.yaml), redis-server and redis-cli (the shared state store's tests start their own,
+# on loopback) and sqlite3 (the local store's backup, as docs/operations.md tells it).
 # Idempotent and quiet; without root or apt-get it installs nothing,
 # and the tests that need a missing tool skip, saying which.
 #
@@ -14,6 +15,8 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_want+=(systemd)
 command -v pkill >/dev/null 2>&1 || apt_want+=(procps)
 command -v docker-compose >/dev/null 2>&1 || apt_want+=(docker-compose)
 command -v redis-server >/dev/null 2>&1 || apt_want+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || apt_want+=(redis-tools)
+command -v sqlite3 >/dev/null 2>&1 || apt_want+=(sqlite3)
 need_promtool=0
 command -v promtool >/dev/null 2>&1 || need_promtool=1
 [ ${#apt_want[@]} -eq 0 ] && [ $need_promtool -eq 0 ] && exit 0

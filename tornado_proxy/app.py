@@ -156,6 +156,7 @@ class Gateway:
         self.metrics = Metrics()
         self.metrics.init_providers(self.providers)
         self.metrics.register_collector(AccountCollector(self.scheduler))
+        self.metrics.watch_state_store(self.state)
         self.draining = False
         self.active_requests = 0
         self.started = time.time()

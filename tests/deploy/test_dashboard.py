@@ -78,13 +78,14 @@ def test_every_query_names_metrics_and_labels_the_gateway_exports(exported: dict
     assert not problems, "\n".join(problems)
 
 
-def test_the_dashboard_covers_traffic_errors_latency_tokens_accounts_and_quota() -> None:
+def test_the_dashboard_covers_traffic_errors_latency_tokens_accounts_quota_and_the_store() -> None:
     used = set().union(*(parse_promql(grafana_to_promql(e)).metrics for _, e, _ in dashboard_queries(DASHBOARD)))
     for m in ("tornado_proxy_requests_total", "tornado_proxy_provider_requests_total",
               "tornado_proxy_upstream_errors_total", "tornado_proxy_time_to_first_byte_seconds_bucket",
               "tornado_proxy_request_duration_seconds_bucket", "tornado_proxy_upstream_time_to_first_byte_seconds_bucket",
               "tornado_proxy_tokens_total", "tornado_proxy_active_streams", "tornado_proxy_account_state",
-              "tornado_proxy_account_cooldown_seconds", "tornado_proxy_account_quota_remaining"):
+              "tornado_proxy_account_cooldown_seconds", "tornado_proxy_account_quota_remaining",
+              "tornado_proxy_state_store_up", "tornado_proxy_state_store_errors_total"):
         assert m in used, m
     ttfb = [e for _, e, _ in dashboard_queries(DASHBOARD) if "time_to_first_byte_seconds_bucket" in e
             and "upstream" not in e]
@@ -97,3 +98,40 @@ def test_the_dashboard_uses_its_data_source_variable() -> None:
         if p["type"] != "row":
             assert p["datasource"]["uid"] == "${datasource}", p["title"]
             assert all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"]), p["title"]
+
+
+def panel_expr(title: str) -> str:
+    for where, expr, _ in dashboard_queries(DASHBOARD):
+        if where.startswith(f"panel {title!r}"):
+            return grafana_to_promql(expr)
+    raise AssertionError(f"no panel {title!r}")
+
+
+def test_account_panels_count_each_account_once_however_many_gateways_report_it(tmp_path: Path) -> None:
+    """Evaluated by promtool on synthetic series: gw1 and gw2 share one Redis, so both report
+    its totals for account a1 (1 request/s in all); gw3 and gw4 each have a local store and
+    their own counts for b1 (1 request/s each). The panel shows a1 at 1/s, not 2, and b1 at 2/s;
+    the state panel counts a1 as one active account, not two."""
+    gw = 'job="tornado-proxy",instance="{}:8000"'
+    series = []
+    for name, store in (("gw1", "redis"), ("gw2", "redis"), ("gw3", "local"), ("gw4", "local")):
+        account, provider = ("a1", "up") if store == "redis" else ("b1", "p2")
+        series += [
+            {"series": f'tornado_proxy_state_store_up{{{gw.format(name)},store="{store}"}}', "values": "1x20"},
+            {"series": f'tornado_proxy_account_requests_total{{{gw.format(name)},provider="{provider}",'
+                       f'account="{account}",outcome="success"}}', "values": "0+60x20"},
+            {"series": f'tornado_proxy_account_state{{{gw.format(name)},provider="{provider}",account="{account}",'
+                       f'state="active"}}', "values": "1x20"}]
+    tests = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [
+            {"expr": panel_expr("Account requests by outcome"), "eval_time": "15m", "exp_samples": [
+                {"labels": '{provider="up",account="a1",outcome="success"}', "value": 1},
+                {"labels": '{provider="p2",account="b1",outcome="success"}', "value": 2}]},
+            {"expr": panel_expr("Accounts by state"), "eval_time": "15m", "exp_samples": [
+                {"labels": '{provider="up",state="active"}', "value": 1},
+                {"labels": '{provider="p2",state="active"}', "value": 1}]}]}]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
+    r = subprocess.run([need_tool("promtool"), "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

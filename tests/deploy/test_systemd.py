@@ -1,6 +1,7 @@
 """deploy/systemd/tornado-proxy.service: `systemd-analyze verify` and `security` pass on it,
-its stop timeout and open-files limit fit the server's defaults, and its ExecStart and
-ExecReload, run against a real gateway, re-read the accounts file without ending it."""
+its stop timeout and open-files limit fit the server's defaults, its ExecStart and
+ExecReload, run against a real gateway, re-read the accounts file without ending it, and
+under its environment the local state store's file lands in its StateDirectory."""
 from __future__ import annotations
 
 import json
@@ -11,12 +12,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from tornado_proxy.config import SERVER_DEFAULTS
 
-from .support import DEPLOY, Process, children, clean_env, free_port, need_tool, wait_http
+from .support import DEPLOY, ROOT, Process, children, clean_env, free_port, need_tool, wait_http
 
 UNIT = DEPLOY / "systemd" / "tornado-proxy.service"
 # The venv's real tornado-proxy: verify wants ExecStart's binary to exist.
@@ -95,6 +97,18 @@ def test_stop_timeout_outlasts_the_drain_and_files_fit_two_sockets_per_stream() 
     assert int(u["Service.LimitNOFILE"][0]) >= 2 * int(SERVER_DEFAULTS["max_clients"]) + 1024
 
 
+@pytest.mark.parametrize("key, check", [
+    ("User", lambda v: v == ["tornado-proxy"]),            # a dedicated user (not DynamicUser=: see the unit)
+    ("ProtectSystem", lambda v: v == ["strict"]),
+    ("StateDirectory", lambda v: v == ["tornado-proxy"]),  # the accounts file and the local store
+    ("Restart", lambda v: v == ["on-failure"]),
+    ("KillSignal", lambda v: v == ["SIGTERM"]),
+    ("ExecReload", lambda v: len(v) == 1 and "-HUP" in shlex.split(v[0])),
+], ids=["User", "ProtectSystem", "StateDirectory", "Restart", "KillSignal", "ExecReload"])
+def test_the_unit_has_what_issue_18_asks_for(key: str, check: Callable[[list[str]], bool]) -> None:
+    assert check(unit().get(f"Service.{key}", [])), f"{key}={unit().get(f'Service.{key}')}"
+
+
 def reload_command(mainpid: int) -> list[str]:
     argv = shlex.split(unit()["Service.ExecReload"][0])
     return [re.sub(r"\$\{?MAINPID\}?", str(mainpid), a) for a in argv]
@@ -131,6 +145,51 @@ def test_exec_reload_rereads_the_accounts_file_and_the_service_lives_on(tmp_path
         assert p.proc.poll() is None, f"ExecReload ended the main process:\n{p.stderr}"
         assert sorted(children(p.pid)) == before
         wait_http(f"http://127.0.0.1:{port}/health", proc=p)
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.wait() == 0, p.stderr
+    finally:
+        p.kill()
+
+
+def unit_environment(state_root: Path) -> dict[str, str]:
+    """The unit's Environment= assignments, with %S (the state root, /var/lib) mapped."""
+    env: dict[str, str] = {}
+    for value in unit()["Service.Environment"]:
+        for word in shlex.split(value):
+            k, _, v = word.partition("=")
+            env[k] = v.replace("%S", str(state_root))
+    return env
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_local_store_lands_in_the_state_directory(tmp_path: Path, workers: int) -> None:
+    """The shipped default config (no accounts file, no state.path) under the unit's
+    environment: the local store's file is created in StateDirectory= (%S/tornado-proxy),
+    not under the service user's home, wherever that is."""
+    u = unit()
+    state_root = tmp_path / "var-lib"
+    state_dir = state_root / u["Service.StateDirectory"][0]
+    state_dir.mkdir(parents=True)  # systemd creates it, owned by User=, before ExecStart
+    assert u["Service.WorkingDirectory"] == ["/var/lib/" + u["Service.StateDirectory"][0]]
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    conf = tmp_path / "config.json"
+    default = json.loads((ROOT / "conf" / "default.json").read_text())
+    assert "accounts_file" not in default and "state" not in default
+    conf.write_text(json.dumps({**default, "server": {**default["server"], "port": port}}))
+    argv = [a.replace("/etc/tornado-proxy/config.json", str(conf)) for a in shlex.split(u["Service.ExecStart"][0])]
+    argv[0] = TORNADO_PROXY
+    argv += ["--workers", str(workers)]
+    # systemd starts the service with its own environment, never the caller's XDG_*
+    env = {k: v for k, v in clean_env(HOME=str(home)).items() if not k.startswith("XDG_")}
+    env.update(unit_environment(state_root))
+    p = Process(argv, env, cwd=str(state_dir))
+    try:
+        p.wait_for("listening on", count=workers)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=p)
+        assert (state_dir / "state.db").is_file(), sorted(str(f) for f in tmp_path.rglob("state.db"))
+        assert not list(home.rglob("*")), "the service wrote into its home"
         p.proc.send_signal(signal.SIGTERM)
         assert p.wait() == 0, p.stderr
     finally:

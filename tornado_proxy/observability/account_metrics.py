@@ -83,16 +83,6 @@ class AccountCollector(Collector):
             for limit, value in a["quota_remaining"].items():
                 quota.add_metric([*lab, limit], value)
         yield from (requests, state, cooldown, inflight, health, latency, tokens, refresh, expiry, quota)
-        if store is not None and hasattr(store, "up"):
-            up = GaugeMetricFamily("tornado_proxy_state_store_up",
-                                   "1 while the shared state store answers, 0 while serving from local state",
-                                   labels=["store"])
-            up.add_metric([store.backend.name], 1.0 if store.up else 0.0)
-            errors = CounterMetricFamily("tornado_proxy_state_store_errors",
-                                         "State store operations that failed or timed out (this process)",
-                                         labels=["store"])
-            errors.add_metric([store.backend.name], store.errors)
-            yield from (up, errors)
 
 
 def _from_store(a: dict[str, Any], tot: dict[str, float]) -> dict[str, Any]:

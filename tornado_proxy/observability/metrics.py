@@ -185,6 +185,28 @@ class Metrics:
             return generate_latest(reg), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+    def watch_state_store(self, store: Any) -> None:
+        """tornado_proxy_state_store_up / _errors_total for a shared store, set by the store
+        as it connects and fails.  Regular series rather than read at scrape time: with
+        several workers a scrape then reports every worker (errors summed, a dead worker's
+        included, so the counter never goes back; up the lowest of the live ones) instead
+        of whichever worker answered, which made the counter jump up and down."""
+        if not hasattr(store, "on_health"):
+            return  # the memory store: nothing to report
+        up = Gauge("tornado_proxy_state_store_up",
+                   "1 while the shared state store answers, 0 while serving from local state", ["store"],
+                   registry=self.registry, multiprocess_mode="livemin").labels(store.backend.name)
+        errors = Counter("tornado_proxy_state_store_errors_total",
+                         "State store operations that failed or timed out", ["store"],
+                         registry=self.registry).labels(store.backend.name)
+        up.set(1.0 if store.up else 0.0)
+
+        def report(ok: bool, failed: bool) -> None:
+            up.set(1.0 if ok else 0.0)
+            if failed:
+                errors.inc()
+        store.on_health = report
+
     def register_collector(self, collector: Any) -> None:
         """A custom collector read at scrape time (account health)."""
         self.registry.register(collector)

@@ -133,6 +133,9 @@ class SharedStateStore(MemoryStateStore):
         self.me = f"{os.getpid()}-{os.urandom(4).hex()}"
         self.up = False
         self.errors = 0
+        # Told (up, failed) at each connect and each failure; the app points it at its
+        # metrics (Metrics.watch_state_store), kept per process and combined over workers.
+        self.on_health: Callable[[bool, bool], None] | None = None
         self._seq = 0
         self._mine: dict[str, int] = {}                  # key -> our last published seq
         self._out_accounts: dict[str, dict[str, Any]] = {}
@@ -173,6 +176,8 @@ class SharedStateStore(MemoryStateStore):
                 log.warning("state store (%s) is back", self.backend.name)
             self._logged_down = False
         self.up = True
+        if self.on_health is not None:
+            self.on_health(True, False)
 
     def _down(self, e: BaseException) -> None:
         self.errors += 1
@@ -181,6 +186,8 @@ class SharedStateStore(MemoryStateStore):
             log.warning("state store (%s) unavailable, serving from local state: %s", self.backend.name,
                         str(e)[:200] or type(e).__name__)
         self.up = False
+        if self.on_health is not None:
+            self.on_health(False, True)
 
     async def close(self) -> None:
         if self._closed:
