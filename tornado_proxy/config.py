@@ -332,6 +332,8 @@ class Router:
             return None
         if "upstream_model" not in m or m.get("_pattern"):
             base = name[: -len("-thinking")] if m.get("_thinking_alias") else name
+            if base in (m.get("aliases") or ()) and m not in self.patterns:
+                base = m["id"]  # an alias is the gateway's other name for the model, not the upstream's
             prefix = m.get("strip_prefix")
             if prefix and base.startswith(prefix):
                 base = base[len(prefix):]
