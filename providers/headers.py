@@ -6,8 +6,8 @@ case, any configured header value (a provider's ``headers``, a model's ``headers
 account's ``headers``) may hold these placeholders:
 
 * ``{uuid}``: a fresh random UUID (version 4) for each upstream attempt;
-* ``{request_id}``: the gateway's id of this request (the response id it returns to
-  the client, the same across failover attempts);
+* ``{request_id}``: the gateway's id of this request, the same across failover
+  attempts; the client gets it in the ``X-Request-Id`` answer header (errors too);
 * ``{session_id}``: the client's session id, read from the provider's
   ``session_id_header`` (default ``x-session-id``); checked against ``SESSION_ID``
   (a client value never reaches an upstream header unvalidated: a bad one is a 400
