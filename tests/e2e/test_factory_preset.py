@@ -23,6 +23,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -346,6 +348,37 @@ def test_the_refresh_token_comes_before_the_clients_key_and_a_dead_one_falls_thr
         time.sleep(0.02)
     assert dead["disabled"] is True and "invalid_grant" in dead["disabled_reason"]
 
+
+
+# -- --check-config ----------------------------------------------------------------------
+REQUIRED = {"PROXY_KEY": PROXY_KEY, "FACTORY_WORKOS_CLIENT_ID": CLIENT_ID}
+
+
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The installed CLI, as an operator runs it, with only ``env`` of the preset's variables."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY_", "PROXY_KEY"))}
+    script = Path(sys.executable).parent / "tornado-proxy"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "tornado_proxy"]
+    return subprocess.run([*cli, "--check-config", "conf/factory.example.json"], cwd=ROOT, env={**base, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_accepts_the_preset_with_its_variables_set() -> None:
+    run = check_config(REQUIRED)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "conf/factory.example.json: ok (3 provider(s), 5 model route(s))"
+    # the packaging check (tests/packaging/check_wheel.py) sets exactly these for the preset
+    from tests.packaging.check_wheel import NEEDED_VAR
+
+    assert set(NEEDED_VAR.findall(PRESET.read_text(encoding="utf-8"))) == set(REQUIRED)
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_check_config_names_a_missing_variable(missing: str) -> None:
+    run = check_config({k: v for k, v in REQUIRED.items() if k != missing})
+    assert run.returncode == 1
+    assert f"environment variable {missing} is not set" in run.stderr
+    assert "Traceback" not in run.stderr
 
 # -- the header templates themselves ----------------------------------------------------
 TEMPLATES = {"X-Attempt": "{uuid}", "X-Req": "req-{request_id}", "X-Sess": "{session_id}"}
