@@ -72,10 +72,11 @@ def test_good_templates_load(name: str, headers: dict[str, str]) -> None:
     assert cfg.providers[0]["headers"] == headers
 
 
-def test_check_config_names_the_provider_and_the_header(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag,status", [("--check-config", 1), ("--config", 2)])
+def test_check_config_and_start_name_the_provider_and_the_header(tmp_path: Path, flag: str, status: int) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(config({"X-Trace": "t-{uid}"})))
-    run = subprocess.run([sys.executable, "-m", "tornado_proxy", "--check-config", str(path)], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "tornado_proxy", flag, str(path), "--port", "0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
-    assert run.returncode == 1
+    assert run.returncode == status
     assert f"$.providers[0].headers.X-Trace: provider 'vend': unknown placeholder {{uid}}" in run.stderr
