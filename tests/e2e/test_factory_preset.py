@@ -17,7 +17,6 @@ header, and client session ids that are refused.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
