@@ -894,15 +894,16 @@ class AnthropicProvider(Provider):
             h["anthropic-version"] = client_version
         key = account.api_key or ""
         credential = account.extra.get("credential")
-        # OAuth access tokens (Claude subscriptions) go as Bearer and need the OAuth
-        # beta; so does a client's own OAuth token passed through (sk-ant-oat...).
-        oauth = credential == "oauth" or (credential == "client" and key.startswith(OAUTH_TOKEN_PREFIX))
+        # OAuth access tokens go as Bearer.  Anthropic's own (Claude subscriptions,
+        # sk-ant-oat..., from an OAuth account or a client passing one through) also need
+        # the OAuth beta; a vendor's OAuth token (WorkOS...) is a plain Bearer token.
+        claude_oauth = credential in ("oauth", "client") and key.startswith(OAUTH_TOKEN_PREFIX)
         if key:
-            if self.auth == "bearer" or oauth:
+            if self.auth == "bearer" or credential == "oauth" or claude_oauth:
                 h["authorization"] = "Bearer " + key
             else:
                 h["x-api-key"] = key
-        configured: list[str] = [BETA_OAUTH] if oauth else []
+        configured: list[str] = [BETA_OAUTH] if claude_oauth else []
         for extra in (self.extra_headers, account.extra.get("headers") or {}, model.get("headers") or {}):
             for k, v in extra.items():
                 if k.lower() == "anthropic-beta":

@@ -6,16 +6,19 @@ case, any configured header value (a provider's ``headers``, a model's ``headers
 account's ``headers``) may hold these placeholders:
 
 * ``{uuid}``: a fresh random UUID (version 4) for each upstream attempt;
-* ``{request_id}``: the gateway's id of this request (the response id it returns to
-  the client, the same across failover attempts);
+* ``{request_id}``: the gateway's id of this request, the same across failover
+  attempts; the client gets it in the ``X-Request-Id`` answer header (errors too);
 * ``{session_id}``: the client's session id, read from the provider's
   ``session_id_header`` (default ``x-session-id``); checked against ``SESSION_ID``
   (a client value never reaches an upstream header unvalidated: a bad one is a 400
   naming the header); a client that sends none gets a fresh UUID for the request.
 
-Any other ``{word}`` in a configured value is a configuration error (a typo would
-otherwise go upstream as literal text).  Only the values the configuration wrote are
-expanded: a header the client passed through is never read as a template.
+Any other ``{word}`` in a configured value (``{request-id}``, ``{ uuid }`` included)
+is a configuration error, as are a header name that is not an HTTP token and a value
+with a control character (CR, LF, NUL...): a typo would otherwise go upstream as
+literal text, and a line break would end the header and start another.  Only the
+values the configuration wrote are expanded: a header the client passed through is
+never read as a template, and an expanded value is never expanded again.
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ from tornado_proxy.errors import ErrorKind, ProxyError
 
 PLACEHOLDERS = ("uuid", "request_id", "session_id")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# What someone meant as a placeholder, typos included: checked at start, never expanded.
+_LOOKS_LIKE = re.compile(r"\{\s*[A-Za-z_][A-Za-z0-9_.-]*\s*\}")
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every control character but HTAB
 # What a session id may be: the characters of UUIDs, ULIDs and the usual opaque ids.
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 DEFAULT_SESSION_HEADER = "x-session-id"
@@ -61,15 +68,24 @@ class RequestInfo:
         return self._session
 
 
-def problems(headers: Mapping[str, Any] | None, where: str) -> list[str]:
-    """Unknown placeholders in configured header values (checked at start)."""
+def problems(headers: Mapping[str, Any] | None, where: str, owner: str = "") -> list[str]:
+    """What is wrong with configured headers (checked at start): names that are not
+    tokens, values with control characters, unknown placeholders.  ``owner`` names
+    whose headers they are ("provider 'x'") in the messages."""
     out = []
+    of = f"{owner}: " if owner else ""
     for name, value in (headers or {}).items():
+        if not _FIELD_NAME.fullmatch(name):
+            out.append(f"{where}: {of}{name!r} is not a valid header name")
+            continue
         if not isinstance(value, str):
             continue
-        for m in _PLACEHOLDER.finditer(value):
-            if m.group(1) not in PLACEHOLDERS:
-                out.append(f"{where}.{name}: unknown placeholder {{{m.group(1)}}}; "
+        if _CONTROL.search(value):
+            out.append(f"{where}.{name}: {of}the value holds a control character (CR, LF...), "
+                       "which would end the header")
+        for m in _LOOKS_LIKE.finditer(value):
+            if m.group(0)[1:-1] not in PLACEHOLDERS:
+                out.append(f"{where}.{name}: {of}unknown placeholder {m.group(0)}; "
                            f"expected one of {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
     return out
 

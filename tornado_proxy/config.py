@@ -276,11 +276,13 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                 if aid in ids:
                     problems.append(f"$.providers[{i}].accounts[{j}].id: duplicate account id {aid!r}")
                 ids.add(aid)
+        problems.extend(header_problems(p.get("headers"), f"$.providers[{i}].headers", f"provider {p['name']!r}"))
         for j, a in enumerate(p.get("accounts") or []):
-            problems.extend(header_problems(a.get("headers"), f"$.providers[{i}].accounts[{j}].headers"))
+            problems.extend(header_problems(a.get("headers"), f"$.providers[{i}].accounts[{j}].headers",
+                                            f"provider {p['name']!r}, account {a.get('id')!r}"))
     seen: dict[str, str] = {}
     for i, m in enumerate(raw.get("models") or []):
-        problems.extend(header_problems(m.get("headers"), f"$.models[{i}].headers"))
+        problems.extend(header_problems(m.get("headers"), f"$.models[{i}].headers", f"model {m['id']!r}"))
         if m["provider"] not in names:
             problems.append(f"$.models[{i}].provider: no provider named {m['provider']!r}")
         for j, name in enumerate([m["id"], *(m.get("aliases") or [])]):
@@ -332,6 +334,8 @@ class Router:
             return None
         if "upstream_model" not in m or m.get("_pattern"):
             base = name[: -len("-thinking")] if m.get("_thinking_alias") else name
+            if base in (m.get("aliases") or ()) and m not in self.patterns:
+                base = m["id"]  # an alias is the gateway's other name for the model, not the upstream's
             prefix = m.get("strip_prefix")
             if prefix and base.startswith(prefix):
                 base = base[len(prefix):]

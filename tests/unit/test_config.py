@@ -69,6 +69,13 @@ def test_router() -> None:
     assert [x["id"] for x in r.listed()] == ["fast", "f"]
 
 
+def test_an_alias_without_upstream_model_sends_the_models_id_upstream() -> None:
+    r = Router([{"id": "claude-sonnet-4-5-20250929", "provider": "p", "aliases": ["sonnet"]}], {"p": "P"})
+    assert r.resolve("sonnet")[0]["upstream_model"] == "claude-sonnet-4-5-20250929"
+    assert r.resolve("sonnet-thinking")[0]["upstream_model"] == "claude-sonnet-4-5-20250929"
+    assert r.resolve("claude-sonnet-4-5-20250929")[0]["upstream_model"] == "claude-sonnet-4-5-20250929"
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in conf_dir().glob("*.json")))
 def test_shipped_configs_are_valid(name: str) -> None:
     env = {"OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "x", "GEMINI_API_KEY": "x", "AWS_ACCESS_KEY_ID": "x",

@@ -201,6 +201,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.error_kind = err.kind
         err.message = redact.text(err.message)  # an upstream may have quoted a key
         self.clear()
+        rid = getattr(self, "request_id", "")
+        if rid:  # (clear() dropped it; an error is when the client needs it most)
+            self.set_header("X-Request-Id", rid)
         self.set_status(err.status)
         ra = retry_after_header(err)
         if ra:

@@ -214,6 +214,7 @@ class LLMHandler(BaseHandler):
         self.model_id = ""
         self.provider_name = ""
         self.account_id = ""
+        self.request_id = ""
         # The parsed request (client body, pivot): needed until the first byte goes to
         # the client (a failover rebuilds the upstream request from it), not after.
         self._held: list[dict[str, Any]] = []
@@ -357,6 +358,10 @@ class LLMHandler(BaseHandler):
         tried: list[str] = []
         last: ProxyError | None = None
         info = RequestInfo(ctx.id, self.request.headers)
+        # What a {request_id} header template sends upstream: the client is told it too, so
+        # one id names the request on both sides (every route reaches an upstream here).
+        self.request_id = ctx.id
+        self.set_header("X-Request-Id", ctx.id)
         model = ctx.extra.get("model")
         if model is None:  # (routes that resolved the model themselves)
             hit = self.gw.router.resolve(self.model_id) if self.model_id else None
