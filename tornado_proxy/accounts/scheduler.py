@@ -61,7 +61,7 @@ from tornado_proxy.accounts import oauth, terms
 from tornado_proxy.observability import redact
 from tornado_proxy.accounts.file import AccountsFile, AccountsFileError, find, has_credential, mask
 from tornado_proxy.errors import Action, ErrorKind, ProxyError
-from tornado_proxy.state.accounts_state import AccountState, MemoryStateStore, StateStore, Status
+from tornado_proxy.state.accounts_state import DISABLED_BY, AccountState, MemoryStateStore, StateStore, Status
 from tornado_proxy.state.store import LockTimeout
 
 log = logging.getLogger("tornado_proxy.accounts.scheduler")
@@ -344,6 +344,20 @@ def proxy_for_id(account_id: str, proxies: tuple[str, ...]) -> str:
     return proxies[h % len(proxies)]
 
 
+def _health_out(st: AccountState, now: float, pol: Policy) -> float | None:
+    """When an account that is out only by the gateway's own health judgement comes back
+    (error backoff, an overload, the 401/403 counter); None for any other account.  A
+    rate limit is the upstream's word and an operator's or a 402's disable is final."""
+    s = st.status
+    if s is COOLING or s is PROBING:
+        if st.cooling_kind != "health":
+            return None
+        return st.cooling_until if s is COOLING else now  # (probing: its probe is out)
+    if s is DISABLED and st.disabled_by == "auth":
+        return now + pol.disable_window  # behind every cooldown: it has no end of its own
+    return None
+
+
 def _rescore(st: AccountState, pol: Policy) -> None:
     lat = st.latency
     f = 1.0 if lat is None else pol.latency_ref / (pol.latency_ref + lat)
@@ -360,7 +374,8 @@ def _clip(text: str, n: int = 300) -> str:
 class Lease:
     """One request's use of one account."""
 
-    __slots__ = ("sched", "provider", "account", "proxy", "state", "probe", "_done", "_succeeded", "_failed")
+    __slots__ = ("sched", "provider", "account", "proxy", "state", "probe", "rescue", "_done", "_succeeded",
+                 "_failed")
 
     def __init__(self, sched: "Scheduler", provider: str, account: Account, state: AccountState | None,
                  probe: bool, proxy: str | None) -> None:
@@ -369,6 +384,7 @@ class Lease:
         self.account = account
         self.state = state      # None for the client's own credential (not tracked)
         self.probe = probe      # this request is the half-open probe of its account
+        self.rescue = False     # the account is out by health judgement, and the only one left
         self.proxy = proxy
         self._done = False
         self._succeeded = False
@@ -452,7 +468,7 @@ class _Pool:
 # Entry fields the scheduler keeps to itself (secrets, OAuth, state); the rest reaches
 # the provider as ``Account.extra`` (region, headers, aws keys...).
 _NOT_EXTRA = frozenset({"id", "weight", "api_key", "api_key_env", "refresh_token", "access_token", "expires_at",
-                        "disabled", "disabled_reason", "disabled_at", "provider", "enabled", "token_url",
+                        "disabled", "disabled_reason", "disabled_at", "disabled_by", "provider", "enabled", "token_url",
                         "client_id", "client_secret", "token_format", "scope", "added_at"})
 _OAUTH_FIELDS = (("token_url", "token_url"), ("client_id", "client_id"), ("token_format", "format"),
                  ("scope", "scope"), ("client_secret", "client_secret"))
@@ -560,9 +576,10 @@ class Scheduler:
         self._update(pool, st, entry)
         if kind == "oauth" and st.oauth is None:
             self._set_disabled(st, f"no token endpoint: provider '{pool.name}' has no scheduler.oauth "
-                               "and the account no token_url/client_id", persist=False, transition="config")
+                               "and the account no token_url/client_id", persist=False, transition="config",
+                               by="config")
         if entry.get("enabled") is False:
-            self._set_disabled(st, "enabled: false in the config", persist=False, transition="config")
+            self._set_disabled(st, "enabled: false in the config", persist=False, transition="config", by="config")
         pool.states.append(st)
         return st
 
@@ -580,7 +597,7 @@ class Scheduler:
                 key = os.environ.get(env)
                 if not key and entry.get("aws_access_key_id") is None:
                     self._set_disabled(st, f"environment variable {env} is not set", persist=False,
-                                       transition="config")
+                                       transition="config", by="config")
             a.api_key = key
         else:
             st.oauth = _oauth_for(pool.policy.oauth, entry)
@@ -589,7 +606,7 @@ class Scheduler:
         if verdict is not None:
             self._warn(f"terms:{st.id}", "%s", verdict[1])
             if verdict[0] and st.disabled_reason != terms.REASON:
-                self._set_disabled(st, terms.REASON, persist=False)
+                self._set_disabled(st, terms.REASON, persist=False, by="terms")
         own = entry.get("proxy")
         pol = pool.policy
         st.proxy = own if own else (proxy_for_id(st.id, pol.proxies) if pol.proxies and pol.proxy_mode == "hash"
@@ -691,8 +708,9 @@ class Scheduler:
         if prev == disabled:
             return
         if disabled and st.status is not DISABLED:
+            by = e.get("disabled_by")
             self._set_disabled(st, str(e.get("disabled_reason") or "disabled in the accounts file"),
-                               persist=False, at=e.get("disabled_at"))
+                               persist=False, at=e.get("disabled_at"), by=by if by in DISABLED_BY else "operator")
         elif not disabled and prev and st.status is DISABLED:
             self._set_enabled(st, persist=False)
 
@@ -702,7 +720,7 @@ class Scheduler:
         if f is None:
             return
         disabled = st.status is DISABLED
-        args = (st.id, st.provider, disabled, st.disabled_reason, st.disabled_at)
+        args = (st.id, st.provider, disabled, st.disabled_reason, st.disabled_at, st.disabled_by)
 
         def write() -> None:
             try:
@@ -752,6 +770,8 @@ class Scheduler:
             if st.id not in exclude and self._available(st, now):
                 return self._lease(pool, st)
             if h.get(pol.strict_pin_header, "").lower() in _TRUE:
+                if st.id not in exclude and _health_out(st, now, pol) is not None:
+                    return self._rescue_lease(pool, st)
                 raise self._none_left(pool, now, exclude, only=st)
         session = h.get(pol.session_header) if pol.session_header is not None else None
         if session:
@@ -774,6 +794,11 @@ class Scheduler:
                 return self._lease(pool, st3)
         if pool.states and all(st.disabled_reason == terms.REASON for st in pool.states):
             raise terms.refused_accounts(provider)
+        st4 = self._soonest(pool, now, exclude)
+        if st4 is not None:
+            if session:
+                self.store.session_set(provider, session, st4.id, now + pol.session_ttl)
+            return self._rescue_lease(pool, st4)
         raise self._none_left(pool, now, exclude)
 
     def _available(self, st: AccountState, now: float) -> bool:
@@ -840,6 +865,36 @@ class Scheduler:
             self.store.publish(f"{pool.name}/{st.id}", st)
         return Lease(self, pool.name, st.account, st, probe, self._proxy(pool, st))
 
+    def _soonest(self, pool: _Pool, now: float, exclude: Any) -> AccountState | None:
+        """Nothing is usable: of the accounts out only by our own health judgement, the one
+        that comes back first (in credential priority order).  A provider whose every
+        account errored for a while is better served by trying one than by a 503: the
+        upstream, not our memory of it, says whether it is back.  (Only when nothing
+        else is left, so it costs nothing on the hot path.)"""
+        pol = pool.policy
+        for tier in pool.tiers:
+            if tier is None:
+                continue
+            best: AccountState | None = None
+            best_t = 0.0
+            for st in tier:
+                if st.id in exclude:
+                    continue
+                t = _health_out(st, now, pol)
+                if t is not None and (best is None or t < best_t):
+                    best, best_t = st, t
+            if best is not None:
+                return best
+        return None
+
+    def _rescue_lease(self, pool: _Pool, st: AccountState) -> Lease:
+        st.inflight += 1
+        lease = Lease(self, pool.name, st.account, st, False, self._proxy(pool, st))
+        lease.rescue = True
+        log.info("account '%s' serves although it is %s: every account of '%s' is out by health judgement",
+                 st.id, st.status.value, pool.name)
+        return lease
+
     def _client_lease(self, pool: _Pool, h: Mapping[str, str], exclude: Any) -> Lease | None:
         if "client" in exclude:
             return None
@@ -898,6 +953,8 @@ class Scheduler:
         st.consecutive_errors = 0
         if lease.probe and st.status is PROBING:
             self._probe_passed(st)
+        elif lease.rescue and st.status is not ACTIVE:
+            self._recovered(st)
         elif st.status is ACTIVE:
             st.backoff_level = 0
         if headers:
@@ -908,8 +965,23 @@ class Scheduler:
                 if r is not None and r[:1] == "0" and _exhausted(r):
                     delay = reset_from_headers(headers, self.wall_clock(), only_exhausted=True)
                     if delay is not None and delay > 0 and st.status is ACTIVE:
-                        self._cool(st, pol, now, delay, "quota spent")
+                        self._cool(st, pol, now, delay, "quota spent", "rate")
                     break
+
+    def _recovered(self, st: AccountState) -> None:
+        """An account out by our own judgement answered: it is back, on every replica."""
+        if st.status is DISABLED:
+            if st.disabled_by == "auth":
+                self._set_enabled(st, persist=True, transition="recovered")
+            return
+        st.status = ACTIVE
+        st.probe_inflight = False
+        st.backoff_level = 0
+        st.consecutive_errors = 0
+        st.cooldown_reason = None
+        st.cooling_kind = None
+        self.store.publish(f"{st.provider}/{st.id}", st, "recovered")
+        log.info("account '%s' answered although it was out: active", st.id)
 
     def _probe_passed(self, st: AccountState) -> None:
         was_disabled = st.disabled_reason is not None
@@ -941,14 +1013,18 @@ class Scheduler:
             self._health(st, pol, now, 1.0)
             if probe:
                 self._probe_passed(st)
+            elif lease.rescue and st.status is not ACTIVE:
+                self._recovered(st)
             return
         if probe and st.disabled_reason is not None:
             # an operator's probe of a disabled account failed: it stays disabled
-            self._set_disabled(st, st.disabled_reason, persist=False, at=st.disabled_at)
+            self._set_disabled(st, st.disabled_reason, persist=False, at=st.disabled_at, by=st.disabled_by)
             return
         if action is Action.COOLDOWN:
             delay, why = cooldown_for(err, wall, pol, st.backoff_level)
-            self._cool(st, pol, now, delay, f"{why}: {err.kind.value}")
+            # a 429 is the upstream's word; an overload (529, 503) is a health judgement
+            kind = "rate" if err.kind is ErrorKind.UPSTREAM_RATE_LIMITED else "health"
+            self._cool(st, pol, now, delay, f"{why}: {err.kind.value}", kind)
             return
         self._health(st, pol, now, 0.0)
         if action is Action.RETRY:
@@ -959,12 +1035,13 @@ class Scheduler:
         if st.status is DISABLED:
             return  # already out (a dead refresh token, an operator)
         if action is Action.DISABLE:
-            self._set_disabled(st, _clip(f"{err.kind.value}: {err.message}", 200), persist=True, at=wall)
+            self._set_disabled(st, _clip(f"{err.kind.value}: {err.message}", 200), persist=True, at=wall,
+                               by="payment")
             return
         # Action.AUTH
         msg = err.message.lower()
         if any(w in msg for w in _REVOKED_WORDS):
-            self._set_disabled(st, _clip(f"revoked: {err.message}", 200), persist=True, at=wall)
+            self._set_disabled(st, _clip(f"revoked: {err.message}", 200), persist=True, at=wall, by="revoked")
             return
         fails = st.auth_failures
         fails.append(now)
@@ -973,14 +1050,15 @@ class Scheduler:
             fails.pop(0)
         if len(fails) >= pol.disable_after:
             self._set_disabled(st, _clip(f"{len(fails)} auth failures within {pol.disable_window:.0f} s, "
-                                         f"last: {err.message}", 200), persist=True, at=wall)
+                                         f"last: {err.message}", 200), persist=True, at=wall, by="auth")
             return
         if st.credential == "oauth" and err.upstream_status == 401:
             st.needs_refresh = True  # the next request refreshes first
         if probe:
             self._cool(st, pol, now, backoff(pol, st.backoff_level), f"backoff: {err.kind.value}")
 
-    def _cool(self, st: AccountState, pol: Policy, now: float, delay: float, reason: str) -> None:
+    def _cool(self, st: AccountState, pol: Policy, now: float, delay: float, reason: str,
+              kind: str = "health") -> None:
         if st.status is DISABLED:
             return
         until = now + min(max(delay, 0.0), pol.cooldown_max)
@@ -990,14 +1068,16 @@ class Scheduler:
         st.cooling_until = until
         st.probe_inflight = False
         st.cooldown_reason = reason
+        st.cooling_kind = kind
         st.backoff_level += 1
         self.store.publish(f"{st.provider}/{st.id}", st)
         log.info("account '%s' cools down for %.1f s (%s)", st.id, until - now, reason)
 
     def _set_disabled(self, st: AccountState, reason: str, *, persist: bool, at: Any = None,
-                      transition: str = "") -> None:
+                      transition: str = "", by: str | None = "operator") -> None:
         st.status = DISABLED
         st.probe_inflight = False
+        st.disabled_by = by
         st.disabled_reason = redact.text(reason)  # shown by the admin API, saved in the file
         st.disabled_at = float(at) if isinstance(at, (int, float)) else self.wall_clock()
         self.store.publish(f"{st.provider}/{st.id}", st, transition)
@@ -1005,16 +1085,18 @@ class Scheduler:
         if persist:
             self._persist_disabled(st)
 
-    def _set_enabled(self, st: AccountState, *, persist: bool) -> None:
+    def _set_enabled(self, st: AccountState, *, persist: bool, transition: str = "enable") -> None:
         st.status = ACTIVE
         st.disabled_reason = None
         st.disabled_at = None
+        st.disabled_by = None
         st.cooldown_reason = None
+        st.cooling_kind = None
         st.auth_failures.clear()
         st.consecutive_errors = 0
         st.backoff_level = 0
         st.probe_inflight = False
-        self.store.publish(f"{st.provider}/{st.id}", st, "enable")
+        self.store.publish(f"{st.provider}/{st.id}", st, transition)
         log.info("account '%s' enabled", st.id)
         if persist:
             self._persist_disabled(st)
@@ -1081,7 +1163,7 @@ class Scheduler:
                     st.refresh_failed += 1
                     if e.dead:
                         self._set_disabled(st, _clip(f"refresh token rejected: {e.message}", 200),
-                                           persist=True)
+                                           persist=True, by="refresh")
                     # keep serving on the current token while it is still valid
                     if not e.dead and not st.needs_refresh and st.account.api_key \
                             and st.expires_at is not None and st.expires_at > self.wall_clock() + 5:
@@ -1169,6 +1251,8 @@ class Scheduler:
             "cooldown_s": round(max(0.0, st.cooling_until - now), 3) if status is COOLING else 0.0,
             "cooldown_reason": st.cooldown_reason if status in (COOLING, PROBING) else None,
             "disabled_reason": st.disabled_reason,
+            "disabled_by": st.disabled_by if status is DISABLED else None,
+            "cooldown_kind": st.cooling_kind if status in (COOLING, PROBING) else None,
             "disabled_at": st.disabled_at,
             "last_error": st.last_error,
             "last_error_at": st.last_error_at,

@@ -34,6 +34,13 @@ class Status(enum.Enum):
     DISABLED = "disabled"
 
 
+# Who disabled an account.  Only "auth" (the 401/403 counter) is the gateway's own
+# judgement: such an account still serves when nothing else can.  The others
+# (an operator, a 402, a revoked key, a spent refresh token, the config, the terms
+# guard) are never used until an operator or a fixed credential brings it back.
+DISABLED_BY = ("operator", "auth", "payment", "revoked", "refresh", "config", "terms")
+
+
 class AccountState:
     """Everything the scheduler knows about one account.  Mutable, one per account."""
 
@@ -44,7 +51,7 @@ class AccountState:
         "ok", "n", "t_last", "latency", "score",
         # failure bookkeeping
         "backoff_level", "consecutive_errors", "auth_failures",
-        "disabled_reason", "disabled_at", "cooldown_reason",
+        "disabled_reason", "disabled_at", "cooldown_reason", "disabled_by", "cooling_kind",
         "last_error", "last_error_at", "last_status",
         # counters (read by snapshot() for the admin API and metrics)
         "outcomes", "latency_sum", "latency_count", "prompt_tokens", "completion_tokens",
@@ -80,6 +87,10 @@ class AccountState:
         self.disabled_reason: str | None = None
         self.disabled_at: float | None = None  # wall clock
         self.cooldown_reason: str | None = None
+        # Why an account is out decides whether it may still serve (see DISABLED_BY):
+        # "rate" (the upstream said it is rate limited) or "health" (our own judgement).
+        self.cooling_kind: str | None = None
+        self.disabled_by: str | None = None
         self.last_error: str | None = None
         self.last_error_at: float | None = None  # wall clock
         self.last_status: int | None = None
@@ -118,8 +129,10 @@ class StateStore(abc.ABC):
         """A transition other replicas must see (cooldown, probe, disable, enable).
 
         ``transition`` is "enable" or "admin" when an operator (or a passed admin
-        probe) asked for it: those override what the store holds; anything else
-        may not shorten a running cooldown or lift a disable."""
+        probe) asked for it: those override what the store holds; "recovered" when
+        the account answered although our own judgement had it out (a health
+        cooldown, the 401/403 counter): it ends only those; anything else may not
+        shorten a running cooldown or lift a disable."""
 
     @abc.abstractmethod
     def session_get(self, provider: str, session: str, now: float) -> str | None: ...

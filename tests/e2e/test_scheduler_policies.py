@@ -1,0 +1,108 @@
+"""Issue #17's scheduler policies end to end: the real gateway, a fake upstream on
+loopback that answers per account key, driven by the official SDKs.  Where a policy
+must hold across replicas, two gateways share one ``local`` store (one SQLite file),
+as two processes of a machine do."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import anthropic
+import openai
+import pytest
+
+from tests.e2e.harness import FakeUpstream, LoopThread, Recorded, Reply, fixture_bytes
+from tests.e2e.test_accounts_e2e import ADMIN, MSGS, accounts, admin, keys_seen
+from tests.state.conftest import RedisServer, need_redis
+
+OK_BODY = fixture_bytes("openai/text.json")
+
+
+def ok() -> Reply:
+    return Reply(200, {"Content-Type": "application/json"}, OK_BODY)
+
+
+def by_key(up: FakeUpstream, replies: dict[str, Any]) -> None:
+    """Each request is answered by the key it carries (a callable: a fresh Reply each time)."""
+    def pick(rec: Recorded) -> Reply | None:
+        key = rec.headers.get("authorization", "").removeprefix("Bearer ") or rec.headers.get("x-api-key", "")
+        r = replies.get(key)
+        return r() if callable(r) else r
+    up.handler = pick
+
+
+def openai_gateway(harness: LoopThread, up: FakeUpstream, keys: dict[str, str], scheduler: dict[str, Any] | None = None,
+                   state: dict[str, Any] | None = None) -> Any:
+    prov = {"name": "up", "type": "openai", "base_url": up.url + "/v1",
+            "accounts": [{"id": aid, "api_key": key} for aid, key in keys.items()],
+            "timeouts": {"connect": 2, "first_byte": 5, "idle": 5}, "scheduler": scheduler or {}}
+    cfg: dict[str, Any] = {"server": {"admin_token": ADMIN}, "providers": [prov],
+                           "models": [{"id": "m", "provider": "up", "upstream_model": "gpt-4o-mini"}]}
+    if state is not None:
+        cfg["state"] = state
+    return harness.gateway(cfg)
+
+
+def client(gw: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0, timeout=20)
+
+
+def eventually(check: Callable[[], Any], limit: float = 3.0) -> Any:
+    end = time.monotonic() + limit
+    while True:
+        got = check()
+        if got or time.monotonic() > end:
+            return got
+        time.sleep(0.05)
+
+
+@pytest.fixture(params=["local", "redis"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A ``state`` block two gateways share: one SQLite file, or a real redis-server."""
+    if request.param == "local":
+        yield {"store": "local", "path": str(tmp_path / "state")}
+        return
+    need_redis()
+    srv = RedisServer(tmp_path).start()
+    try:
+        yield {"store": "redis", "url": srv.url, "prefix": "{t-" + os.urandom(4).hex() + "}:"}
+    finally:
+        srv.kill()
+
+
+# -- 1. one account never bricks itself ---------------------------------------------------------
+def test_a_lone_account_in_error_backoff_still_serves(harness: LoopThread, shared: dict[str, Any]) -> None:
+    up = harness.upstream()
+    by_key(up, {"test-key-solo": lambda: Reply.json({"error": {"message": "upstream fell over"}}, 500)})
+    state = shared
+    sched = {"errors_before_cooldown": 1, "backoff_base": 60}
+    gw = openai_gateway(harness, up, {"solo": "test-key-solo"}, sched, state)
+    other = openai_gateway(harness, up, {"solo": "test-key-solo"}, sched, state)  # a replica
+    c = client(gw)
+    with pytest.raises(openai.InternalServerError):
+        c.chat.completions.create(model="m", messages=MSGS)
+    acc = accounts(gw)["solo"]
+    assert (acc["state"], acc["cooldown_kind"]) == ("cooling", "health") and acc["cooldown_s"] > 50
+    assert eventually(lambda: accounts(other)["solo"]["state"] == "cooling")
+    # The upstream is back: the next request reaches it (it was a 503 no_usable_account
+    # for the next minute), and its success ends the backoff here and on the replica.
+    by_key(up, {"test-key-solo": ok})
+    r = c.chat.completions.create(model="m", messages=MSGS)
+    assert r.choices[0].message.content == "Hello! How can I help you today?"
+    assert len(up.requests) == 2
+    assert accounts(gw)["solo"]["state"] == "active"
+    assert eventually(lambda: accounts(other)["solo"]["state"] == "active")
+
+
+def test_an_operator_disable_is_never_overridden(harness: LoopThread) -> None:
+    up = harness.upstream()
+    by_key(up, {"test-key-solo": ok})
+    gw = openai_gateway(harness, up, {"solo": "test-key-solo"})
+    admin(gw, "POST", "/admin/accounts/solo/disable", body={"reason": "rotating keys"})
+    with pytest.raises(openai.APIStatusError) as e:
+        client(gw).chat.completions.create(model="m", messages=MSGS)
+    assert e.value.status_code == 503 and e.value.code == "no_usable_account"
+    assert up.requests == []

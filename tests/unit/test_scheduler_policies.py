@@ -1,0 +1,137 @@
+"""Issue #17's scheduler policies against the Scheduler and an injected clock.
+
+Each test drives the scheduler as the request pipeline does (acquire, an outcome,
+release) and reads what the admin API shows (``snapshot()``); no sleeps, no network.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_scheduler import Clock, err429, fail, keys, make, pick, state
+from tornado_proxy.errors import ErrorKind, ProxyError, from_status
+from tornado_proxy.state.store import merge
+
+UNREACHABLE = ProxyError(ErrorKind.UPSTREAM_UNREACHABLE, "connection refused")
+
+
+def ok(sched, headers=None, account=None):
+    lease = sched.acquire("p", headers={"x-auth-id": account} if account else None)
+    lease.success(0.1, headers or {})
+    lease.release()
+    return lease.account.id
+
+
+# -- 1. one account never bricks itself ------------------------------------------------------
+def test_a_lone_account_in_error_backoff_still_serves_and_its_success_ends_the_backoff():
+    sched, clock = make(keys("a"), {"errors_before_cooldown": 1, "backoff_base": 30})
+    fail(sched, "a", UNREACHABLE)
+    snap = state(sched, "a")
+    assert (snap["state"], snap["cooldown_kind"]) == ("cooling", "health")
+    lease = sched.acquire("p")  # not 503 no_usable_account
+    assert lease.account.id == "a" and lease.rescue
+    lease.success(0.2, {})
+    lease.release()
+    snap = state(sched, "a")
+    assert (snap["state"], snap["cooldown_s"], snap["cooldown_kind"]) == ("active", 0.0, None)
+
+
+def test_the_account_that_recovers_soonest_is_the_one_tried():
+    sched, clock = make(keys("a", "b", "c"), {"errors_before_cooldown": 1, "backoff_base": 10})
+    fail(sched, "a", UNREACHABLE)            # back in 10 s
+    fail(sched, "b", from_status(529, "Overloaded", headers={"retry-after": "40"}))  # overloads: 40 s
+    fail(sched, "c", from_status(529, "Overloaded", headers={"retry-after": "5"}))   # and 5 s
+    assert [state(sched, x)["cooldown_kind"] for x in "abc"] == ["health"] * 3
+    assert pick(sched) == "c"
+    assert pick(sched, exclude=["c"]) == "a"
+
+
+def test_a_lone_account_disabled_by_the_auth_counter_still_serves_and_a_success_enables_it():
+    sched, clock = make(keys("a"), {"disable_after": 2})
+    fail(sched, "a", from_status(401, "Invalid API key"))
+    fail(sched, "a", from_status(401, "Invalid API key"))
+    snap = state(sched, "a")
+    assert (snap["state"], snap["disabled_by"]) == ("disabled", "auth")
+    assert ok(sched) == "a"
+    snap = state(sched, "a")
+    assert (snap["state"], snap["disabled_reason"], snap["disabled_by"]) == ("active", None, None)
+
+
+def test_a_failing_rescue_keeps_the_account_out():
+    sched, clock = make(keys("a"), {"errors_before_cooldown": 1, "backoff_base": 30})
+    fail(sched, "a", UNREACHABLE)
+    lease = sched.acquire("p")
+    lease.failure(UNREACHABLE)
+    lease.release()
+    snap = state(sched, "a")
+    assert snap["state"] == "cooling" and snap["cooldown_s"] > 29
+
+
+def disable_by_operator(sched):
+    sched.disable("a", "rotating keys")
+
+
+def disable_by_402(sched):
+    fail(sched, "a", from_status(402, "Insufficient credit"))
+
+
+def disable_by_revoked_key(sched):
+    fail(sched, "a", from_status(401, "This API key has been revoked"))
+
+
+def disable_in_config(sched):
+    pass  # the account says enabled: false
+
+
+@pytest.mark.parametrize("name,disable,extra,by", [
+    ("operator", disable_by_operator, {}, "operator"),
+    ("402 payment required", disable_by_402, {}, "payment"),
+    ("revoked key", disable_by_revoked_key, {}, "revoked"),
+    ("enabled: false", disable_in_config, {"enabled": False}, "config"),
+])
+def test_final_disables_are_never_used(name, disable, extra, by):
+    accounts = keys("a")
+    accounts[0].update(extra)
+    sched, clock = make(accounts)
+    disable(sched)
+    assert state(sched, "a")["disabled_by"] == by
+    with pytest.raises(ProxyError) as e:
+        sched.acquire("p")
+    assert e.value.kind is ErrorKind.NO_ACCOUNT and "1 disabled" in e.value.message
+
+
+def test_a_rate_limited_account_is_not_rescued_but_a_health_judged_one_is():
+    sched, clock = make(keys("a", "b"), {"errors_before_cooldown": 1, "backoff_base": 60})
+    fail(sched, "a", err429(retry_after=30))
+    assert state(sched, "a")["cooldown_kind"] == "rate"
+    fail(sched, "b", UNREACHABLE)  # back later than a, and still the one tried
+    assert {pick(sched) for _ in range(3)} == {"b"}
+
+
+def test_operator_disabled_accounts_stay_out_while_a_health_judged_one_serves():
+    sched, clock = make(keys("a", "b"), {"errors_before_cooldown": 1})
+    sched.disable("a")
+    fail(sched, "b", UNREACHABLE)
+    assert {pick(sched) for _ in range(3)} == {"b"}
+
+
+def test_a_strict_pin_to_a_health_judged_account_is_served():
+    sched, clock = make(keys("a", "b"), {"errors_before_cooldown": 1})
+    fail(sched, "a", UNREACHABLE)
+    assert pick(sched, {"x-auth-id": "a", "x-auth-strict": "1"}) == "a"
+
+
+@pytest.mark.parametrize("name,cur,new,replaced", [
+    ("recovered ends a health cooldown", {"s": "cooling", "cu": 2e9, "ck": "health"},
+     {"s": "active", "t": "recovered"}, True),
+    ("recovered does not end a rate limit", {"s": "cooling", "cu": 2e9, "ck": "rate"},
+     {"s": "active", "t": "recovered"}, False),
+    ("recovered lifts the auth counter's disable", {"s": "disabled", "db": "auth"},
+     {"s": "active", "t": "recovered"}, True),
+    ("recovered does not lift an operator's disable", {"s": "disabled", "db": "operator"},
+     {"s": "active", "t": "recovered"}, False),
+    ("nor a 402's", {"s": "disabled", "db": "payment"}, {"s": "active", "t": "recovered"}, False),
+    ("a plain write still cannot end a cooldown", {"s": "cooling", "cu": 2e9, "ck": "health"},
+     {"s": "active", "t": ""}, False),
+])
+def test_what_the_shared_store_keeps(name, cur, new, replaced):
+    assert merge(cur, new, 1.9e9) is replaced
