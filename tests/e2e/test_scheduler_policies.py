@@ -106,3 +106,45 @@ def test_an_operator_disable_is_never_overridden(harness: LoopThread) -> None:
         client(gw).chat.completions.create(model="m", messages=MSGS)
     assert e.value.status_code == 503 and e.value.code == "no_usable_account"
     assert up.requests == []
+
+
+# -- 2. a rate-limited pool answers 429 -------------------------------------------------------------
+def test_a_rate_limited_pool_is_a_429_on_the_openai_route(harness: LoopThread) -> None:
+    up = harness.upstream()
+    by_key(up, {"test-key-a1": lambda: Reply.json({"error": {"message": "Rate limit reached"}}, 429,
+                                                  {"retry-after": "40"}),
+                "test-key-a2": lambda: Reply.json({"error": {"message": "Rate limit reached"}}, 429, {
+                    "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "12.4s"})})
+    gw = openai_gateway(harness, up, {"a1": "test-key-a1", "a2": "test-key-a2"})
+    c = client(gw)
+    with pytest.raises(openai.RateLimitError):  # both tried: the last upstream answer
+        c.chat.completions.create(model="m", messages=MSGS)
+    assert len(up.requests) == 2
+    with pytest.raises(openai.RateLimitError) as e:  # the pool is known to be limited: no upstream call
+        c.chat.completions.create(model="m", messages=MSGS)
+    assert len(up.requests) == 2
+    assert e.value.response.headers["retry-after"] == "13"  # 12.4 s, rounded up
+    body = e.value.response.json()["error"]
+    assert (body["type"], body["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert "all 2 of its accounts are cooling down after rate limits; the pool is back in 13 s" in body["message"]
+
+
+def test_a_rate_limited_pool_is_a_429_on_the_anthropic_route(harness: LoopThread) -> None:
+    up = harness.upstream()
+    up.default = Reply.json({"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request "
+                             "tokens has exceeded your per-minute rate limit"}}, 429, {"retry-after": "20"})
+    prov = {"name": "anth", "type": "anthropic", "base_url": up.url,
+            "accounts": [{"id": "acct-1", "api_key": "test-key-anthropic"}],
+            "timeouts": {"connect": 2, "first_byte": 5, "idle": 5}}
+    gw = harness.gateway({"server": {"admin_token": ADMIN}, "providers": [prov], "models": [
+        {"id": "claude", "provider": "anth", "upstream_model": "claude-sonnet-4-20250514", "max_tokens": 64}]})
+    c = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0, timeout=20)
+    with pytest.raises(anthropic.RateLimitError):
+        c.messages.create(model="claude", max_tokens=64, messages=MSGS)
+    with pytest.raises(anthropic.RateLimitError) as e:
+        c.messages.create(model="claude", max_tokens=64, messages=MSGS)
+    assert len(up.requests) == 1
+    assert e.value.response.headers["retry-after"] == "20"
+    body = e.value.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert "its account is cooling down after rate limits; the pool is back in 20 s" in body["error"]["message"]

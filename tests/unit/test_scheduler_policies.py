@@ -135,3 +135,47 @@ def test_a_strict_pin_to_a_health_judged_account_is_served():
 ])
 def test_what_the_shared_store_keeps(name, cur, new, replaced):
     assert merge(cur, new, 1.9e9) is replaced
+
+
+# -- 2. a rate-limited pool answers 429 -----------------------------------------------------------
+def test_a_pool_cooling_after_rate_limits_is_a_429_with_the_earliest_reset():
+    sched, clock = make(keys("a", "b", "c"))
+    fail(sched, "a", err429(retry_after=42.2))
+    fail(sched, "b", err429(headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "17.3s"}))
+    sched.disable("c")  # out for good: it never comes back by itself, so it does not count
+    with pytest.raises(ProxyError) as e:
+        sched.acquire("p")
+    err = e.value
+    assert (err.kind, err.status, err.retry_after) == (ErrorKind.RATE_LIMITED, 429, 18.0)
+    assert "all 2 of its accounts are cooling down after rate limits" in err.message
+    assert "back in 18 s (at 2024-06-01T19:00:18Z)" in err.message
+
+
+def test_a_lone_rate_limited_account_says_so():
+    sched, clock = make(keys("a"))
+    fail(sched, "a", from_status(429, "slow down", headers={
+        "anthropic-ratelimit-tokens-remaining": "0", "anthropic-ratelimit-tokens-reset": "2024-06-01T19:00:45Z"}))
+    with pytest.raises(ProxyError) as e:
+        sched.acquire("p")
+    assert e.value.kind is ErrorKind.RATE_LIMITED and e.value.retry_after == 45.0
+    assert "its account is cooling down after rate limits; the pool is back in 45 s" in e.value.message
+
+
+@pytest.mark.parametrize("name,second", [
+    ("one overloaded (a health judgement): it is tried", from_status(529, "Overloaded")),
+    ("one rate limited, one active: the active one serves", None),
+])
+def test_a_mixed_pool_is_not_a_rate_limit(name, second):
+    sched, clock = make(keys("a", "b"), {"errors_before_cooldown": 1})
+    fail(sched, "a", err429(retry_after=30))
+    if second is not None:
+        fail(sched, "b", second)
+    assert pick(sched) == "b"
+
+
+def test_a_pool_of_disabled_accounts_stays_a_503():
+    sched, clock = make(keys("a"))
+    fail(sched, "a", from_status(402, "pay up"))
+    with pytest.raises(ProxyError) as e:
+        sched.acquire("p")
+    assert e.value.kind is ErrorKind.NO_ACCOUNT and e.value.status == 503

@@ -47,6 +47,7 @@ import datetime
 import email.utils
 import hashlib
 import logging
+import math
 import os
 import signal
 import time
@@ -910,6 +911,10 @@ class Scheduler:
         return Lease(self, pool.name, account, None, False, self._proxy(pool, None))
 
     def _none_left(self, pool: _Pool, now: float, exclude: Any, only: AccountState | None = None) -> ProxyError:
+        if only is None:
+            limited = self._pool_rate_limited(pool, now)
+            if limited is not None:
+                return limited
         states = [only] if only is not None else pool.states
         cooling = [st.cooling_until - now for st in states if st.status is COOLING and st.id not in exclude]
         probing = sum(1 for st in states if st.status is PROBING and st.id not in exclude)
@@ -928,6 +933,23 @@ class Scheduler:
         msg = (f"pinned {what} is not usable" if only is not None else what) + (f" ({'; '.join(parts)})" if parts else "")
         retry_after = max(1.0, min(cooling)) if cooling else (1.0 if probing else None)
         return ProxyError(ErrorKind.NO_ACCOUNT, msg, retry_after=retry_after)
+
+    def _pool_rate_limited(self, pool: _Pool, now: float) -> ProxyError | None:
+        """Every account that may come back is cooling after the upstream's own rate limit:
+        the client is rate limited too (429 in its own format, not a 503 that reads like
+        an outage), with Retry-After at the earliest reset across the pool."""
+        left = [st.cooling_until - now for st in pool.states if st.status is not DISABLED]
+        if not left or any(st.status is not COOLING or st.cooling_kind != "rate"
+                           for st in pool.states if st.status is not DISABLED):
+            return None
+        wait = max(1, math.ceil(min(left)))
+        back = datetime.datetime.fromtimestamp(self.wall_clock() + wait, datetime.timezone.utc)
+        n = len(left)
+        return ProxyError(ErrorKind.RATE_LIMITED,
+                          f"provider '{pool.name}' is rate limited upstream: "
+                          f"{'its account is' if n == 1 else f'all {n} of its accounts are'} cooling down after "
+                          f"rate limits; the pool is back in {wait} s (at {back:%Y-%m-%dT%H:%M:%SZ})",
+                          retry_after=float(wait))
 
     # -- outcomes --------------------------------------------------------------------
     def _health(self, st: AccountState, pol: Policy, now: float, good: float) -> None:
