@@ -148,3 +148,51 @@ def test_a_rate_limited_pool_is_a_429_on_the_anthropic_route(harness: LoopThread
     body = e.value.response.json()
     assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
     assert "its account is cooling down after rate limits; the pool is back in 20 s" in body["error"]["message"]
+
+
+# -- 3. accounts the 401/403 counter disabled are re-probed ------------------------------------------
+def test_an_auth_outage_heals_without_an_operator_on_every_replica(harness: LoopThread,
+                                                                   shared: dict[str, Any]) -> None:
+    up = harness.upstream()
+    replies: dict[str, Any] = {"test-key-a1": lambda: Reply.json({"error": {"message": "Incorrect API key"}}, 401),
+                               "test-key-a2": ok}
+    by_key(up, replies)
+    keys = {"a1": "test-key-a1", "a2": "test-key-a2"}
+    sched = {"strategy": "round_robin", "disable_after": 1, "auth_reprobe_base": 1.0, "auth_reprobe_max": 60}
+    gw = openai_gateway(harness, up, keys, sched, shared)
+    other = openai_gateway(harness, up, keys, sched, shared)
+    c, c2 = client(gw), client(other)
+    c.chat.completions.create(model="m", messages=MSGS, extra_headers={"x-auth-id": "a1"})  # 401, failed over
+    acc = accounts(gw)["a1"]
+    assert (acc["state"], acc["disabled_by"]) == ("disabled", "auth") and 0 < acc["reprobe_in_s"] <= 1
+    assert eventually(lambda: accounts(other)["a1"]["disabled_by"] == "auth")
+    # the outage goes on: the first re-probe (on the replica) fails, and the next waits twice as long
+    time.sleep(1.1)
+    n0 = len(up.requests)
+    for _ in range(3):
+        c2.chat.completions.create(model="m", messages=MSGS)
+    assert keys_seen(up)[n0:].count("test-key-a1") == 1
+    assert 1 < accounts(other)["a1"]["reprobe_in_s"] <= 2
+    assert eventually(lambda: 1 < (accounts(gw)["a1"]["reprobe_in_s"] or 0) <= 2)  # shared: no double probe
+    # the key works again: the next re-probe passes and the account is back everywhere
+    replies["test-key-a1"] = ok
+    time.sleep(2.1)
+    n1 = len(up.requests)
+    for _ in range(4):
+        c.chat.completions.create(model="m", messages=MSGS)
+    assert "test-key-a1" in keys_seen(up)[n1:]
+    assert accounts(gw)["a1"]["state"] == "active"
+    assert eventually(lambda: accounts(other)["a1"]["state"] == "active")
+
+
+def test_an_operator_disable_is_never_re_probed(harness: LoopThread) -> None:
+    up = harness.upstream()
+    by_key(up, {"test-key-a1": ok, "test-key-a2": ok})
+    gw = openai_gateway(harness, up, {"a1": "test-key-a1", "a2": "test-key-a2"},
+                        {"strategy": "round_robin", "auth_reprobe_base": 0.2})
+    admin(gw, "POST", "/admin/accounts/a1/disable")
+    time.sleep(0.5)
+    for _ in range(6):
+        client(gw).chat.completions.create(model="m", messages=MSGS)
+    assert set(keys_seen(up)) == {"test-key-a2"}
+    assert accounts(gw)["a1"]["reprobe_in_s"] is None

@@ -179,3 +179,83 @@ def test_a_pool_of_disabled_accounts_stays_a_503():
     with pytest.raises(ProxyError) as e:
         sched.acquire("p")
     assert e.value.kind is ErrorKind.NO_ACCOUNT and e.value.status == 503
+
+
+# -- 3. accounts the 401/403 counter disabled are re-probed ------------------------------------------
+def auth_disable(sched, account_id="a"):
+    fail(sched, account_id, from_status(401, "Invalid API key"))
+    assert state(sched, account_id)["disabled_by"] == "auth"
+
+
+def test_an_auth_disabled_account_is_re_probed_after_a_minute_and_a_pass_enables_it():
+    sched, clock = make(keys("a", "b"), {"strategy": "round_robin", "disable_after": 1})
+    auth_disable(sched)
+    assert state(sched, "a")["reprobe_in_s"] == 60.0
+    clock.advance(59)
+    assert {pick(sched) for _ in range(6)} == {"b"}
+    clock.advance(1)
+    leases = [sched.acquire("p") for _ in range(3)]
+    probes = [lease for lease in leases if lease.account.id == "a"]
+    assert len(probes) == 1 and probes[0].probe  # one request, not every one
+    probes[0].success(0.1, {})
+    for lease in leases:
+        lease.release()
+    snap = state(sched, "a")
+    assert (snap["state"], snap["disabled_reason"], snap["reprobe_in_s"]) == ("active", None, None)
+    assert "a" in {pick(sched) for _ in range(2)}
+
+
+def test_each_failed_re_probe_doubles_the_wait_up_to_the_cap():
+    sched, clock = make(keys("a", "b"), {"disable_after": 1, "auth_reprobe_base": 60, "auth_reprobe_max": 200})
+    auth_disable(sched)
+    waits = []
+    for _ in range(4):
+        waits.append(state(sched, "a")["reprobe_in_s"])
+        clock.advance(waits[-1])
+        fail(sched, "a", from_status(401, "Invalid API key"))  # the pinned request is the re-probe
+        assert state(sched, "a")["state"] == "disabled"
+    assert waits == [60.0, 120.0, 200.0, 200.0]
+
+
+def test_a_re_probe_that_is_rate_limited_proves_the_key_and_cools_it():
+    sched, clock = make(keys("a", "b"), {"disable_after": 1})
+    auth_disable(sched)
+    clock.advance(60)
+    fail(sched, "a", err429(retry_after=30))
+    snap = state(sched, "a")
+    assert (snap["state"], snap["disabled_reason"], snap["cooldown_kind"]) == ("cooling", None, "rate")
+
+
+def test_a_re_probe_without_a_verdict_lets_the_next_request_probe():
+    sched, clock = make(keys("a"), {"disable_after": 1})
+    auth_disable(sched)
+    clock.advance(60)
+    sched.acquire("p", headers={"x-auth-id": "a"}).release()  # the client went away
+    assert state(sched, "a")["reprobe_in_s"] == 0.0
+    lease = sched.acquire("p", headers={"x-auth-id": "a"})
+    assert lease.probe
+    lease.success(0.1, {})
+    lease.release()
+    assert state(sched, "a")["state"] == "active"
+
+
+@pytest.mark.parametrize("name,disable", [
+    ("operator", disable_by_operator),
+    ("402 payment required", disable_by_402),
+    ("revoked key", disable_by_revoked_key),
+])
+def test_final_disables_are_never_re_probed(name, disable):
+    sched, clock = make(keys("a", "b"), {"strategy": "round_robin"})
+    disable(sched)
+    assert state(sched, "a")["reprobe_in_s"] is None
+    for _ in range(5):
+        clock.advance(7200)
+        assert {pick(sched) for _ in range(4)} == {"b"}
+
+
+def test_the_re_probe_wait_is_configurable_and_checked():
+    sched, clock = make(keys("a", "b"), {"disable_after": 1, "auth_reprobe_base": 5})
+    auth_disable(sched)
+    assert state(sched, "a")["reprobe_in_s"] == 5.0
+    with pytest.raises(ValueError, match="auth_reprobe_max must be positive"):
+        make(keys("a"), {"auth_reprobe_max": 0})

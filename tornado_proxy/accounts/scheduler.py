@@ -117,6 +117,8 @@ class Policy:
     max_seconds: float = 60.0           # total time for those tries
     disable_after: int = 3              # 401/403 failures within disable_window -> disabled
     disable_window: float = 600.0
+    auth_reprobe_base: float = 60.0     # such an account is re-probed after this, doubling...
+    auth_reprobe_max: float = 3600.0    # ...up to this, until a probe passes
     errors_before_cooldown: int = 3     # consecutive transport/5xx errors before a cooldown
     backoff_base: float = 1.0           # cooldown when the upstream says nothing: base x 2^n
     backoff_max: float = 600.0
@@ -155,7 +157,7 @@ def parse_policy(conf: Mapping[str, Any] | None) -> Policy:
             if kw[name] < 1:
                 raise ValueError(f"scheduler.{name} must be at least 1")
     for name in ("max_seconds", "disable_window", "backoff_base", "backoff_max", "cooldown_max",
-                 "half_life", "latency_ref", "session_ttl"):
+                 "half_life", "latency_ref", "session_ttl", "auth_reprobe_base", "auth_reprobe_max"):
         if name in c:
             kw[name] = float(c.pop(name))
             if kw[name] <= 0:
@@ -338,6 +340,11 @@ def backoff(pol: Policy, level: int) -> float:
     return min(pol.backoff_max, pol.backoff_base * (2.0 ** min(level, 40)))
 
 
+def reprobe_wait(pol: Policy, level: int) -> float:
+    """How long an account the 401/403 counter disabled waits before re-probe ``level`` + 1."""
+    return min(pol.auth_reprobe_max, pol.auth_reprobe_base * (2.0 ** min(level, 40)))
+
+
 def proxy_for_id(account_id: str, proxies: tuple[str, ...]) -> str:
     """The proxy bound to an account: a hash of its id, so the same across restarts and processes
     (Python's ``hash()`` is salted per process, so it would not do)."""
@@ -355,7 +362,7 @@ def _health_out(st: AccountState, now: float, pol: Policy) -> float | None:
             return None
         return st.cooling_until if s is COOLING else now  # (probing: its probe is out)
     if s is DISABLED and st.disabled_by == "auth":
-        return now + pol.disable_window  # behind every cooldown: it has no end of its own
+        return max(now, st.reprobe_at)
     return None
 
 
@@ -435,6 +442,11 @@ class Lease:
         if self.probe and st.status is PROBING and st.probe_inflight and not (self._succeeded or self._failed):
             # the probe ended without a verdict (client gone): let the next request probe
             st.probe_inflight = False
+        elif self.probe and st.status is DISABLED and st.probe_inflight and not (self._succeeded or self._failed):
+            # a re-probe without a verdict: the next request re-probes, at the same wait
+            st.probe_inflight = False
+            st.reprobe_level = max(0, st.reprobe_level - 1)
+            st.reprobe_at = self.sched.clock()
 
 
 # -- the scheduler -------------------------------------------------------------------
@@ -814,7 +826,8 @@ class Scheduler:
             return True
         if s is PROBING:
             return not st.probe_inflight
-        return False
+        # disabled by the 401/403 counter: its re-probe is due (an auth outage may be over)
+        return st.disabled_by == "auth" and now >= st.reprobe_at and not st.probe_inflight
 
     def _pick_weighted(self, tier: list[AccountState], now: float, exclude: Any) -> AccountState | None:
         # smooth weighted round robin over score / (1 + in-flight)
@@ -860,9 +873,16 @@ class Scheduler:
 
     def _lease(self, pool: _Pool, st: AccountState) -> Lease:
         st.inflight += 1
-        probe = st.status is PROBING
+        probe = st.status is PROBING or st.status is DISABLED  # (disabled: a due re-probe)
         if probe:
             st.probe_inflight = True
+            if st.status is DISABLED:
+                # claimed: should this one fail, the next waits twice as long, and every
+                # replica hears of the new time instead of probing too
+                now = self.clock()
+                st.reprobe_at = now + reprobe_wait(pool.policy, st.reprobe_level + 1)
+                st.reprobe_level += 1
+                log.info("account '%s' (disabled by auth failures) is re-probed", st.id)
             self.store.publish(f"{pool.name}/{st.id}", st)
         return Lease(self, pool.name, st.account, st, probe, self._proxy(pool, st))
 
@@ -975,8 +995,8 @@ class Scheduler:
         st.consecutive_errors = 0
         if lease.probe and st.status is PROBING:
             self._probe_passed(st)
-        elif lease.rescue and st.status is not ACTIVE:
-            self._recovered(st)
+        elif (lease.rescue or lease.probe) and st.status is not ACTIVE:
+            self._recovered(st)  # a rescue, or the re-probe of an account the auth counter disabled
         elif st.status is ACTIVE:
             st.backoff_level = 0
         if headers:
@@ -1030,14 +1050,23 @@ class Scheduler:
         st.last_error_at = wall
         st.last_status = err.upstream_status
         probe = lease.probe and st.status is PROBING
+        reprobe = lease.probe and st.status is DISABLED
+        if reprobe:
+            st.probe_inflight = False
         if action is Action.NONE:
             # the request's fault, not the account's: the account answered, so it works
             self._health(st, pol, now, 1.0)
             if probe:
                 self._probe_passed(st)
-            elif lease.rescue and st.status is not ACTIVE:
+            elif (lease.rescue or reprobe) and st.status is not ACTIVE:
                 self._recovered(st)
             return
+        if reprobe:
+            if action is not Action.COOLDOWN:
+                log.info("account '%s' failed its re-probe (%s); the next in %.0f s", st.id, err.kind.value,
+                         max(0.0, st.reprobe_at - now))
+                return
+            self._recovered(st)  # rate limited, so past authentication: the key works again
         if probe and st.disabled_reason is not None:
             # an operator's probe of a disabled account failed: it stays disabled
             self._set_disabled(st, st.disabled_reason, persist=False, at=st.disabled_at, by=st.disabled_by)
@@ -1097,6 +1126,10 @@ class Scheduler:
 
     def _set_disabled(self, st: AccountState, reason: str, *, persist: bool, at: Any = None,
                       transition: str = "", by: str | None = "operator") -> None:
+        if by == "auth" and not (st.status is DISABLED and st.disabled_by == "auth"):
+            pool = self._pools.get(st.provider)
+            st.reprobe_level = 0
+            st.reprobe_at = self.clock() + reprobe_wait(pool.policy if pool is not None else _DEFAULT_POLICY, 0)
         st.status = DISABLED
         st.probe_inflight = False
         st.disabled_by = by
@@ -1117,6 +1150,7 @@ class Scheduler:
         st.auth_failures.clear()
         st.consecutive_errors = 0
         st.backoff_level = 0
+        st.reprobe_level = 0
         st.probe_inflight = False
         self.store.publish(f"{st.provider}/{st.id}", st, transition)
         log.info("account '%s' enabled", st.id)
@@ -1243,11 +1277,13 @@ class Scheduler:
 
     # -- reporting ----------------------------------------------------------------------
     def usable(self, provider: str) -> bool:
-        """Some account is not disabled (a cooling account comes back by itself)."""
+        """Some account is not disabled (a cooling account comes back by itself, and one
+        the 401/403 counter disabled is re-probed)."""
         pool = self._pools.get(provider)
         if pool is None:
             return False
-        return pool.policy.allow_client_auth or any(st.status is not DISABLED for st in pool.states)
+        return pool.policy.allow_client_auth or any(st.status is not DISABLED or st.disabled_by == "auth"
+                                                    for st in pool.states)
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -1274,6 +1310,8 @@ class Scheduler:
             "cooldown_reason": st.cooldown_reason if status in (COOLING, PROBING) else None,
             "disabled_reason": st.disabled_reason,
             "disabled_by": st.disabled_by if status is DISABLED else None,
+            "reprobe_in_s": (round(max(0.0, st.reprobe_at - now), 1)
+                             if status is DISABLED and st.disabled_by == "auth" else None),
             "cooldown_kind": st.cooling_kind if status in (COOLING, PROBING) else None,
             "disabled_at": st.disabled_at,
             "last_error": st.last_error,

@@ -52,6 +52,7 @@ class AccountState:
         # failure bookkeeping
         "backoff_level", "consecutive_errors", "auth_failures",
         "disabled_reason", "disabled_at", "cooldown_reason", "disabled_by", "cooling_kind",
+        "reprobe_at", "reprobe_level",
         "last_error", "last_error_at", "last_status",
         # counters (read by snapshot() for the admin API and metrics)
         "outcomes", "latency_sum", "latency_count", "prompt_tokens", "completion_tokens",
@@ -91,6 +92,10 @@ class AccountState:
         # "rate" (the upstream said it is rate limited) or "health" (our own judgement).
         self.cooling_kind: str | None = None
         self.disabled_by: str | None = None
+        # disabled by the 401/403 counter: when the next re-probe may go (monotonic), and
+        # how many failed before it (the wait doubles with each)
+        self.reprobe_at = 0.0
+        self.reprobe_level = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None  # wall clock
         self.last_status: int | None = None

@@ -315,6 +315,7 @@ class SharedStateStore(MemoryStateStore):
             "cu": wall + (state.cooling_until - now) if state.status is Status.COOLING else 0.0,
             "cr": state.cooldown_reason, "dr": state.disabled_reason, "da": state.disabled_at,
             "ck": state.cooling_kind, "db": state.disabled_by,
+            "rp": wall + (state.reprobe_at - now) if state.disabled_by == "auth" else 0.0, "rl": state.reprobe_level,
             "bl": state.backoff_level, "pi": bool(state.probe_inflight), "w": self.me, "n": self._seq,
             "t": transition, "at": wall,
         }
@@ -469,6 +470,10 @@ def _set_state(st: AccountState, rec: Mapping[str, Any], now: float, wall: float
     st.disabled_at = rec.get("da") if st.disabled_reason is not None else None
     st.cooling_kind = rec.get("ck")
     st.disabled_by = rec.get("db") if status is Status.DISABLED else None
+    if st.disabled_by == "auth":
+        st.reprobe_at = now + (float(rec.get("rp") or 0.0) - wall)
+        if isinstance(rec.get("rl"), int):
+            st.reprobe_level = rec["rl"]
     if isinstance(rec.get("bl"), int):
         st.backoff_level = rec["bl"]
 
