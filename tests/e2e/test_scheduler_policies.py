@@ -196,3 +196,43 @@ def test_an_operator_disable_is_never_re_probed(harness: LoopThread) -> None:
         client(gw).chat.completions.create(model="m", messages=MSGS)
     assert set(keys_seen(up)) == {"test-key-a2"}
     assert accounts(gw)["a1"]["reprobe_in_s"] is None
+
+
+# -- 4. passive quota headers -----------------------------------------------------------------------
+def unified(utilization_5h: float) -> dict[str, str]:
+    """Anthropic's unified-limit headers, as a subscription account gets them on every answer."""
+    reset = str(int(time.time()) + 3600)
+    return {"anthropic-ratelimit-unified-status": "allowed",
+            "anthropic-ratelimit-unified-representative-claim": "five_hour",
+            "anthropic-ratelimit-unified-reset": reset,
+            "anthropic-ratelimit-unified-5h-status": "allowed", "anthropic-ratelimit-unified-5h-reset": reset,
+            "anthropic-ratelimit-unified-5h-utilization": str(utilization_5h),
+            "anthropic-ratelimit-unified-7d-status": "allowed",
+            "anthropic-ratelimit-unified-7d-reset": str(int(time.time()) + 86400 * 3),
+            "anthropic-ratelimit-unified-7d-utilization": "0.2"}
+
+
+def test_accounts_with_quota_headroom_get_more_of_the_traffic(harness: LoopThread) -> None:
+    up = harness.upstream()
+    message = fixture_bytes("anthropic/message.json")
+    by_key(up, {
+        "test-key-busy": lambda: Reply(200, {"Content-Type": "application/json", **unified(0.9)}, message),
+        "test-key-idle": lambda: Reply(200, {"Content-Type": "application/json", **unified(0.1)}, message)})
+    prov = {"name": "anth", "type": "anthropic", "base_url": up.url,
+            "accounts": [{"id": "busy", "api_key": "test-key-busy"}, {"id": "idle", "api_key": "test-key-idle"}],
+            "timeouts": {"connect": 2, "first_byte": 5, "idle": 5}}
+    gw = harness.gateway({"server": {"admin_token": ADMIN}, "providers": [prov], "models": [
+        {"id": "claude", "provider": "anth", "upstream_model": "claude-sonnet-4-20250514", "max_tokens": 64}]})
+    c = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0, timeout=20)
+    for _ in range(40):
+        assert c.messages.create(model="claude", max_tokens=64, messages=MSGS).content
+    seen = [r.headers.get("x-api-key") for r in up.requests]
+    busy = seen[2:].count("test-key-busy")  # after each account's first answer
+    assert 2 <= busy <= 10, seen  # about 0.19 / (0.19 + 0.91) of 38: less, not none
+    acc = accounts(gw)
+    assert acc["busy"]["headroom"] == pytest.approx(0.1) and acc["idle"]["headroom"] == pytest.approx(0.8)
+    assert acc["busy"]["quota_used"] == {"unified_5h": 0.9, "unified_7d": 0.2}
+    text = gw.metrics_text()
+    assert 'tornado_proxy_account_quota_headroom_ratio{account="busy",provider="anth"} 0.1' in text
+    assert 'tornado_proxy_account_quota_used_ratio{account="idle",provider="anth",window="unified_5h"} 0.1' in text
+    assert "test-key" not in text

@@ -5,9 +5,12 @@ release) and reads what the admin API shows (``snapshot()``); no sleeps, no netw
 """
 from __future__ import annotations
 
+import collections
+
 import pytest
 
-from tests.unit.test_scheduler import Clock, err429, fail, keys, make, pick, state
+from tests.unit.test_scheduler import WALL0, err429, fail, keys, make, pick, state
+from tornado_proxy.accounts import ratelimit
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 from tornado_proxy.state.store import merge
 
@@ -259,3 +262,114 @@ def test_the_re_probe_wait_is_configurable_and_checked():
     assert state(sched, "a")["reprobe_in_s"] == 5.0
     with pytest.raises(ValueError, match="auth_reprobe_max must be positive"):
         make(keys("a"), {"auth_reprobe_max": 0})
+
+
+# -- 4. passive quota headers ----------------------------------------------------------------------
+# Header sets as the upstreams send them.  Anthropic's unified limits: as recorded from
+# Claude Code's traffic (gist andrew-kramer-inno/34f9303a5cc29a14af7c2e729b676fc9;
+# anthropics/claude-code#12829 for -status and -representative-claim).  Codex: the
+# names openai/codex parses in codex-rs/codex-api/src/rate_limits.rs.
+UNIFIED_OK = {
+    "anthropic-ratelimit-unified-status": "allowed",
+    "anthropic-ratelimit-unified-representative-claim": "five_hour",
+    "anthropic-ratelimit-unified-reset": str(int(WALL0) + 3600),
+    "anthropic-ratelimit-unified-5h-status": "allowed",
+    "anthropic-ratelimit-unified-5h-reset": str(int(WALL0) + 3600),
+    "anthropic-ratelimit-unified-5h-utilization": "0.042598363636363636",
+    "anthropic-ratelimit-unified-7d-status": "allowed",
+    "anthropic-ratelimit-unified-7d-reset": str(int(WALL0) + 86400),
+    "anthropic-ratelimit-unified-7d-utilization": "0.3068459187383675",
+    "anthropic-ratelimit-unified-fallback-percentage": "0.5",
+}
+UNIFIED_REJECTED = {
+    "anthropic-ratelimit-unified-status": "rejected",
+    "anthropic-ratelimit-unified-reset": str(int(WALL0) + 7200),
+    "anthropic-ratelimit-unified-5h-status": "rejected",
+    "anthropic-ratelimit-unified-5h-reset": str(int(WALL0) + 7200),
+    "anthropic-ratelimit-unified-7d-status": "allowed",
+    "anthropic-ratelimit-unified-7d-utilization": "0.5",
+}
+CODEX = {"x-codex-primary-used-percent": "82.5", "x-codex-primary-window-minutes": "300",
+         "x-codex-primary-reset-at": str(int(WALL0) + 600),
+         "x-codex-secondary-used-percent": "9", "x-codex-secondary-window-minutes": "10080",
+         "x-codex-secondary-reset-at": str(int(WALL0) + 86400)}
+CODEX_OLD = {"x-codex-primary-used-percent": "100", "x-codex-primary-reset-after-seconds": "1800"}
+OPENAI = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
+          "x-ratelimit-reset-requests": "120ms", "x-ratelimit-limit-tokens": "30000",
+          "x-ratelimit-remaining-tokens": "12000", "x-ratelimit-reset-tokens": "24s"}
+ANTHROPIC_KEY = {"anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "49",
+                 "anthropic-ratelimit-requests-reset": "2024-06-01T19:00:01Z",
+                 "anthropic-ratelimit-input-tokens-limit": "30000",
+                 "anthropic-ratelimit-input-tokens-remaining": "27000",
+                 "anthropic-ratelimit-input-tokens-reset": "2024-06-01T19:00:06Z"}
+
+
+@pytest.mark.parametrize("name,headers,used,headroom,valid_for,spent", [
+    ("anthropic unified, allowed", UNIFIED_OK, {"unified_5h": 0.0426, "unified_7d": 0.3068}, 0.6932, 86400, None),
+    ("anthropic unified, 5h rejected", UNIFIED_REJECTED, {"unified_5h": 1.0, "unified_7d": 0.5}, 0.0, 7200, 7200),
+    ("codex", CODEX, {"codex_primary": 0.825, "codex_secondary": 0.09}, 0.175, 600, None),
+    ("codex, relative reset, spent", CODEX_OLD, {"codex_primary": 1.0}, 0.0, 1800, 1800),
+    ("openai counted limits", OPENAI, {"requests": 0.002, "tokens": 0.6}, 0.4, 24, None),
+    ("anthropic api key", ANTHROPIC_KEY, {"requests": 0.02, "input_tokens": 0.1}, 0.9, 6, None),
+])
+def test_quota_headers(name, headers, used, headroom, valid_for, spent):
+    q = ratelimit.read(headers, lambda: WALL0)
+    assert {w: round(u, 4) for w, u in q.used.items()} == used
+    assert q.headroom == pytest.approx(headroom, abs=1e-4)
+    assert q.valid_for == pytest.approx(valid_for)
+    assert q.spent == (pytest.approx(spent) if spent is not None else None)
+
+
+def test_no_quota_headers_no_clock():
+    def wall():
+        raise AssertionError("the clock is read only for a reset time")
+    assert ratelimit.read({"content-type": "application/json", "x-request-id": "r1"}, wall) is None
+
+
+def answer(sched, account_id, headers):
+    lease = sched.acquire("p", headers={"x-auth-id": account_id})
+    lease.success(0.1, headers)
+    lease.release()
+
+
+def test_accounts_with_headroom_are_preferred_without_starving_the_others():
+    sched, clock = make(keys("full", "roomy"))
+    answer(sched, "full", {**CODEX, "x-codex-primary-used-percent": "90"})     # 10 % left
+    answer(sched, "roomy", {**CODEX, "x-codex-primary-used-percent": "10"})    # 90 % left
+    counts = {"full": 0, "roomy": 0}
+    for _ in range(100):
+        counts[pick(sched)] += 1
+    # shares 0.1 + 0.9 x headroom: 0.19 against 0.91
+    assert 15 <= counts["full"] <= 19 and counts["full"] + counts["roomy"] == 100
+    snap = state(sched, "full")
+    assert snap["headroom"] == pytest.approx(0.1) and snap["quota_used"]["codex_primary"] == 0.9
+
+
+def test_headroom_is_forgotten_when_its_window_refills():
+    sched, clock = make(keys("a", "b"))
+    answer(sched, "a", {"x-codex-primary-used-percent": "95", "x-codex-primary-reset-after-seconds": "60"})
+    answer(sched, "b", {})
+    assert state(sched, "a")["headroom"] == pytest.approx(0.05)
+    clock.advance(61)
+    assert state(sched, "a")["headroom"] is None
+    fail(sched, "a", from_status(400, "bad tool schema"))  # any outcome rescores it
+    assert collections.Counter(pick(sched) for _ in range(10)) == {"a": 5, "b": 5}
+
+
+@pytest.mark.parametrize("name,headers,cooldown", [
+    ("unified window rejected on a 2xx", UNIFIED_REJECTED, 7200),
+    ("codex window at 100 % on a 2xx", CODEX_OLD, 1800),
+])
+def test_a_spent_window_cools_the_account_until_it_refills(name, headers, cooldown):
+    sched, clock = make(keys("a", "b"))
+    answer(sched, "a", headers)
+    snap = state(sched, "a")
+    assert (snap["state"], snap["cooldown_kind"]) == ("cooling", "rate")
+    assert snap["cooldown_s"] == pytest.approx(cooldown)
+
+
+def test_a_429_with_unified_headers_cools_until_the_window_resets():
+    sched, clock = make(keys("a", "b"))
+    fail(sched, "a", from_status(429, "rate limited", headers=UNIFIED_REJECTED))
+    snap = state(sched, "a")
+    assert snap["cooldown_s"] == pytest.approx(7200) and snap["cooldown_reason"].startswith("quota reset")

@@ -57,7 +57,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from providers.base import Account
 
-from tornado_proxy.accounts import oauth, terms
+from tornado_proxy.accounts import oauth, ratelimit, terms
+from tornado_proxy.accounts.ratelimit import parse_duration, parse_reset
 
 from tornado_proxy.observability import redact
 from tornado_proxy.accounts.file import AccountsFile, AccountsFileError, find, has_credential, mask
@@ -191,62 +192,6 @@ def parse_policy(conf: Mapping[str, Any] | None) -> Policy:
 
 
 # -- cooldown arithmetic (pure; wall_now passed in) --------------------------------
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float | None:
-    """Go-style durations as OpenAI sends them ("6m0s", "1.5s", "20ms", "1h2m"), or plain seconds."""
-    s = text.strip()
-    if not s:
-        return None
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    total, i, n = 0.0, 0, len(s)
-    while i < n:
-        j = i
-        while j < n and (s[j].isdigit() or s[j] == "."):
-            j += 1
-        if j == i:
-            return None
-        k = j
-        while k < n and not (s[k].isdigit() or s[k] == "."):
-            k += 1
-        unit = _UNITS.get(s[j:k])
-        if unit is None:
-            return None
-        try:
-            total += float(s[i:j]) * unit
-        except ValueError:
-            return None
-        i = k
-    return total
-
-
-def parse_reset(value: str, wall_now: float) -> float | None:
-    """Seconds until a reset header's moment: a duration, an RFC 3339 time or an epoch."""
-    v = value.strip()
-    if not v:
-        return None
-    if "T" in v and "-" in v:
-        try:
-            when = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        return max(0.0, when.timestamp() - wall_now)
-    d = parse_duration(v)
-    if d is None:
-        return None
-    if d > 1e12:            # epoch milliseconds (OpenRouter-style x-ratelimit-reset)
-        return max(0.0, d / 1000.0 - wall_now)
-    if d > 1e9:             # epoch seconds
-        return max(0.0, d - wall_now)
-    return max(0.0, d)
-
-
 def parse_retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
     """``retry-after-ms`` (OpenAI) or ``retry-after`` (delta seconds or HTTP date)."""
     ms = headers.get("retry-after-ms")
@@ -330,6 +275,9 @@ def cooldown_for(err: ProxyError, wall_now: float, pol: Policy, backoff_level: i
         ra = parse_retry_after(h, wall_now)
         if ra is not None:
             return ra, "retry-after"
+        q = ratelimit.read(h, lambda: wall_now)
+        if q is not None and q.spent is not None:
+            return q.spent, "quota reset"
         reset = reset_from_headers(h, wall_now)
         if reset is not None:
             return reset, "ratelimit reset"
@@ -366,9 +314,17 @@ def _health_out(st: AccountState, now: float, pol: Policy) -> float | None:
     return None
 
 
+# An account with no quota left still gets this share of its weight: its headroom is
+# only learnt from its own answers, and a window may have refilled meanwhile.
+HEADROOM_FLOOR = 0.1
+
+
 def _rescore(st: AccountState, pol: Policy) -> None:
     lat = st.latency
     f = 1.0 if lat is None else pol.latency_ref / (pol.latency_ref + lat)
+    room = st.headroom
+    if room is not None:
+        f *= HEADROOM_FLOOR + (1.0 - HEADROOM_FLOOR) * room
     st.score = st.weight * (st.ok + 1.0) / (st.n + 1.0) * f
 
 
@@ -975,6 +931,9 @@ class Scheduler:
     def _health(self, st: AccountState, pol: Policy, now: float, good: float) -> None:
         dt = now - st.t_last
         st.t_last = now
+        if st.headroom is not None and now >= st.headroom_until:
+            st.headroom = None  # the tightest window has refilled since
+            st.quota_used = {}
         d = 0.5 ** (dt / pol.half_life) if dt > 0 else 1.0
         st.ok = st.ok * d + good
         st.n = st.n * d + 1.0
@@ -1009,6 +968,15 @@ class Scheduler:
                     if delay is not None and delay > 0 and st.status is ACTIVE:
                         self._cool(st, pol, now, delay, "quota spent", "rate")
                     break
+            q = ratelimit.read(headers, self.wall_clock)  # a fixed set of look-ups
+            if q is not None:
+                st.quota_used = q.used
+                st.headroom = q.headroom
+                vf = q.valid_for
+                st.headroom_until = now + vf if vf is not None else math.inf
+                _rescore(st, pol)
+                if q.spent is not None and q.spent > 0 and st.status is ACTIVE:
+                    self._cool(st, pol, now, q.spent, "quota spent", "rate")
 
     def _recovered(self, st: AccountState) -> None:
         """An account out by our own judgement answered: it is back, on every replica."""
@@ -1297,6 +1265,7 @@ class Scheduler:
         if status is COOLING and now >= st.cooling_until:
             status = PROBING
         h = st.last_headers
+        fresh = now < st.headroom_until
         secret = st.account.api_key
         return {
             "provider": st.provider,
@@ -1328,6 +1297,8 @@ class Scheduler:
             "refresh": {"ok": st.refresh_ok, "failed": st.refresh_failed},
             "token_expires_in_s": (round(st.expires_at - wall, 1) if st.expires_at is not None else None),
             "quota_remaining": _quota(h, QUOTA_HEADERS),
+            "quota_used": {w: round(u, 4) for w, u in st.quota_used.items()} if fresh else {},
+            "headroom": round(st.headroom, 4) if fresh and st.headroom is not None else None,
             "quota_limit": _quota(h, QUOTA_LIMIT_HEADERS),
             "proxy": _mask_proxy(st.proxy),
         }

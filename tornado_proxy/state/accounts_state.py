@@ -57,6 +57,8 @@ class AccountState:
         # counters (read by snapshot() for the admin API and metrics)
         "outcomes", "latency_sum", "latency_count", "prompt_tokens", "completion_tokens",
         "refresh_ok", "refresh_failed", "last_headers",
+        # passive quota headers (accounts/ratelimit.py): this process's last reading
+        "quota_used", "headroom", "headroom_until",
         # OAuth
         "oauth", "refresh_token", "expires_at", "needs_refresh", "refreshing",
         # what the accounts file said last, so only *changes* in the file act on us
@@ -107,6 +109,9 @@ class AccountState:
         self.refresh_ok = 0
         self.refresh_failed = 0
         self.last_headers: dict[str, str] | None = None
+        self.quota_used: dict[str, float] = {}  # window -> spent fraction
+        self.headroom: float | None = None      # what the tightest window has left, 0..1
+        self.headroom_until = 0.0               # monotonic: when that window refills
         self.oauth: Any = None                # oauth.OAuthConfig for OAuth accounts
         self.refresh_token: str | None = None
         self.expires_at: float | None = None  # wall clock, unix seconds
