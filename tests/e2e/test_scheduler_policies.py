@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,6 +18,9 @@ import pytest
 from tests.e2e.harness import FakeUpstream, LoopThread, Recorded, Reply, fixture_bytes
 from tests.e2e.test_accounts_e2e import ADMIN, MSGS, accounts, admin, keys_seen
 from tests.state.conftest import RedisServer, need_redis
+from tests.unit.test_accounts_cli import ACCOUNTS
+from tests.unit.test_oauth import TokenServer
+from tornado_proxy.accounts.file import AccountsFile
 
 OK_BODY = fixture_bytes("openai/text.json")
 
@@ -236,3 +240,97 @@ def test_accounts_with_quota_headroom_get_more_of_the_traffic(harness: LoopThrea
     assert 'tornado_proxy_account_quota_headroom_ratio{account="busy",provider="anth"} 0.1' in text
     assert 'tornado_proxy_account_quota_used_ratio{account="idle",provider="anth",window="unified_5h"} 0.1' in text
     assert "test-key" not in text
+
+
+# -- 5. a spent refresh token ----------------------------------------------------------------------
+def oauth_gateway(harness: LoopThread, tmp_path: Path, token_url: str, up: FakeUpstream,
+                  refresh_token: str = "rt-0") -> tuple[Any, Path]:
+    path = tmp_path / "accounts.json"
+    AccountsFile(str(path)).upsert({"id": "o1", "provider": "up", "refresh_token": refresh_token,
+                                    "access_token": "at-initial", "expires_at": time.time() - 5})
+    prov = {"name": "up", "type": "openai", "base_url": up.url + "/v1", "accounts": [],
+            "timeouts": {"connect": 2, "first_byte": 5, "idle": 5},
+            "scheduler": {"oauth": {"token_url": token_url, "client_id": "client-1"}, "auth_reprobe_base": 0.1}}
+    cfg = {"server": {"admin_token": ADMIN}, "providers": [prov], "accounts_file": str(path),
+           "models": [{"id": "m", "provider": "up", "upstream_model": "gpt-4o-mini"}]}
+    return harness.gateway(cfg), path
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())["accounts"][0]  # type: ignore[no-any-return]
+
+
+def test_a_spent_refresh_token_says_re_authorise_everywhere(harness: LoopThread, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    srv = TokenServer(first_refresh="rt-7").start(harness)  # it rotated past the file's rt-0: the answer was lost
+    up = harness.upstream()
+    by_key(up, {"at-8": ok})
+    gw, path = oauth_gateway(harness, tmp_path, srv.url, up)
+    c = client(gw)
+    with pytest.raises(openai.APIStatusError):
+        c.chat.completions.create(model="m", messages=MSGS)
+    acc = accounts(gw)["o1"]
+    assert acc["state"] == "disabled" and acc["disabled_by"] == "refresh"
+    assert acc["disabled_reason"].startswith("refresh token was spent; re-authorise: token endpoint answered "
+                                             "400 invalid_grant")
+    # the status page and the CLI say so too
+    status_page = urllib.request.urlopen(urllib.request.Request(
+        gw.url + "/admin/", headers={"Authorization": f"Bearer {ADMIN}"})).read().decode()
+    assert "refresh token was spent; re-authorise" in status_page
+    monkeypatch.setenv("TORNADO_PROXY_ADMIN_TOKEN", ADMIN)
+    capsys.readouterr()
+    assert ACCOUNTS.main(["list", "--url", gw.url]) == 0
+    assert "refresh token was spent; re-authorise" in capsys.readouterr().out
+    assert eventually(lambda: file_entry(path).get("disabled_by") == "refresh")
+    # never re-probed nor rescued: a new login is the only way back
+    time.sleep(0.3)
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="m", messages=MSGS)
+    assert e.value.status_code == 503 and srv.calls == 1 and up.requests == []
+
+
+def test_the_rotated_refresh_token_is_on_disk_before_the_access_token_is_used(harness: LoopThread,
+                                                                             tmp_path: Path) -> None:
+    srv = TokenServer().start(harness)
+    up = harness.upstream()
+    on_disk: list[str] = []
+    path_box: list[Path] = []
+
+    def answer(rec: Recorded) -> Reply:
+        on_disk.append(file_entry(path_box[0])["refresh_token"])  # what a kill -9 now would leave
+        return ok()
+    up.handler = answer
+    gw, path = oauth_gateway(harness, tmp_path, srv.url, up)
+    path_box.append(path)
+    assert client(gw).chat.completions.create(model="m", messages=MSGS).choices
+    assert srv.calls == 1 and on_disk == ["rt-1"]
+
+
+@pytest.mark.allow_error_log  # the failed save is an error the operator must see
+def test_a_rotation_the_file_could_not_take_is_saved_on_the_next_request(harness: LoopThread,
+                                                                         tmp_path: Path) -> None:
+    tok = harness.upstream()
+    issued: list[str] = []
+    tmp_file = tmp_path / ".accounts.json.tmp"
+
+    def rotate(rec: Recorded) -> Reply:
+        # the disk fails just as the endpoint rotates: the temp file cannot be written
+        tmp_file.mkdir()
+        issued.append("rt-1")
+        return Reply.json({"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600})
+    tok.handler = rotate
+    up = harness.upstream()
+    by_key(up, {"at-1": ok})
+    gw, path = oauth_gateway(harness, tmp_path, tok.url + "/oauth/token", up)
+    c = client(gw)
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="m", messages=MSGS)
+    assert e.value.status_code == 502 and "could not save the rotated tokens" in e.value.message
+    assert up.requests == []  # the access token was not used before it was saved
+    tmp_file.rmdir()  # the disk is back
+    assert c.chat.completions.create(model="m", messages=MSGS).choices
+    assert len(tok.requests) == 1  # not refreshed again with the spent rt-0
+    assert keys_seen(up) == ["at-1"] and file_entry(path)["refresh_token"] == "rt-1"
+    assert accounts(gw)["o1"]["state"] == "active"
+

@@ -79,6 +79,8 @@ _OUTCOME = {Action.NONE: "client_error", Action.COOLDOWN: "rate_limited", Action
 # Words in a 401/403 message that mean the credential is gone for good, not mistyped
 # for a moment: such an account is disabled at once instead of after N failures.
 _REVOKED_WORDS = ("revoked", "deactivated", "suspended", "disabled", "invalid_grant")
+# What an account whose refresh token the token endpoint refuses as invalid_grant says.
+SPENT = "refresh token was spent; re-authorise"
 CREDENTIALS = ("key", "oauth", "client")
 
 # (remaining header, reset header) pairs, OpenAI-style then Anthropic-style.  The
@@ -1175,6 +1177,14 @@ class Scheduler:
                         f.save_tokens(st.id, theirs.get("access_token"), theirs["refresh_token"],
                                       theirs.get("expires_at"))
                         entry = {**entry, **theirs}
+                held = st.unsaved_tokens
+                if held is not None:
+                    # an earlier rotation could not be saved: its refresh token is the only
+                    # valid one, so it is saved before anything is refreshed with the old one
+                    f.save_tokens(st.id, held["access_token"], held["refresh_token"], held["expires_at"])
+                    st.unsaved_tokens = None
+                    entry = {**entry, **held}
+                    log.warning("account '%s': the rotated refresh token is saved now", st.id)
                 wall = self.wall_clock()
                 # Another process may have refreshed while we waited for the lock: its
                 # token is in the file, and its refresh token is the only valid one now.
@@ -1186,8 +1196,11 @@ class Scheduler:
                 except oauth.RefreshError as e:
                     st.refresh_failed += 1
                     if e.dead:
-                        self._set_disabled(st, _clip(f"refresh token rejected: {e.message}", 200),
-                                           persist=True, by="refresh")
+                        # invalid_grant for the refresh token we hold: it was used already (a
+                        # rotation whose answer was lost) or revoked; only a new login helps
+                        why = (f"{SPENT}: {e.message}" if e.code == "invalid_grant"
+                               else f"refresh token rejected: {e.message}")
+                        self._set_disabled(st, _clip(why, 200), persist=True, by="refresh")
                     # keep serving on the current token while it is still valid
                     if not e.dead and not st.needs_refresh and st.account.api_key \
                             and st.expires_at is not None and st.expires_at > self.wall_clock() + 5:
@@ -1204,16 +1217,25 @@ class Scheduler:
                     if theirs:
                         self._adopt_tokens(st, theirs)
                     return
-                # Saved at once, under the lock: a rotated refresh token exists nowhere else.
-                f.save_tokens(st.id, tokens.access_token, tokens.refresh_token, tokens.expires_at)
+                # Saved at once, under the lock, and fsynced before the access token is used:
+                # a rotated refresh token exists nowhere else.
+                try:
+                    f.save_tokens(st.id, tokens.access_token, tokens.refresh_token, tokens.expires_at)
+                except (AccountsFileError, OSError) as e:
+                    st.unsaved_tokens = saved  # not lost with this request: saved on the next
+                    redact.note(f"account:{key}:unsaved", (tokens.access_token, tokens.refresh_token))
+                    log.error("account '%s': could not save the rotated refresh token (%s); it is kept in "
+                              "memory and saved before the next refresh", st.id, redact.text(str(e)))
+                    raise ProxyError(ErrorKind.UPSTREAM_ERROR,
+                                     f"account '{st.id}': could not save the rotated tokens") from None
                 self._adopt_tokens(st, {"access_token": tokens.access_token,
                                         "refresh_token": tokens.refresh_token,
                                         "expires_at": tokens.expires_at})
                 st.refresh_ok += 1
                 log.info("account '%s': token refreshed", st.id)
-        except (AccountsFileError, LockTimeout) as e:
+        except (AccountsFileError, LockTimeout, OSError) as e:
             # not the request's fault: another account may serve it
-            raise ProxyError(ErrorKind.UPSTREAM_ERROR, f"account '{st.id}': {e}") from None
+            raise ProxyError(ErrorKind.UPSTREAM_ERROR, f"account '{st.id}': {redact.text(str(e))}") from None
 
     # -- admin -----------------------------------------------------------------------------
     def _find(self, account_id: str) -> AccountState:

@@ -60,7 +60,7 @@ class AccountState:
         # passive quota headers (accounts/ratelimit.py): this process's last reading
         "quota_used", "headroom", "headroom_until",
         # OAuth
-        "oauth", "refresh_token", "expires_at", "needs_refresh", "refreshing",
+        "oauth", "refresh_token", "expires_at", "needs_refresh", "refreshing", "unsaved_tokens",
         # what the accounts file said last, so only *changes* in the file act on us
         "file_disabled", "file_token", "file_pending",
     )
@@ -117,6 +117,7 @@ class AccountState:
         self.expires_at: float | None = None  # wall clock, unix seconds
         self.needs_refresh = False
         self.refreshing: Any = None           # asyncio.Future while a refresh runs
+        self.unsaved_tokens: dict[str, Any] | None = None  # a rotation the file could not take yet
         self.file_disabled: bool | None = None
         self.file_token: str | None = None
         self.file_pending = 0                 # our own writes of this account not yet on disk
