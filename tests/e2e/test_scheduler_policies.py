@@ -334,3 +334,60 @@ def test_a_rotation_the_file_could_not_take_is_saved_on_the_next_request(harness
     assert keys_seen(up) == ["at-1"] and file_entry(path)["refresh_token"] == "rt-1"
     assert accounts(gw)["o1"]["state"] == "active"
 
+
+
+# -- 6. prompt_cache_key pins -----------------------------------------------------------------------
+def stored_bytes(state: dict[str, Any]) -> bytes:
+    """Everything the shared store holds, raw: the SQLite files, or every value under the prefix."""
+    if state["store"] == "local":
+        return b"".join(p.read_bytes() for p in Path(state["path"]).glob("state.db*"))
+    import redis
+
+    r = redis.Redis.from_url(state["url"])
+    out = []
+    for k in r.scan_iter(match=state["prefix"] + "*"):
+        t = r.type(k)
+        out.append(k)
+        if t == b"string":
+            out.append(r.get(k) or b"")
+        elif t == b"hash":
+            out.extend(b"%s=%s" % kv for kv in r.hgetall(k).items())
+    r.close()
+    return b"\n".join(out)
+
+
+def test_prompt_cache_key_pins_a_conversation_on_every_replica(harness: LoopThread, shared: dict[str, Any]) -> None:
+    up = harness.upstream()
+    by_key(up, {f"test-key-a{i}": ok for i in (1, 2, 3)})
+    keys = {f"a{i}": f"test-key-a{i}" for i in (1, 2, 3)}
+    gw = openai_gateway(harness, up, keys, state=shared)
+    other = openai_gateway(harness, up, keys, state=shared)
+    c, c2 = client(gw), client(other)
+    secret = "conv-7f3a-tenant-secret"
+    for _ in range(2):  # move gw's rotation along, so that its pick differs from the replica's first
+        c.chat.completions.create(model="m", messages=MSGS)
+    c.chat.completions.create(model="m", messages=MSGS, extra_body={"prompt_cache_key": secret})
+    pinned = keys_seen(up)[-1]
+    assert pinned == "test-key-a3"
+    time.sleep(1.0)  # published within a second
+    n0 = len(up.requests)
+    for i in range(6):  # chat and Responses, on both replicas
+        cl = (c, c2)[i % 2]
+        if i % 3 == 2:
+            cl.responses.create(model="m", input="and now?", store=False, extra_body={"prompt_cache_key": secret})
+        else:
+            cl.chat.completions.create(model="m", messages=MSGS, extra_body={"prompt_cache_key": secret})
+    assert keys_seen(up)[n0:] == [pinned] * 6
+    # its account goes away: the conversation moves, and the new pin holds everywhere
+    admin(gw, "POST", "/admin/accounts/a3/disable")
+    time.sleep(1.0)
+    c2.chat.completions.create(model="m", messages=MSGS, extra_body={"prompt_cache_key": secret})
+    moved = keys_seen(up)[-1]
+    assert moved != pinned
+    time.sleep(1.0)
+    n1 = len(up.requests)
+    for i in range(4):
+        (c, c2)[i % 2].chat.completions.create(model="m", messages=MSGS, extra_body={"prompt_cache_key": secret})
+    assert set(keys_seen(up)[n1:]) == {moved}
+    # the key is client data: only its digest reaches the store
+    assert secret.encode() not in stored_bytes(shared)

@@ -373,3 +373,37 @@ def test_a_429_with_unified_headers_cools_until_the_window_resets():
     fail(sched, "a", from_status(429, "rate limited", headers=UNIFIED_REJECTED))
     snap = state(sched, "a")
     assert snap["cooldown_s"] == pytest.approx(7200) and snap["cooldown_reason"].startswith("quota reset")
+
+
+# -- 6. prompt_cache_key pins ----------------------------------------------------------------------
+def keyed(sched, key, headers=None):
+    lease = sched.acquire("p", headers=headers, cache_key=key)
+    lease.release()
+    return lease.account.id
+
+
+def test_a_prompt_cache_key_keeps_a_conversation_on_one_account():
+    sched, clock = make(keys("a", "b", "c"))
+    first = keyed(sched, "conv-1")
+    assert {keyed(sched, "conv-1") for _ in range(6)} == {first}
+    assert len({keyed(sched, f"conv-{i}") for i in range(2, 8)}) == 3  # other conversations spread
+    clock.advance(3601)  # session_ttl after its last use: the pin is gone
+    assert {keyed(sched, "conv-1") for _ in range(3)} <= {"a", "b", "c"}
+
+
+def test_a_pin_to_an_unusable_account_falls_through_and_re_pins():
+    sched, clock = make(keys("a", "b", "c"))
+    first = keyed(sched, "conv-1")
+    sched.disable(first)
+    moved = keyed(sched, "conv-1")
+    assert moved != first
+    sched.enable(first)
+    assert {keyed(sched, "conv-1") for _ in range(4)} == {moved}
+
+
+def test_the_session_header_wins_and_the_key_pins_can_be_turned_off():
+    sched, clock = make(keys("a", "b", "c"), {"session_header": "x-session-id"})
+    by_header = keyed(sched, "conv-1", {"x-session-id": "s1"})
+    assert {keyed(sched, f"conv-{i}", {"x-session-id": "s1"}) for i in range(5)} == {by_header}
+    sched, clock = make(keys("a", "b", "c"), {"sticky_prompt_cache_key": False})
+    assert len({keyed(sched, "conv-1") for _ in range(3)}) == 3

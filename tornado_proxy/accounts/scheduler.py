@@ -6,7 +6,8 @@ Interface used by the core (kept stable; internals may be replaced):
     lease = sched.acquire(provider_name, headers=client_headers, exclude=tried_ids)
         -> Lease, or raises ProxyError(NO_ACCOUNT, retry_after=...) when none is usable.
         ``headers`` are the client's request headers (lower-case names): the scheduler
-        reads pinning (x-auth-id), stickiness and pass-through credentials from them.
+        reads pinning (x-auth-id), stickiness and pass-through credentials from them;
+        ``cache_key=`` (optional) is the request's ``prompt_cache_key``, a stickiness key too.
     sched.policy(provider_name)    # .max_tries, .max_seconds: the failover budget
     lease.proxy                    # outbound proxy URL for this request, or None
     await lease.prepare()          # refresh OAuth tokens if needed (no-op for keys)
@@ -133,6 +134,7 @@ class Policy:
     strict_pin_header: str = "x-auth-strict"
     session_header: str | None = None   # e.g. "x-session-id": stickiness for prompt caches
     session_ttl: float = 3600.0
+    sticky_prompt_cache_key: bool = True  # a request's prompt_cache_key pins it as the header does
     credential_order: tuple[tuple[str, ...], ...] = (("key",), ("oauth",), ("client",))
     allow_client_auth: bool = False
     client_auth_header: str = "authorization"
@@ -165,8 +167,9 @@ def parse_policy(conf: Mapping[str, Any] | None) -> Policy:
             kw[name] = float(c.pop(name))
             if kw[name] <= 0:
                 raise ValueError(f"scheduler.{name} must be positive")
-    if "allow_client_auth" in c:
-        kw["allow_client_auth"] = bool(c.pop("allow_client_auth"))
+    for name in ("allow_client_auth", "sticky_prompt_cache_key"):
+        if name in c:
+            kw[name] = bool(c.pop(name))
     if "proxies" in c:
         kw["proxies"] = tuple(str(p) for p in c.pop("proxies"))
     if "credential_order" in c:
@@ -300,6 +303,12 @@ def proxy_for_id(account_id: str, proxies: tuple[str, ...]) -> str:
     (Python's ``hash()`` is salted per process, so it would not do)."""
     h = int.from_bytes(hashlib.sha256(account_id.encode("utf-8")).digest()[:8], "big")
     return proxies[h % len(proxies)]
+
+
+def _session_id(kind: str, value: str) -> str:
+    """What a pin is kept under: a digest, as the session value (a header, a request's
+    prompt_cache_key) is client data that must not sit in the shared store."""
+    return hashlib.sha256(f"{kind}\0{value}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def _health_out(st: AccountState, now: float, pol: Policy) -> float | None:
@@ -720,7 +729,7 @@ class Scheduler:
         return pool.policy if pool is not None else _DEFAULT_POLICY
 
     def acquire(self, provider: str, *, headers: Mapping[str, str] | None = None,
-                exclude: Iterable[str] = ()) -> Lease:
+                exclude: Iterable[str] = (), cache_key: str | None = None) -> Lease:
         pool = self._pools.get(provider)
         if pool is None:
             raise ProxyError(ErrorKind.NO_ACCOUNT, f"provider '{provider}' has no accounts")
@@ -745,6 +754,10 @@ class Scheduler:
                     return self._rescue_lease(pool, st)
                 raise self._none_left(pool, now, exclude, only=st)
         session = h.get(pol.session_header) if pol.session_header is not None else None
+        if session:
+            session = _session_id("h", session)
+        elif cache_key and pol.sticky_prompt_cache_key:
+            session = _session_id("k", cache_key)
         if session:
             aid = self.store.session_get(provider, session, now)
             st2 = pool.by_id.get(aid) if aid is not None else None

@@ -155,7 +155,7 @@ class RedisBackend(Backend):
                         continue
                     try:
                         d = jsonutil.loads(msg["data"])
-                        if "a" in d:
+                        if "r" in d:  # (a pin has an "a" too: its account)
                             on_account(d["a"], d["r"])
                         elif "p" in d:
                             on_pin(d["p"], d["s"], d["a"], float(d["u"]))
