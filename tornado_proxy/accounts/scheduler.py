@@ -883,8 +883,9 @@ class Scheduler:
         st.inflight += 1
         lease = Lease(self, pool.name, st.account, st, False, self._proxy(pool, st))
         lease.rescue = True
-        log.info("account '%s' serves although it is %s: every account of '%s' is out by health judgement",
-                 st.id, st.status.value, pool.name)
+        # (debug: in an outage this is every request; the account's state says it already)
+        log.debug("account '%s' serves although it is %s: every account of '%s' is out by health judgement",
+                  st.id, st.status.value, pool.name)
         return lease
 
     def _client_lease(self, pool: _Pool, h: Mapping[str, str], exclude: Any) -> Lease | None:
