@@ -407,3 +407,16 @@ def test_the_session_header_wins_and_the_key_pins_can_be_turned_off():
     assert {keyed(sched, f"conv-{i}", {"x-session-id": "s1"}) for i in range(5)} == {by_header}
     sched, clock = make(keys("a", "b", "c"), {"sticky_prompt_cache_key": False})
     assert len({keyed(sched, "conv-1") for _ in range(3)}) == 3
+
+
+def test_a_rescue_that_succeeds_after_a_429_elsewhere_leaves_the_rate_limit_standing():
+    sched, clock = make(keys("a"), {"errors_before_cooldown": 1})
+    fail(sched, "a", UNREACHABLE)
+    rescue = sched.acquire("p")
+    other = sched.acquire("p")            # a second rescue, at the same time...
+    other.failure(err429(retry_after=90))  # ...gets a 429: the account is rate limited now
+    other.release()
+    rescue.success(0.1, {})
+    rescue.release()
+    snap = state(sched, "a")
+    assert (snap["state"], snap["cooldown_kind"]) == ("cooling", "rate") and snap["cooldown_s"] > 89

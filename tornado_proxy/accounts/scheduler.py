@@ -1000,6 +1000,8 @@ class Scheduler:
             if st.disabled_by == "auth":
                 self._set_enabled(st, persist=True, transition="recovered")
             return
+        if st.cooling_kind == "rate":
+            return  # a 429 came in meanwhile (another request): the upstream's word stands
         st.status = ACTIVE
         st.probe_inflight = False
         st.backoff_level = 0
