@@ -118,9 +118,9 @@ def test_all_accounts_cooling_gives_the_client_a_retry_after(harness: LoopThread
         c.chat.completions.create(model="m", messages=MSGS)
     assert e.value.response.headers["retry-after"] == "20"
     assert len(up.requests) == 2
-    with pytest.raises(openai.APIStatusError) as e2:  # nothing left to try: no upstream call at all
+    with pytest.raises(openai.RateLimitError) as e2:  # nothing left to try: no upstream call at all
         c.chat.completions.create(model="m", messages=MSGS)
-    assert e2.value.status_code == 503 and e2.value.code == "no_usable_account"
+    assert e2.value.status_code == 429 and e2.value.code == "rate_limit_exceeded"
     assert 18 <= int(e2.value.response.headers["retry-after"]) <= 20
     assert len(up.requests) == 2
 

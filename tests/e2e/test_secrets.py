@@ -104,7 +104,7 @@ def test_a_rejected_refresh_token_is_masked_in_logs_admin_file_and_cli(
     assert "invalid_grant" in out
     assert_clean(out, RT, AT, CS)
 
-    assert "refresh token rejected" in caplog.text
+    assert "refresh token was spent; re-authorise" in caplog.text
     assert_clean(caplog.text, RT, AT, CS, ADMIN)
 
 

@@ -217,7 +217,7 @@ def test_single_account_probing_is_not_reused_concurrently():
     fail(sched, "a", err429(retry_after=5))
     with pytest.raises(ProxyError) as e:
         sched.acquire("p")
-    assert e.value.kind is ErrorKind.NO_ACCOUNT and e.value.retry_after == 5
+    assert e.value.kind is ErrorKind.RATE_LIMITED and e.value.retry_after == 5
     clock.advance(5)
     probe = sched.acquire("p")
     with pytest.raises(ProxyError) as e:

@@ -268,7 +268,7 @@ class AccountsFile:
         self.modify(fn)
 
     def set_disabled(self, account_id: str, provider: str, disabled: bool, reason: str | None = None,
-                     at: float | None = None) -> None:
+                     at: float | None = None, by: str | None = None) -> None:
         """Record a disable or enable; creates a state overlay for a config-file account."""
         def fn(doc: dict[str, Any]) -> None:
             cur = find(doc, account_id)
@@ -281,9 +281,14 @@ class AccountsFile:
             if disabled:
                 cur["disabled_reason"] = reason or "disabled"
                 cur["disabled_at"] = at if at is not None else time.time()
+                if by:  # who: an automatic disable (the 401/403 counter) is re-probed, an operator's never
+                    cur["disabled_by"] = by
+                else:
+                    cur.pop("disabled_by", None)
             else:
                 cur.pop("disabled_reason", None)
                 cur.pop("disabled_at", None)
+                cur.pop("disabled_by", None)
         self.modify(fn)
 
     def save_tokens(self, account_id: str, access_token: str, refresh_token: str, expires_at: float) -> None:

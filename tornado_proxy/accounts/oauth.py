@@ -77,11 +77,13 @@ class TokenSet:
 class RefreshError(Exception):
     """A refresh failed.  ``dead`` means the refresh token was rejected for good."""
 
-    def __init__(self, message: str, *, dead: bool = False, status: int | None = None) -> None:
+    def __init__(self, message: str, *, dead: bool = False, status: int | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.dead = dead
         self.status = status
+        self.code = code  # the OAuth error code (RFC 6749 section 5.2), e.g. "invalid_grant"
 
 
 def build_request(conf: OAuthConfig, refresh_token: str) -> tuple[dict[str, str], bytes]:
@@ -139,7 +141,7 @@ def parse_response(conf: OAuthConfig, status: int, body: bytes, old_refresh_toke
         code = redact.scrub_with(code, (old_refresh_token, conf.client_secret))
         msg = f"token endpoint answered {status}" + (f" {code}" if code else "") + (f": {desc[:200]}" if desc else "")
         dead = code in _DEAD_GRANT_CODES or (status in (400, 401) and not code)
-        raise RefreshError(msg, dead=dead, status=status)
+        raise RefreshError(msg, dead=dead, status=status, code=code or None)
     if not isinstance(obj, dict) or not isinstance(obj.get("access_token"), str) or not obj["access_token"]:
         raise RefreshError(f"token endpoint answered {status} without an access_token", status=status)
     access = obj["access_token"]

@@ -6,7 +6,8 @@ Interface used by the core (kept stable; internals may be replaced):
     lease = sched.acquire(provider_name, headers=client_headers, exclude=tried_ids)
         -> Lease, or raises ProxyError(NO_ACCOUNT, retry_after=...) when none is usable.
         ``headers`` are the client's request headers (lower-case names): the scheduler
-        reads pinning (x-auth-id), stickiness and pass-through credentials from them.
+        reads pinning (x-auth-id), stickiness and pass-through credentials from them;
+        ``cache_key=`` (optional) is the request's ``prompt_cache_key``, a stickiness key too.
     sched.policy(provider_name)    # .max_tries, .max_seconds: the failover budget
     lease.proxy                    # outbound proxy URL for this request, or None
     await lease.prepare()          # refresh OAuth tokens if needed (no-op for keys)
@@ -47,6 +48,7 @@ import datetime
 import email.utils
 import hashlib
 import logging
+import math
 import os
 import signal
 import time
@@ -56,12 +58,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 from providers.base import Account
 
-from tornado_proxy.accounts import oauth, terms
+from tornado_proxy.accounts import oauth, ratelimit, terms
+from tornado_proxy.accounts.ratelimit import parse_duration, parse_reset
 
 from tornado_proxy.observability import redact
 from tornado_proxy.accounts.file import AccountsFile, AccountsFileError, find, has_credential, mask
 from tornado_proxy.errors import Action, ErrorKind, ProxyError
-from tornado_proxy.state.accounts_state import AccountState, MemoryStateStore, StateStore, Status
+from tornado_proxy.state.accounts_state import DISABLED_BY, AccountState, MemoryStateStore, StateStore, Status
 from tornado_proxy.state.store import LockTimeout
 
 log = logging.getLogger("tornado_proxy.accounts.scheduler")
@@ -77,6 +80,8 @@ _OUTCOME = {Action.NONE: "client_error", Action.COOLDOWN: "rate_limited", Action
 # Words in a 401/403 message that mean the credential is gone for good, not mistyped
 # for a moment: such an account is disabled at once instead of after N failures.
 _REVOKED_WORDS = ("revoked", "deactivated", "suspended", "disabled", "invalid_grant")
+# What an account whose refresh token the token endpoint refuses as invalid_grant says.
+SPENT = "refresh token was spent; re-authorise"
 CREDENTIALS = ("key", "oauth", "client")
 
 # (remaining header, reset header) pairs, OpenAI-style then Anthropic-style.  The
@@ -116,6 +121,8 @@ class Policy:
     max_seconds: float = 60.0           # total time for those tries
     disable_after: int = 3              # 401/403 failures within disable_window -> disabled
     disable_window: float = 600.0
+    auth_reprobe_base: float = 60.0     # such an account is re-probed after this, doubling...
+    auth_reprobe_max: float = 3600.0    # ...up to this, until a probe passes
     errors_before_cooldown: int = 3     # consecutive transport/5xx errors before a cooldown
     backoff_base: float = 1.0           # cooldown when the upstream says nothing: base x 2^n
     backoff_max: float = 600.0
@@ -127,6 +134,7 @@ class Policy:
     strict_pin_header: str = "x-auth-strict"
     session_header: str | None = None   # e.g. "x-session-id": stickiness for prompt caches
     session_ttl: float = 3600.0
+    sticky_prompt_cache_key: bool = True  # a request's prompt_cache_key pins it as the header does
     credential_order: tuple[tuple[str, ...], ...] = (("key",), ("oauth",), ("client",))
     allow_client_auth: bool = False
     client_auth_header: str = "authorization"
@@ -154,13 +162,14 @@ def parse_policy(conf: Mapping[str, Any] | None) -> Policy:
             if kw[name] < 1:
                 raise ValueError(f"scheduler.{name} must be at least 1")
     for name in ("max_seconds", "disable_window", "backoff_base", "backoff_max", "cooldown_max",
-                 "half_life", "latency_ref", "session_ttl"):
+                 "half_life", "latency_ref", "session_ttl", "auth_reprobe_base", "auth_reprobe_max"):
         if name in c:
             kw[name] = float(c.pop(name))
             if kw[name] <= 0:
                 raise ValueError(f"scheduler.{name} must be positive")
-    if "allow_client_auth" in c:
-        kw["allow_client_auth"] = bool(c.pop("allow_client_auth"))
+    for name in ("allow_client_auth", "sticky_prompt_cache_key"):
+        if name in c:
+            kw[name] = bool(c.pop(name))
     if "proxies" in c:
         kw["proxies"] = tuple(str(p) for p in c.pop("proxies"))
     if "credential_order" in c:
@@ -188,62 +197,6 @@ def parse_policy(conf: Mapping[str, Any] | None) -> Policy:
 
 
 # -- cooldown arithmetic (pure; wall_now passed in) --------------------------------
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float | None:
-    """Go-style durations as OpenAI sends them ("6m0s", "1.5s", "20ms", "1h2m"), or plain seconds."""
-    s = text.strip()
-    if not s:
-        return None
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    total, i, n = 0.0, 0, len(s)
-    while i < n:
-        j = i
-        while j < n and (s[j].isdigit() or s[j] == "."):
-            j += 1
-        if j == i:
-            return None
-        k = j
-        while k < n and not (s[k].isdigit() or s[k] == "."):
-            k += 1
-        unit = _UNITS.get(s[j:k])
-        if unit is None:
-            return None
-        try:
-            total += float(s[i:j]) * unit
-        except ValueError:
-            return None
-        i = k
-    return total
-
-
-def parse_reset(value: str, wall_now: float) -> float | None:
-    """Seconds until a reset header's moment: a duration, an RFC 3339 time or an epoch."""
-    v = value.strip()
-    if not v:
-        return None
-    if "T" in v and "-" in v:
-        try:
-            when = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        return max(0.0, when.timestamp() - wall_now)
-    d = parse_duration(v)
-    if d is None:
-        return None
-    if d > 1e12:            # epoch milliseconds (OpenRouter-style x-ratelimit-reset)
-        return max(0.0, d / 1000.0 - wall_now)
-    if d > 1e9:             # epoch seconds
-        return max(0.0, d - wall_now)
-    return max(0.0, d)
-
-
 def parse_retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
     """``retry-after-ms`` (OpenAI) or ``retry-after`` (delta seconds or HTTP date)."""
     ms = headers.get("retry-after-ms")
@@ -327,6 +280,9 @@ def cooldown_for(err: ProxyError, wall_now: float, pol: Policy, backoff_level: i
         ra = parse_retry_after(h, wall_now)
         if ra is not None:
             return ra, "retry-after"
+        q = ratelimit.read(h, lambda: wall_now)
+        if q is not None and q.spent is not None:
+            return q.spent, "quota reset"
         reset = reset_from_headers(h, wall_now)
         if reset is not None:
             return reset, "ratelimit reset"
@@ -337,6 +293,11 @@ def backoff(pol: Policy, level: int) -> float:
     return min(pol.backoff_max, pol.backoff_base * (2.0 ** min(level, 40)))
 
 
+def reprobe_wait(pol: Policy, level: int) -> float:
+    """How long an account the 401/403 counter disabled waits before re-probe ``level`` + 1."""
+    return min(pol.auth_reprobe_max, pol.auth_reprobe_base * (2.0 ** min(level, 40)))
+
+
 def proxy_for_id(account_id: str, proxies: tuple[str, ...]) -> str:
     """The proxy bound to an account: a hash of its id, so the same across restarts and processes
     (Python's ``hash()`` is salted per process, so it would not do)."""
@@ -344,9 +305,37 @@ def proxy_for_id(account_id: str, proxies: tuple[str, ...]) -> str:
     return proxies[h % len(proxies)]
 
 
+def _session_id(kind: str, value: str) -> str:
+    """What a pin is kept under: a digest, as the session value (a header, a request's
+    prompt_cache_key) is client data that must not sit in the shared store."""
+    return hashlib.sha256(f"{kind}\0{value}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _health_out(st: AccountState, now: float, pol: Policy) -> float | None:
+    """When an account that is out only by the gateway's own health judgement comes back
+    (error backoff, an overload, the 401/403 counter); None for any other account.  A
+    rate limit is the upstream's word and an operator's or a 402's disable is final."""
+    s = st.status
+    if s is COOLING or s is PROBING:
+        if st.cooling_kind != "health":
+            return None
+        return st.cooling_until if s is COOLING else now  # (probing: its probe is out)
+    if s is DISABLED and st.disabled_by == "auth":
+        return max(now, st.reprobe_at)
+    return None
+
+
+# An account with no quota left still gets this share of its weight: its headroom is
+# only learnt from its own answers, and a window may have refilled meanwhile.
+HEADROOM_FLOOR = 0.1
+
+
 def _rescore(st: AccountState, pol: Policy) -> None:
     lat = st.latency
     f = 1.0 if lat is None else pol.latency_ref / (pol.latency_ref + lat)
+    room = st.headroom
+    if room is not None:
+        f *= HEADROOM_FLOOR + (1.0 - HEADROOM_FLOOR) * room
     st.score = st.weight * (st.ok + 1.0) / (st.n + 1.0) * f
 
 
@@ -360,7 +349,8 @@ def _clip(text: str, n: int = 300) -> str:
 class Lease:
     """One request's use of one account."""
 
-    __slots__ = ("sched", "provider", "account", "proxy", "state", "probe", "_done", "_succeeded", "_failed")
+    __slots__ = ("sched", "provider", "account", "proxy", "state", "probe", "rescue", "_done", "_succeeded",
+                 "_failed")
 
     def __init__(self, sched: "Scheduler", provider: str, account: Account, state: AccountState | None,
                  probe: bool, proxy: str | None) -> None:
@@ -369,6 +359,7 @@ class Lease:
         self.account = account
         self.state = state      # None for the client's own credential (not tracked)
         self.probe = probe      # this request is the half-open probe of its account
+        self.rescue = False     # the account is out by health judgement, and the only one left
         self.proxy = proxy
         self._done = False
         self._succeeded = False
@@ -418,6 +409,11 @@ class Lease:
         if self.probe and st.status is PROBING and st.probe_inflight and not (self._succeeded or self._failed):
             # the probe ended without a verdict (client gone): let the next request probe
             st.probe_inflight = False
+        elif self.probe and st.status is DISABLED and st.probe_inflight and not (self._succeeded or self._failed):
+            # a re-probe without a verdict: the next request re-probes, at the same wait
+            st.probe_inflight = False
+            st.reprobe_level = max(0, st.reprobe_level - 1)
+            st.reprobe_at = self.sched.clock()
 
 
 # -- the scheduler -------------------------------------------------------------------
@@ -452,7 +448,7 @@ class _Pool:
 # Entry fields the scheduler keeps to itself (secrets, OAuth, state); the rest reaches
 # the provider as ``Account.extra`` (region, headers, aws keys...).
 _NOT_EXTRA = frozenset({"id", "weight", "api_key", "api_key_env", "refresh_token", "access_token", "expires_at",
-                        "disabled", "disabled_reason", "disabled_at", "provider", "enabled", "token_url",
+                        "disabled", "disabled_reason", "disabled_at", "disabled_by", "provider", "enabled", "token_url",
                         "client_id", "client_secret", "token_format", "scope", "added_at"})
 _OAUTH_FIELDS = (("token_url", "token_url"), ("client_id", "client_id"), ("token_format", "format"),
                  ("scope", "scope"), ("client_secret", "client_secret"))
@@ -560,9 +556,10 @@ class Scheduler:
         self._update(pool, st, entry)
         if kind == "oauth" and st.oauth is None:
             self._set_disabled(st, f"no token endpoint: provider '{pool.name}' has no scheduler.oauth "
-                               "and the account no token_url/client_id", persist=False, transition="config")
+                               "and the account no token_url/client_id", persist=False, transition="config",
+                               by="config")
         if entry.get("enabled") is False:
-            self._set_disabled(st, "enabled: false in the config", persist=False, transition="config")
+            self._set_disabled(st, "enabled: false in the config", persist=False, transition="config", by="config")
         pool.states.append(st)
         return st
 
@@ -580,7 +577,7 @@ class Scheduler:
                 key = os.environ.get(env)
                 if not key and entry.get("aws_access_key_id") is None:
                     self._set_disabled(st, f"environment variable {env} is not set", persist=False,
-                                       transition="config")
+                                       transition="config", by="config")
             a.api_key = key
         else:
             st.oauth = _oauth_for(pool.policy.oauth, entry)
@@ -589,7 +586,7 @@ class Scheduler:
         if verdict is not None:
             self._warn(f"terms:{st.id}", "%s", verdict[1])
             if verdict[0] and st.disabled_reason != terms.REASON:
-                self._set_disabled(st, terms.REASON, persist=False)
+                self._set_disabled(st, terms.REASON, persist=False, by="terms")
         own = entry.get("proxy")
         pol = pool.policy
         st.proxy = own if own else (proxy_for_id(st.id, pol.proxies) if pol.proxies and pol.proxy_mode == "hash"
@@ -691,8 +688,9 @@ class Scheduler:
         if prev == disabled:
             return
         if disabled and st.status is not DISABLED:
+            by = e.get("disabled_by")
             self._set_disabled(st, str(e.get("disabled_reason") or "disabled in the accounts file"),
-                               persist=False, at=e.get("disabled_at"))
+                               persist=False, at=e.get("disabled_at"), by=by if by in DISABLED_BY else "operator")
         elif not disabled and prev and st.status is DISABLED:
             self._set_enabled(st, persist=False)
 
@@ -702,7 +700,7 @@ class Scheduler:
         if f is None:
             return
         disabled = st.status is DISABLED
-        args = (st.id, st.provider, disabled, st.disabled_reason, st.disabled_at)
+        args = (st.id, st.provider, disabled, st.disabled_reason, st.disabled_at, st.disabled_by)
 
         def write() -> None:
             try:
@@ -731,7 +729,7 @@ class Scheduler:
         return pool.policy if pool is not None else _DEFAULT_POLICY
 
     def acquire(self, provider: str, *, headers: Mapping[str, str] | None = None,
-                exclude: Iterable[str] = ()) -> Lease:
+                exclude: Iterable[str] = (), cache_key: str | None = None) -> Lease:
         pool = self._pools.get(provider)
         if pool is None:
             raise ProxyError(ErrorKind.NO_ACCOUNT, f"provider '{provider}' has no accounts")
@@ -752,8 +750,14 @@ class Scheduler:
             if st.id not in exclude and self._available(st, now):
                 return self._lease(pool, st)
             if h.get(pol.strict_pin_header, "").lower() in _TRUE:
+                if st.id not in exclude and _health_out(st, now, pol) is not None:
+                    return self._rescue_lease(pool, st)
                 raise self._none_left(pool, now, exclude, only=st)
         session = h.get(pol.session_header) if pol.session_header is not None else None
+        if session:
+            session = _session_id("h", session)
+        elif cache_key and pol.sticky_prompt_cache_key:
+            session = _session_id("k", cache_key)
         if session:
             aid = self.store.session_get(provider, session, now)
             st2 = pool.by_id.get(aid) if aid is not None else None
@@ -774,6 +778,11 @@ class Scheduler:
                 return self._lease(pool, st3)
         if pool.states and all(st.disabled_reason == terms.REASON for st in pool.states):
             raise terms.refused_accounts(provider)
+        st4 = self._soonest(pool, now, exclude)
+        if st4 is not None:
+            if session:
+                self.store.session_set(provider, session, st4.id, now + pol.session_ttl)
+            return self._rescue_lease(pool, st4)
         raise self._none_left(pool, now, exclude)
 
     def _available(self, st: AccountState, now: float) -> bool:
@@ -788,7 +797,8 @@ class Scheduler:
             return True
         if s is PROBING:
             return not st.probe_inflight
-        return False
+        # disabled by the 401/403 counter: its re-probe is due (an auth outage may be over)
+        return st.disabled_by == "auth" and now >= st.reprobe_at and not st.probe_inflight
 
     def _pick_weighted(self, tier: list[AccountState], now: float, exclude: Any) -> AccountState | None:
         # smooth weighted round robin over score / (1 + in-flight)
@@ -834,11 +844,49 @@ class Scheduler:
 
     def _lease(self, pool: _Pool, st: AccountState) -> Lease:
         st.inflight += 1
-        probe = st.status is PROBING
+        probe = st.status is PROBING or st.status is DISABLED  # (disabled: a due re-probe)
         if probe:
             st.probe_inflight = True
+            if st.status is DISABLED:
+                # claimed: should this one fail, the next waits twice as long, and every
+                # replica hears of the new time instead of probing too
+                now = self.clock()
+                st.reprobe_at = now + reprobe_wait(pool.policy, st.reprobe_level + 1)
+                st.reprobe_level += 1
+                log.info("account '%s' (disabled by auth failures) is re-probed", st.id)
             self.store.publish(f"{pool.name}/{st.id}", st)
         return Lease(self, pool.name, st.account, st, probe, self._proxy(pool, st))
+
+    def _soonest(self, pool: _Pool, now: float, exclude: Any) -> AccountState | None:
+        """Nothing is usable: of the accounts out only by our own health judgement, the one
+        that comes back first (in credential priority order).  A provider whose every
+        account errored for a while is better served by trying one than by a 503: the
+        upstream, not our memory of it, says whether it is back.  (Only when nothing
+        else is left, so it costs nothing on the hot path.)"""
+        pol = pool.policy
+        for tier in pool.tiers:
+            if tier is None:
+                continue
+            best: AccountState | None = None
+            best_t = 0.0
+            for st in tier:
+                if st.id in exclude:
+                    continue
+                t = _health_out(st, now, pol)
+                if t is not None and (best is None or t < best_t):
+                    best, best_t = st, t
+            if best is not None:
+                return best
+        return None
+
+    def _rescue_lease(self, pool: _Pool, st: AccountState) -> Lease:
+        st.inflight += 1
+        lease = Lease(self, pool.name, st.account, st, False, self._proxy(pool, st))
+        lease.rescue = True
+        # (debug: in an outage this is every request; the account's state says it already)
+        log.debug("account '%s' serves although it is %s: every account of '%s' is out by health judgement",
+                  st.id, st.status.value, pool.name)
+        return lease
 
     def _client_lease(self, pool: _Pool, h: Mapping[str, str], exclude: Any) -> Lease | None:
         if "client" in exclude:
@@ -855,6 +903,10 @@ class Scheduler:
         return Lease(self, pool.name, account, None, False, self._proxy(pool, None))
 
     def _none_left(self, pool: _Pool, now: float, exclude: Any, only: AccountState | None = None) -> ProxyError:
+        if only is None:
+            limited = self._pool_rate_limited(pool, now)
+            if limited is not None:
+                return limited
         states = [only] if only is not None else pool.states
         cooling = [st.cooling_until - now for st in states if st.status is COOLING and st.id not in exclude]
         probing = sum(1 for st in states if st.status is PROBING and st.id not in exclude)
@@ -874,10 +926,30 @@ class Scheduler:
         retry_after = max(1.0, min(cooling)) if cooling else (1.0 if probing else None)
         return ProxyError(ErrorKind.NO_ACCOUNT, msg, retry_after=retry_after)
 
+    def _pool_rate_limited(self, pool: _Pool, now: float) -> ProxyError | None:
+        """Every account that may come back is cooling after the upstream's own rate limit:
+        the client is rate limited too (429 in its own format, not a 503 that reads like
+        an outage), with Retry-After at the earliest reset across the pool."""
+        left = [st.cooling_until - now for st in pool.states if st.status is not DISABLED]
+        if not left or any(st.status is not COOLING or st.cooling_kind != "rate"
+                           for st in pool.states if st.status is not DISABLED):
+            return None
+        wait = max(1, math.ceil(min(left)))
+        back = datetime.datetime.fromtimestamp(self.wall_clock() + wait, datetime.timezone.utc)
+        n = len(left)
+        return ProxyError(ErrorKind.RATE_LIMITED,
+                          f"provider '{pool.name}' is rate limited upstream: "
+                          f"{'its account is' if n == 1 else f'all {n} of its accounts are'} cooling down after "
+                          f"rate limits; the pool is back in {wait} s (at {back:%Y-%m-%dT%H:%M:%SZ})",
+                          retry_after=float(wait))
+
     # -- outcomes --------------------------------------------------------------------
     def _health(self, st: AccountState, pol: Policy, now: float, good: float) -> None:
         dt = now - st.t_last
         st.t_last = now
+        if st.headroom is not None and now >= st.headroom_until:
+            st.headroom = None  # the tightest window has refilled since
+            st.quota_used = {}
         d = 0.5 ** (dt / pol.half_life) if dt > 0 else 1.0
         st.ok = st.ok * d + good
         st.n = st.n * d + 1.0
@@ -898,6 +970,8 @@ class Scheduler:
         st.consecutive_errors = 0
         if lease.probe and st.status is PROBING:
             self._probe_passed(st)
+        elif (lease.rescue or lease.probe) and st.status is not ACTIVE:
+            self._recovered(st)  # a rescue, or the re-probe of an account the auth counter disabled
         elif st.status is ACTIVE:
             st.backoff_level = 0
         if headers:
@@ -908,8 +982,34 @@ class Scheduler:
                 if r is not None and r[:1] == "0" and _exhausted(r):
                     delay = reset_from_headers(headers, self.wall_clock(), only_exhausted=True)
                     if delay is not None and delay > 0 and st.status is ACTIVE:
-                        self._cool(st, pol, now, delay, "quota spent")
+                        self._cool(st, pol, now, delay, "quota spent", "rate")
                     break
+            q = ratelimit.read(headers, self.wall_clock)  # a fixed set of look-ups
+            if q is not None:
+                st.quota_used = q.used
+                st.headroom = q.headroom
+                vf = q.valid_for
+                st.headroom_until = now + vf if vf is not None else math.inf
+                _rescore(st, pol)
+                if q.spent is not None and q.spent > 0 and st.status is ACTIVE:
+                    self._cool(st, pol, now, q.spent, "quota spent", "rate")
+
+    def _recovered(self, st: AccountState) -> None:
+        """An account out by our own judgement answered: it is back, on every replica."""
+        if st.status is DISABLED:
+            if st.disabled_by == "auth":
+                self._set_enabled(st, persist=True, transition="recovered")
+            return
+        if st.cooling_kind == "rate":
+            return  # a 429 came in meanwhile (another request): the upstream's word stands
+        st.status = ACTIVE
+        st.probe_inflight = False
+        st.backoff_level = 0
+        st.consecutive_errors = 0
+        st.cooldown_reason = None
+        st.cooling_kind = None
+        self.store.publish(f"{st.provider}/{st.id}", st, "recovered")
+        log.info("account '%s' answered although it was out: active", st.id)
 
     def _probe_passed(self, st: AccountState) -> None:
         was_disabled = st.disabled_reason is not None
@@ -936,19 +1036,32 @@ class Scheduler:
         st.last_error_at = wall
         st.last_status = err.upstream_status
         probe = lease.probe and st.status is PROBING
+        reprobe = lease.probe and st.status is DISABLED
+        if reprobe:
+            st.probe_inflight = False
         if action is Action.NONE:
             # the request's fault, not the account's: the account answered, so it works
             self._health(st, pol, now, 1.0)
             if probe:
                 self._probe_passed(st)
+            elif (lease.rescue or reprobe) and st.status is not ACTIVE:
+                self._recovered(st)
             return
+        if reprobe:
+            if action is not Action.COOLDOWN:
+                log.info("account '%s' failed its re-probe (%s); the next in %.0f s", st.id, err.kind.value,
+                         max(0.0, st.reprobe_at - now))
+                return
+            self._recovered(st)  # rate limited, so past authentication: the key works again
         if probe and st.disabled_reason is not None:
             # an operator's probe of a disabled account failed: it stays disabled
-            self._set_disabled(st, st.disabled_reason, persist=False, at=st.disabled_at)
+            self._set_disabled(st, st.disabled_reason, persist=False, at=st.disabled_at, by=st.disabled_by)
             return
         if action is Action.COOLDOWN:
             delay, why = cooldown_for(err, wall, pol, st.backoff_level)
-            self._cool(st, pol, now, delay, f"{why}: {err.kind.value}")
+            # a 429 is the upstream's word; an overload (529, 503) is a health judgement
+            kind = "rate" if err.kind is ErrorKind.UPSTREAM_RATE_LIMITED else "health"
+            self._cool(st, pol, now, delay, f"{why}: {err.kind.value}", kind)
             return
         self._health(st, pol, now, 0.0)
         if action is Action.RETRY:
@@ -959,12 +1072,13 @@ class Scheduler:
         if st.status is DISABLED:
             return  # already out (a dead refresh token, an operator)
         if action is Action.DISABLE:
-            self._set_disabled(st, _clip(f"{err.kind.value}: {err.message}", 200), persist=True, at=wall)
+            self._set_disabled(st, _clip(f"{err.kind.value}: {err.message}", 200), persist=True, at=wall,
+                               by="payment")
             return
         # Action.AUTH
         msg = err.message.lower()
         if any(w in msg for w in _REVOKED_WORDS):
-            self._set_disabled(st, _clip(f"revoked: {err.message}", 200), persist=True, at=wall)
+            self._set_disabled(st, _clip(f"revoked: {err.message}", 200), persist=True, at=wall, by="revoked")
             return
         fails = st.auth_failures
         fails.append(now)
@@ -973,14 +1087,15 @@ class Scheduler:
             fails.pop(0)
         if len(fails) >= pol.disable_after:
             self._set_disabled(st, _clip(f"{len(fails)} auth failures within {pol.disable_window:.0f} s, "
-                                         f"last: {err.message}", 200), persist=True, at=wall)
+                                         f"last: {err.message}", 200), persist=True, at=wall, by="auth")
             return
         if st.credential == "oauth" and err.upstream_status == 401:
             st.needs_refresh = True  # the next request refreshes first
         if probe:
             self._cool(st, pol, now, backoff(pol, st.backoff_level), f"backoff: {err.kind.value}")
 
-    def _cool(self, st: AccountState, pol: Policy, now: float, delay: float, reason: str) -> None:
+    def _cool(self, st: AccountState, pol: Policy, now: float, delay: float, reason: str,
+              kind: str = "health") -> None:
         if st.status is DISABLED:
             return
         until = now + min(max(delay, 0.0), pol.cooldown_max)
@@ -990,14 +1105,20 @@ class Scheduler:
         st.cooling_until = until
         st.probe_inflight = False
         st.cooldown_reason = reason
+        st.cooling_kind = kind
         st.backoff_level += 1
         self.store.publish(f"{st.provider}/{st.id}", st)
         log.info("account '%s' cools down for %.1f s (%s)", st.id, until - now, reason)
 
     def _set_disabled(self, st: AccountState, reason: str, *, persist: bool, at: Any = None,
-                      transition: str = "") -> None:
+                      transition: str = "", by: str | None = "operator") -> None:
+        if by == "auth" and not (st.status is DISABLED and st.disabled_by == "auth"):
+            pool = self._pools.get(st.provider)
+            st.reprobe_level = 0
+            st.reprobe_at = self.clock() + reprobe_wait(pool.policy if pool is not None else _DEFAULT_POLICY, 0)
         st.status = DISABLED
         st.probe_inflight = False
+        st.disabled_by = by
         st.disabled_reason = redact.text(reason)  # shown by the admin API, saved in the file
         st.disabled_at = float(at) if isinstance(at, (int, float)) else self.wall_clock()
         self.store.publish(f"{st.provider}/{st.id}", st, transition)
@@ -1005,16 +1126,19 @@ class Scheduler:
         if persist:
             self._persist_disabled(st)
 
-    def _set_enabled(self, st: AccountState, *, persist: bool) -> None:
+    def _set_enabled(self, st: AccountState, *, persist: bool, transition: str = "enable") -> None:
         st.status = ACTIVE
         st.disabled_reason = None
         st.disabled_at = None
+        st.disabled_by = None
         st.cooldown_reason = None
+        st.cooling_kind = None
         st.auth_failures.clear()
         st.consecutive_errors = 0
         st.backoff_level = 0
+        st.reprobe_level = 0
         st.probe_inflight = False
-        self.store.publish(f"{st.provider}/{st.id}", st, "enable")
+        self.store.publish(f"{st.provider}/{st.id}", st, transition)
         log.info("account '%s' enabled", st.id)
         if persist:
             self._persist_disabled(st)
@@ -1069,6 +1193,14 @@ class Scheduler:
                         f.save_tokens(st.id, theirs.get("access_token"), theirs["refresh_token"],
                                       theirs.get("expires_at"))
                         entry = {**entry, **theirs}
+                held = st.unsaved_tokens
+                if held is not None:
+                    # an earlier rotation could not be saved: its refresh token is the only
+                    # valid one, so it is saved before anything is refreshed with the old one
+                    f.save_tokens(st.id, held["access_token"], held["refresh_token"], held["expires_at"])
+                    st.unsaved_tokens = None
+                    entry = {**entry, **held}
+                    log.warning("account '%s': the rotated refresh token is saved now", st.id)
                 wall = self.wall_clock()
                 # Another process may have refreshed while we waited for the lock: its
                 # token is in the file, and its refresh token is the only valid one now.
@@ -1080,8 +1212,11 @@ class Scheduler:
                 except oauth.RefreshError as e:
                     st.refresh_failed += 1
                     if e.dead:
-                        self._set_disabled(st, _clip(f"refresh token rejected: {e.message}", 200),
-                                           persist=True)
+                        # invalid_grant for the refresh token we hold: it was used already (a
+                        # rotation whose answer was lost) or revoked; only a new login helps
+                        why = (f"{SPENT}: {e.message}" if e.code == "invalid_grant"
+                               else f"refresh token rejected: {e.message}")
+                        self._set_disabled(st, _clip(why, 200), persist=True, by="refresh")
                     # keep serving on the current token while it is still valid
                     if not e.dead and not st.needs_refresh and st.account.api_key \
                             and st.expires_at is not None and st.expires_at > self.wall_clock() + 5:
@@ -1098,16 +1233,25 @@ class Scheduler:
                     if theirs:
                         self._adopt_tokens(st, theirs)
                     return
-                # Saved at once, under the lock: a rotated refresh token exists nowhere else.
-                f.save_tokens(st.id, tokens.access_token, tokens.refresh_token, tokens.expires_at)
+                # Saved at once, under the lock, and fsynced before the access token is used:
+                # a rotated refresh token exists nowhere else.
+                try:
+                    f.save_tokens(st.id, tokens.access_token, tokens.refresh_token, tokens.expires_at)
+                except (AccountsFileError, OSError) as e:
+                    st.unsaved_tokens = saved  # not lost with this request: saved on the next
+                    redact.note(f"account:{key}:unsaved", (tokens.access_token, tokens.refresh_token))
+                    log.error("account '%s': could not save the rotated refresh token (%s); it is kept in "
+                              "memory and saved before the next refresh", st.id, redact.text(str(e)))
+                    raise ProxyError(ErrorKind.UPSTREAM_ERROR,
+                                     f"account '{st.id}': could not save the rotated tokens") from None
                 self._adopt_tokens(st, {"access_token": tokens.access_token,
                                         "refresh_token": tokens.refresh_token,
                                         "expires_at": tokens.expires_at})
                 st.refresh_ok += 1
                 log.info("account '%s': token refreshed", st.id)
-        except (AccountsFileError, LockTimeout) as e:
+        except (AccountsFileError, LockTimeout, OSError) as e:
             # not the request's fault: another account may serve it
-            raise ProxyError(ErrorKind.UPSTREAM_ERROR, f"account '{st.id}': {e}") from None
+            raise ProxyError(ErrorKind.UPSTREAM_ERROR, f"account '{st.id}': {redact.text(str(e))}") from None
 
     # -- admin -----------------------------------------------------------------------------
     def _find(self, account_id: str) -> AccountState:
@@ -1139,11 +1283,13 @@ class Scheduler:
 
     # -- reporting ----------------------------------------------------------------------
     def usable(self, provider: str) -> bool:
-        """Some account is not disabled (a cooling account comes back by itself)."""
+        """Some account is not disabled (a cooling account comes back by itself, and one
+        the 401/403 counter disabled is re-probed)."""
         pool = self._pools.get(provider)
         if pool is None:
             return False
-        return pool.policy.allow_client_auth or any(st.status is not DISABLED for st in pool.states)
+        return pool.policy.allow_client_auth or any(st.status is not DISABLED or st.disabled_by == "auth"
+                                                    for st in pool.states)
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -1157,6 +1303,7 @@ class Scheduler:
         if status is COOLING and now >= st.cooling_until:
             status = PROBING
         h = st.last_headers
+        fresh = now < st.headroom_until
         secret = st.account.api_key
         return {
             "provider": st.provider,
@@ -1169,6 +1316,10 @@ class Scheduler:
             "cooldown_s": round(max(0.0, st.cooling_until - now), 3) if status is COOLING else 0.0,
             "cooldown_reason": st.cooldown_reason if status in (COOLING, PROBING) else None,
             "disabled_reason": st.disabled_reason,
+            "disabled_by": st.disabled_by if status is DISABLED else None,
+            "reprobe_in_s": (round(max(0.0, st.reprobe_at - now), 1)
+                             if status is DISABLED and st.disabled_by == "auth" else None),
+            "cooldown_kind": st.cooling_kind if status in (COOLING, PROBING) else None,
             "disabled_at": st.disabled_at,
             "last_error": st.last_error,
             "last_error_at": st.last_error_at,
@@ -1184,6 +1335,8 @@ class Scheduler:
             "refresh": {"ok": st.refresh_ok, "failed": st.refresh_failed},
             "token_expires_in_s": (round(st.expires_at - wall, 1) if st.expires_at is not None else None),
             "quota_remaining": _quota(h, QUOTA_HEADERS),
+            "quota_used": {w: round(u, 4) for w, u in st.quota_used.items()} if fresh else {},
+            "headroom": round(st.headroom, 4) if fresh and st.headroom is not None else None,
             "quota_limit": _quota(h, QUOTA_LIMIT_HEADERS),
             "proxy": _mask_proxy(st.proxy),
         }

@@ -10,7 +10,8 @@ With a shared state store (``local``, ``redis``) the counters (requests by
 outcome, tokens, latency sum/count, refreshes) are the store's totals, summed over
 every worker and replica, so every scrape of any of them reports the same,
 non-decreasing series; the scrape handler refreshes them first.  States come from
-the shared account state; in-flight, success ratio and quota are this process's.
+the shared account state; in-flight, success ratio and quota (remaining, used,
+headroom: read off the answers this process got) are this process's.
 
 Register once: ``metrics.register_collector(AccountCollector(scheduler))``.
 """
@@ -63,6 +64,12 @@ class AccountCollector(Collector):
                                    "Seconds until the account's OAuth access token expires", labels=pa)
         quota = GaugeMetricFamily("tornado_proxy_account_quota_remaining",
                                   "The upstream's last remaining-quota header per limit", labels=[*pa, "limit"])
+        used = GaugeMetricFamily("tornado_proxy_account_quota_used_ratio",
+                                 "Spent share of each quota window the upstream reports (0..1; windows from a "
+                                 "fixed list: unified_5h, codex_primary, tokens...)", labels=[*pa, "window"])
+        headroom = GaugeMetricFamily("tornado_proxy_account_quota_headroom_ratio",
+                                     "What the account's tightest quota window has left (0..1); the scheduler "
+                                     "prefers accounts with more", labels=pa)
         for a in snap:
             lab = [a["provider"], a["id"]]
             for o in OUTCOMES:
@@ -82,7 +89,12 @@ class AccountCollector(Collector):
                     expiry.add_metric(lab, a["token_expires_in_s"])
             for limit, value in a["quota_remaining"].items():
                 quota.add_metric([*lab, limit], value)
-        yield from (requests, state, cooldown, inflight, health, latency, tokens, refresh, expiry, quota)
+            for window, value in a.get("quota_used", {}).items():
+                used.add_metric([*lab, window], value)
+            if a.get("headroom") is not None:
+                headroom.add_metric(lab, a["headroom"])
+        yield from (requests, state, cooldown, inflight, health, latency, tokens, refresh, expiry, quota, used,
+                    headroom)
 
 
 def _from_store(a: dict[str, Any], tot: dict[str, float]) -> dict[str, Any]:

@@ -270,6 +270,8 @@ class LLMHandler(BaseHandler):
         fieldpolicy.set_route(self.route_name)
         try:
             body = self.read_body()
+            key = body.get("prompt_cache_key")
+            self._cache_key = key if isinstance(key, str) and key else None  # account stickiness
             await self.serve(body)
         finally:
             self._done()
@@ -368,7 +370,8 @@ class LLMHandler(BaseHandler):
             model = hit[0] if hit is not None else {}
         for attempt in range(max(1, policy.max_tries)):
             try:
-                lease = sched.acquire(provider.name, headers=self.request.headers, exclude=tried)
+                lease = sched.acquire(provider.name, headers=self.request.headers, exclude=tried,
+                                      cache_key=getattr(self, "_cache_key", None))
             except ProxyError as exc:
                 if last is None:
                     raise

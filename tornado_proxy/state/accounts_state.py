@@ -34,6 +34,13 @@ class Status(enum.Enum):
     DISABLED = "disabled"
 
 
+# Who disabled an account.  Only "auth" (the 401/403 counter) is the gateway's own
+# judgement: such an account still serves when nothing else can.  The others
+# (an operator, a 402, a revoked key, a spent refresh token, the config, the terms
+# guard) are never used until an operator or a fixed credential brings it back.
+DISABLED_BY = ("operator", "auth", "payment", "revoked", "refresh", "config", "terms")
+
+
 class AccountState:
     """Everything the scheduler knows about one account.  Mutable, one per account."""
 
@@ -44,13 +51,16 @@ class AccountState:
         "ok", "n", "t_last", "latency", "score",
         # failure bookkeeping
         "backoff_level", "consecutive_errors", "auth_failures",
-        "disabled_reason", "disabled_at", "cooldown_reason",
+        "disabled_reason", "disabled_at", "cooldown_reason", "disabled_by", "cooling_kind",
+        "reprobe_at", "reprobe_level",
         "last_error", "last_error_at", "last_status",
         # counters (read by snapshot() for the admin API and metrics)
         "outcomes", "latency_sum", "latency_count", "prompt_tokens", "completion_tokens",
         "refresh_ok", "refresh_failed", "last_headers",
+        # passive quota headers (accounts/ratelimit.py): this process's last reading
+        "quota_used", "headroom", "headroom_until",
         # OAuth
-        "oauth", "refresh_token", "expires_at", "needs_refresh", "refreshing",
+        "oauth", "refresh_token", "expires_at", "needs_refresh", "refreshing", "unsaved_tokens",
         # what the accounts file said last, so only *changes* in the file act on us
         "file_disabled", "file_token", "file_pending",
     )
@@ -80,6 +90,14 @@ class AccountState:
         self.disabled_reason: str | None = None
         self.disabled_at: float | None = None  # wall clock
         self.cooldown_reason: str | None = None
+        # Why an account is out decides whether it may still serve (see DISABLED_BY):
+        # "rate" (the upstream said it is rate limited) or "health" (our own judgement).
+        self.cooling_kind: str | None = None
+        self.disabled_by: str | None = None
+        # disabled by the 401/403 counter: when the next re-probe may go (monotonic), and
+        # how many failed before it (the wait doubles with each)
+        self.reprobe_at = 0.0
+        self.reprobe_level = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None  # wall clock
         self.last_status: int | None = None
@@ -91,11 +109,15 @@ class AccountState:
         self.refresh_ok = 0
         self.refresh_failed = 0
         self.last_headers: dict[str, str] | None = None
+        self.quota_used: dict[str, float] = {}  # window -> spent fraction
+        self.headroom: float | None = None      # what the tightest window has left, 0..1
+        self.headroom_until = 0.0               # monotonic: when that window refills
         self.oauth: Any = None                # oauth.OAuthConfig for OAuth accounts
         self.refresh_token: str | None = None
         self.expires_at: float | None = None  # wall clock, unix seconds
         self.needs_refresh = False
         self.refreshing: Any = None           # asyncio.Future while a refresh runs
+        self.unsaved_tokens: dict[str, Any] | None = None  # a rotation the file could not take yet
         self.file_disabled: bool | None = None
         self.file_token: str | None = None
         self.file_pending = 0                 # our own writes of this account not yet on disk
@@ -118,8 +140,10 @@ class StateStore(abc.ABC):
         """A transition other replicas must see (cooldown, probe, disable, enable).
 
         ``transition`` is "enable" or "admin" when an operator (or a passed admin
-        probe) asked for it: those override what the store holds; anything else
-        may not shorten a running cooldown or lift a disable."""
+        probe) asked for it: those override what the store holds; "recovered" when
+        the account answered although our own judgement had it out (a health
+        cooldown, the 401/403 counter): it ends only those; anything else may not
+        shorten a running cooldown or lift a disable."""
 
     @abc.abstractmethod
     def session_get(self, provider: str, session: str, now: float) -> str | None: ...

@@ -35,9 +35,13 @@ local new = cjson.decode(ARGV[2])
 local now = tonumber(ARGV[3])
 if cur and new.t ~= 'enable' and new.t ~= 'admin' then
   local c = cjson.decode(cur)
-  if c.s == 'disabled' and new.s ~= 'disabled' then return cur end
-  if c.s == 'cooling' and tonumber(c.cu or 0) > now and new.s ~= 'disabled' then
-    if new.s ~= 'cooling' or tonumber(new.cu or 0) <= tonumber(c.cu or 0) then return cur end
+  local healed = new.t == 'recovered' and ((c.s == 'cooling' and c.ck == 'health') or
+                                           (c.s == 'disabled' and c.db == 'auth'))
+  if not healed then
+    if c.s == 'disabled' and new.s ~= 'disabled' then return cur end
+    if c.s == 'cooling' and tonumber(c.cu or 0) > now and new.s ~= 'disabled' then
+      if new.s ~= 'cooling' or tonumber(new.cu or 0) <= tonumber(c.cu or 0) then return cur end
+    end
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -151,7 +155,7 @@ class RedisBackend(Backend):
                         continue
                     try:
                         d = jsonutil.loads(msg["data"])
-                        if "a" in d:
+                        if "r" in d:  # (a pin has an "a" too: its account)
                             on_account(d["a"], d["r"])
                         elif "p" in d:
                             on_pin(d["p"], d["s"], d["a"], float(d["u"]))

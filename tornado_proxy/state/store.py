@@ -56,8 +56,14 @@ def merge(cur: Mapping[str, Any] | None, new: Mapping[str, Any], wall_now: float
 
     An operator's action (``t`` = enable/admin) always does.  Otherwise a disable
     is lifted by nothing, and a running cooldown is only replaced by a longer one
-    or a disable: a worker that did not hear of a 429 yet cannot end its cooldown."""
+    or a disable: a worker that did not hear of a 429 yet cannot end its cooldown.
+    The one exception is ``t`` = recovered: the account answered a request, which
+    ends what was only our own judgement of it (a health cooldown, the 401/403
+    counter's disable), never a rate limit or anyone else's disable."""
     if cur is None or new.get("t") in ("enable", "admin"):
+        return True
+    if new.get("t") == "recovered" and ((cur.get("s") == "cooling" and cur.get("ck") == "health")
+                                         or (cur.get("s") == "disabled" and cur.get("db") == "auth")):
         return True
     if cur.get("s") == "disabled":
         return new.get("s") == "disabled"
@@ -315,6 +321,8 @@ class SharedStateStore(MemoryStateStore):
             "s": state.status.value,
             "cu": wall + (state.cooling_until - now) if state.status is Status.COOLING else 0.0,
             "cr": state.cooldown_reason, "dr": state.disabled_reason, "da": state.disabled_at,
+            "ck": state.cooling_kind, "db": state.disabled_by,
+            "rp": wall + (state.reprobe_at - now) if state.disabled_by == "auth" else 0.0, "rl": state.reprobe_level,
             "bl": state.backoff_level, "pi": bool(state.probe_inflight), "w": self.me, "n": self._seq,
             "t": transition, "at": wall,
         }
@@ -467,6 +475,12 @@ def _set_state(st: AccountState, rec: Mapping[str, Any], now: float, wall: float
     st.cooldown_reason = rec.get("cr")
     st.disabled_reason = rec.get("dr") if status is Status.DISABLED or rec.get("dr") else None
     st.disabled_at = rec.get("da") if st.disabled_reason is not None else None
+    st.cooling_kind = rec.get("ck")
+    st.disabled_by = rec.get("db") if status is Status.DISABLED else None
+    if st.disabled_by == "auth":
+        st.reprobe_at = now + (float(rec.get("rp") or 0.0) - wall)
+        if isinstance(rec.get("rl"), int):
+            st.reprobe_level = rec["rl"]
     if isinstance(rec.get("bl"), int):
         st.backoff_level = rec["bl"]
 

@@ -1,0 +1,199 @@
+"""Passive quota headers: how much of an account's upstream quota is left, read off the
+answers the upstream sends anyway.  Nothing here polls a usage endpoint.
+
+Three header families, one table each (the window labels are fixed: they become the
+``window`` label of ``tornado_proxy_account_quota_used_ratio``):
+
+* Anthropic's unified limits, sent to subscription (OAuth) accounts such as Claude
+  Code's: ``anthropic-ratelimit-unified-<w>-utilization`` (the spent fraction,
+  0..1), ``-<w>-reset`` (epoch seconds) and ``-<w>-status`` (``allowed``,
+  ``allowed_warning``, ``rejected``) per window ``5h``, ``7d``, ``7d_opus``,
+  ``7d_sonnet``; ``anthropic-ratelimit-unified-status`` / ``-reset`` for the
+  window that binds (its ``-representative-claim``).
+* Codex-style usage (ChatGPT-plan Codex accounts; openai/codex
+  ``codex-rs/codex-api/src/rate_limits.rs``): ``x-codex-<w>-used-percent``
+  (0..100), ``-<w>-reset-at`` (epoch seconds; older servers send
+  ``-<w>-reset-after-seconds``) and ``-<w>-window-minutes`` for ``primary`` (the
+  5-hour window) and ``secondary`` (the weekly one).
+* Counted limits, OpenAI's ``x-ratelimit-{remaining,limit,reset}-{requests,tokens}``
+  and Anthropic's API-key ``anthropic-ratelimit-{requests,tokens,input-tokens,
+  output-tokens}-{remaining,limit,reset}``: spent = 1 - remaining / limit.
+
+An account's *headroom* is what its tightest window has left (the limits are all
+enforced at once), valid until that window resets.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+_U = "anthropic-ratelimit-unified-"
+# label, header infix
+UNIFIED = (("unified_5h", "5h"), ("unified_7d", "7d"), ("unified_7d_opus", "7d_opus"),
+           ("unified_7d_sonnet", "7d_sonnet"))
+CODEX = (("codex_primary", "primary"), ("codex_secondary", "secondary"))
+# label, remaining header, limit header, reset header
+COUNTED = (
+    ("requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-requests", "x-ratelimit-reset-requests"),
+    ("tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-limit-tokens", "x-ratelimit-reset-tokens"),
+    ("requests", "anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-limit",
+     "anthropic-ratelimit-requests-reset"),
+    ("tokens", "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-limit",
+     "anthropic-ratelimit-tokens-reset"),
+    ("input_tokens", "anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-limit",
+     "anthropic-ratelimit-input-tokens-reset"),
+    ("output_tokens", "anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-limit",
+     "anthropic-ratelimit-output-tokens-reset"),
+)
+WINDOWS = tuple(dict.fromkeys([w for w, _ in UNIFIED] + [w for w, _ in CODEX] + [c[0] for c in COUNTED]))
+
+
+@dataclass
+class Quota:
+    used: dict[str, float] = field(default_factory=dict)    # window -> spent fraction, 0..1
+    resets: dict[str, float] = field(default_factory=dict)  # window -> seconds until it refills
+    spent: float | None = None    # a window is exhausted: seconds until it refills
+
+    @property
+    def headroom(self) -> float | None:
+        """What the tightest window has left, 0..1 (None: no window reported)."""
+        return 1.0 - max(self.used.values()) if self.used else None
+
+    @property
+    def valid_for(self) -> float | None:
+        """Seconds the headroom holds: until the tightest window refills (None: unknown)."""
+        if not self.used:
+            return None
+        tight = max(self.used, key=self.used.__getitem__)
+        return self.resets.get(tight)
+
+
+def _num(v: str | None) -> float | None:
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return x if x == x and x not in (float("inf"), float("-inf")) else None
+
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """Go-style durations as OpenAI sends them ("6m0s", "1.5s", "20ms", "1h2m"), or plain seconds."""
+    s = text.strip()
+    if not s:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    total, i, n = 0.0, 0, len(s)
+    while i < n:
+        j = i
+        while j < n and (s[j].isdigit() or s[j] == "."):
+            j += 1
+        if j == i:
+            return None
+        k = j
+        while k < n and not (s[k].isdigit() or s[k] == "."):
+            k += 1
+        unit = _UNITS.get(s[j:k])
+        if unit is None:
+            return None
+        try:
+            total += float(s[i:j]) * unit
+        except ValueError:
+            return None
+        i = k
+    return total
+
+
+def parse_reset(value: str, wall_now: float) -> float | None:
+    """Seconds until a reset header's moment: a duration, an RFC 3339 time or an epoch."""
+    v = value.strip()
+    if not v:
+        return None
+    if "T" in v and "-" in v:
+        try:
+            when = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return max(0.0, when.timestamp() - wall_now)
+    d = parse_duration(v)
+    if d is None:
+        return None
+    if d > 1e12:            # epoch milliseconds (OpenRouter-style x-ratelimit-reset)
+        return max(0.0, d / 1000.0 - wall_now)
+    if d > 1e9:             # epoch seconds
+        return max(0.0, d - wall_now)
+    return max(0.0, d)
+
+
+def read(headers: Mapping[str, str], wall: Callable[[], float]) -> Quota | None:
+    """The quota an answer's headers report, or None when they report none.  ``wall`` is
+    called only when there is a reset time to read: most answers carry no such header."""
+    h = headers
+    q: Quota | None = None
+    now: float | None = None
+
+    def at(v: str | None) -> float | None:
+        nonlocal now
+        if v is None:
+            return None
+        if now is None:
+            now = wall()
+        return parse_reset(v, now)
+
+    if _U + "status" in h or _U + "5h-utilization" in h or _U + "7d-utilization" in h:
+        q = Quota()
+        for label, w in UNIFIED:
+            u = _num(h.get(f"{_U}{w}-utilization"))
+            rejected = h.get(f"{_U}{w}-status") == "rejected"
+            if u is None and not rejected:
+                continue
+            used = 1.0 if rejected else min(1.0, max(0.0, u or 0.0))
+            q.used[label] = used
+            r = at(h.get(f"{_U}{w}-reset"))
+            if r is not None:
+                q.resets[label] = r
+            if used >= 1.0 and r is not None:
+                q.spent = r if q.spent is None else max(q.spent, r)
+        if h.get(_U + "status") == "rejected":
+            r = at(h.get(_U + "reset"))
+            if r is not None:
+                q.spent = r if q.spent is None else max(q.spent, r)
+    if "x-codex-primary-used-percent" in h or "x-codex-secondary-used-percent" in h:
+        q = q or Quota()
+        for label, w in CODEX:
+            p = _num(h.get(f"x-codex-{w}-used-percent"))
+            if p is None:
+                continue
+            used = min(1.0, max(0.0, p / 100.0))
+            q.used[label] = used
+            r = at(h.get(f"x-codex-{w}-reset-at"))
+            if r is None:
+                r = at(h.get(f"x-codex-{w}-reset-after-seconds"))
+            if r is not None:
+                q.resets[label] = r
+            if used >= 1.0 and r is not None:
+                q.spent = r if q.spent is None else max(q.spent, r)
+    for label, rem_h, lim_h, reset_h in COUNTED:
+        rem = h.get(rem_h)
+        if rem is None:
+            continue
+        remaining, limit = _num(rem), _num(h.get(lim_h))
+        if remaining is None or not limit or limit <= 0:
+            continue
+        q = q or Quota()
+        used = min(1.0, max(0.0, 1.0 - remaining / limit))
+        q.used[label] = max(used, q.used.get(label, 0.0))
+        r = at(h.get(reset_h))
+        if r is not None:
+            q.resets[label] = r
+    return q
