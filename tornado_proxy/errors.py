@@ -240,7 +240,11 @@ API_WORDING: dict[tuple[str, ErrorKind], str] = {
 
 
 def in_words_of(api: str, err: ProxyError) -> ProxyError:
-    """``err`` with the message client API ``api`` gives for its kind (see API_WORDING)."""
+    """``err`` with the message client API ``api`` gives for its kind (see API_WORDING).
+    An error that names its own field (``param``: the header an upstream credential goes
+    in, say) is about something else than the vendor's access key, and keeps its words."""
+    if err.param is not None:
+        return err
     words = API_WORDING.get((api, err.kind))
     if words is None or words == err.message:
         return err

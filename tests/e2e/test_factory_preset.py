@@ -142,7 +142,9 @@ def droid_login(n: str, provider: str, **extra: Any) -> dict[str, Any]:
     return {"id": f"droid-{n}", "provider": provider, "refresh_token": f"wos-rt-{n}-0", **extra}
 
 
-LOGINS = [droid_login("a", "factory-anthropic"), droid_login("o", "factory-openai"), droid_login("c", "factory-chat")]
+# One WorkOS login serves the three endpoints: the other two blocks take their accounts
+# from factory-anthropic (``accounts_from``).
+LOGINS = [droid_login("a", "factory-anthropic")]
 
 
 def preset(harness: LoopThread, tmp_path: Path, up: FakeUpstream, workos: FakeWorkOS,
@@ -259,7 +261,7 @@ def test_streams_on_every_family(harness: LoopThread, tmp_path: Path) -> None:
     message_ids(up)
 
 
-def test_without_a_fixed_key_the_workos_refresh_token_is_exchanged_and_rotated(
+def test_without_a_fixed_key_one_workos_login_is_exchanged_rotated_and_serves_every_endpoint(
         harness: LoopThread, tmp_path: Path) -> None:
     up = vendor(harness)
     workos = FakeWorkOS(harness, [a["refresh_token"] for a in LOGINS])
@@ -281,17 +283,23 @@ def test_without_a_fixed_key_the_workos_refresh_token_is_exchanged_and_rotated(
     assert (saved["droid-a"]["refresh_token"], saved["droid-a"]["access_token"]) == ("wos-rt-a-1", access)
     # WorkOS's JWT lasts 8 h; the preset refreshes every 6 h (max_token_age).
     assert abs(saved["droid-a"]["expires_at"] - (time.time() + MAX_TOKEN_AGE)) < 60
-    assert saved["droid-o"] == LOGINS[1] and saved["droid-c"] == LOGINS[2]
+    assert list(saved) == ["droid-a"]
     assert path.stat().st_ino != inode and path.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
-    # The access token is reused until it is due; each provider spends its own login.
+    # The access token is reused until it is due, by every endpoint: the login's rotating
+    # refresh token is spent once, not once per provider block.
     assert a.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI).content  # type: ignore[arg-type]
     assert oai(gw).chat.completions.create(model="glm-4.6", messages=HI).choices  # type: ignore[arg-type]
-    assert [body["refresh_token"] for _, _, body in workos.requests] == ["wos-rt-a-0", "wos-rt-c-0"]
-    assert [bearer(rec) for rec in up.requests] == [access, access, workos.issued[1]]
-    saved = {e["id"]: e for e in json.loads(path.read_text())["accounts"]}
-    assert saved["droid-c"]["refresh_token"] == "wos-rt-c-2" and saved["droid-a"]["refresh_token"] == "wos-rt-a-1"
+    assert oai(gw).responses.create(model="gpt-5", input="hi").output_text
+    assert [body["refresh_token"] for _, _, body in workos.requests] == ["wos-rt-a-0"]
+    assert [(rec.path, bearer(rec)) for rec in up.requests] == [
+        (MESSAGES, access), (MESSAGES, access), (CHAT, access), (RESPONSES, access)]
+    assert [e["refresh_token"] for e in json.loads(path.read_text())["accounts"]] == ["wos-rt-a-1"]
+    # One account, counted once (under the provider that owns it), that served all four.
+    served = re.findall(r'^tornado_proxy_account_requests_total\{(.*)\} (\S+)$', gw.metrics_text(), re.M)
+    assert [(labels, float(n)) for labels, n in served if 'outcome="success"' in labels] == [
+        ('account="droid-a",outcome="success",provider="factory-anthropic"', 4.0)]
 
 
 def test_a_token_is_refreshed_when_it_is_due_and_not_before(harness: LoopThread, tmp_path: Path) -> None:
@@ -300,11 +308,12 @@ def test_a_token_is_refreshed_when_it_is_due_and_not_before(harness: LoopThread,
     up = vendor(harness)
     now = time.time()
     logins = [droid_login("a", "factory-anthropic", access_token="wos-at-due", expires_at=now + 300),
-              droid_login("o", "factory-openai", access_token="wos-at-fresh", expires_at=now + 3 * 3600)]
+              droid_login("o", "factory-anthropic", access_token="wos-at-fresh", expires_at=now + 3 * 3600)]
     workos = FakeWorkOS(harness, [a["refresh_token"] for a in logins])
     gw, path = preset(harness, tmp_path, up, workos, logins)
+    # round robin: droid-a, then droid-o
     assert ant(gw).messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI).content  # type: ignore[arg-type]
-    assert oai(gw).responses.create(model="gpt-5", input="hi").output_text
+    assert ant(gw).messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI).content  # type: ignore[arg-type]
     assert [body["refresh_token"] for _, _, body in workos.requests] == ["wos-rt-a-0"]
     assert [bearer(rec) for rec in up.requests] == [workos.issued[0], "wos-at-fresh"]
 
@@ -316,28 +325,38 @@ def test_with_neither_the_clients_own_key_is_used(harness: LoopThread, tmp_path:
     assert chat.choices[0].message.content == CHAT_TEXT
     assert bearer(up.requests[0]) == CLIENT_KEY
     assert "x-factory-api-key" not in up.requests[0].headers
-    # No credential at all: a clear error in the client's own shape, nothing sent upstream.
-    with pytest.raises(anthropic.APIStatusError) as info:
+    # No credential at all: the client's to fix, so a 401 in its own shape saying where the
+    # key goes (not a 503 that reads like an outage); nothing sent upstream.
+    with pytest.raises(anthropic.AuthenticationError) as info:
         ant(gw).messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI)  # type: ignore[arg-type]
-    assert info.value.status_code == 503
+    assert info.value.status_code == 401
     assert info.value.body == {"type": "error", "error": {  # type: ignore[comparison-overlap]
-        "type": "overloaded_error", "message": "provider 'factory-anthropic' has no usable account"}}
+        "type": "authentication_error", "message": "provider 'factory-anthropic' has no account that can serve: "
+        "send your own API key in the x-factory-api-key header"}}
+    with pytest.raises(openai.AuthenticationError) as oinfo:
+        oai(gw).chat.completions.create(model="glm-4.6", messages=HI)  # type: ignore[arg-type]
+    assert oinfo.value.status_code == 401 and "x-factory-api-key" in oinfo.value.message
     assert len(up.requests) == 1
 
 
 def test_the_refresh_token_comes_before_the_clients_key_and_a_dead_one_falls_through(
         harness: LoopThread, tmp_path: Path) -> None:
     up = vendor(harness)
-    # droid-a's refresh token is live; droid-c's was spent elsewhere (WorkOS refuses it).
+    # A live login comes before the client's own key.
     workos = FakeWorkOS(harness, ["wos-rt-a-0"])
-    gw, path = preset(harness, tmp_path, up, workos, [LOGINS[0], LOGINS[2]])
-    a = ant(gw, **{"x-factory-api-key": CLIENT_KEY})
-    assert a.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI).content  # type: ignore[arg-type]
+    gw, _ = preset(harness, tmp_path, up, workos, LOGINS)
+    assert oai(gw, **{"x-factory-api-key": CLIENT_KEY}).chat.completions.create(
+        model="glm-4.6", messages=HI).choices  # type: ignore[arg-type]
     assert bearer(up.requests[0]) == workos.issued[0]
+    # A login whose refresh token was spent elsewhere (WorkOS refuses it): the request
+    # falls through to the client's key, and the login is disabled.
+    (tmp_path / "dead").mkdir()
+    dead_workos = FakeWorkOS(harness, [])
+    gw, path = preset(harness, tmp_path / "dead", up, dead_workos, [droid_login("c", "factory-anthropic")])
     o = oai(gw, **{"x-factory-api-key": CLIENT_KEY})
     assert o.chat.completions.create(model="glm-4.6", messages=HI).choices  # type: ignore[arg-type]
     assert bearer(up.requests[1]) == CLIENT_KEY
-    assert [body["refresh_token"] for _, _, body in workos.requests] == ["wos-rt-a-0", "wos-rt-c-0"]
+    assert [body["refresh_token"] for _, _, body in dead_workos.requests] == ["wos-rt-c-0"]
     # the dead login is disabled, in the file too (written off the event loop)
     deadline = time.monotonic() + 5
     while True:

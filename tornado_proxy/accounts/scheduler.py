@@ -420,12 +420,15 @@ class Lease:
 class _Pool:
     """One provider's accounts and rotation state."""
 
-    __slots__ = ("name", "policy", "states", "by_id", "tiers", "rr", "proxy_rr", "default_proxy")
+    __slots__ = ("name", "policy", "states", "by_id", "tiers", "rr", "proxy_rr", "default_proxy", "shared_from")
 
     def __init__(self, name: str, policy: Policy, default_proxy: str | None) -> None:
         self.name = name
         self.policy = policy
+        # With ``accounts_from`` this is the other pool's list itself (not a copy), so an
+        # account added or removed there is added or removed here.
         self.states: list[AccountState] = []
+        self.shared_from: str | None = None
         self.by_id: dict[str, AccountState] = {}
         # in credential priority order; None marks the client pass-through tier
         self.tiers: list[list[AccountState] | None] = []
@@ -527,6 +530,9 @@ class Scheduler:
                                      "file (their rotated refresh tokens must be saved)")
                 self._add(pool, entry, "config")
             pool.rebuild()
+        for p in providers_conf:
+            if p.get("accounts_from"):
+                self._share(self._pools[p["name"]], p)
         if self._file is not None:
             self._file_key = self._file.stat_key()
             self._apply_file(self._file.load())
@@ -542,10 +548,36 @@ class Scheduler:
         redact.note("server:admin_token", [(getattr(config, "server", None) or {}).get("admin_token")])
         return cls(config.providers, accounts_file=path, access_keys=keys, **kw)
 
+    def _share(self, pool: _Pool, p: Mapping[str, Any]) -> None:
+        """``accounts_from``: the pool serves with another provider's accounts.  They are the
+        same account states, so one login is refreshed once, its rotated refresh token saved
+        once, and a cooldown or a disable counts for every endpoint the login serves (a
+        vendor limits the account, whichever of its endpoints is called)."""
+        src = self._pools.get(str(p["accounts_from"]))
+        where = f"providers[{pool.name}].accounts_from"
+        if src is None:
+            raise ValueError(f"{where}: no provider named {p['accounts_from']!r}")
+        if src is pool or src.shared_from is not None:
+            raise ValueError(f"{where}: '{src.name}' must be a provider with accounts of its own")
+        if pool.states:
+            raise ValueError(f"{where}: a provider that takes its accounts from '{src.name}' has none of its own")
+        mine, theirs = self._anthropic.get(pool.name), self._anthropic.get(src.name)
+        if mine is not None and (theirs is None or (terms.guarded(mine) and not terms.guarded(theirs))):
+            # the terms guard screens an account where it is defined: it must hold here too
+            raise ValueError(f"{where}: '{pool.name}' is aimed at Anthropic's API; it takes accounts only "
+                             "from a provider aimed there too, with the same terms guard (docs/security.md)")
+        pool.shared_from = src.name
+        pool.states = src.states
+        pool.rebuild()
+
+    def _owned(self) -> Iterable[_Pool]:
+        """The pools that own their accounts (each account listed once)."""
+        return (pool for pool in self._pools.values() if pool.shared_from is None)
+
     # -- building states ----------------------------------------------------------
     def _add(self, pool: _Pool, entry: dict[str, Any], source: str) -> AccountState | None:
         aid = str(entry["id"])
-        for other in self._pools.values():
+        for other in self._owned():
             if any(st.id == aid for st in other.states):
                 self._warn(f"dup:{aid}", "account id '%s' is defined twice; the second one is ignored", aid)
                 return None
@@ -647,6 +679,10 @@ class Scheduler:
                 self._warn(f"noprov:{aid}", "accounts file: account '%s' names unknown provider '%s'",
                            aid, e["provider"])
                 continue
+            if pool.shared_from is not None:
+                self._warn(f"shared:{aid}", "accounts file: account '%s' names provider '%s', which takes "
+                           "its accounts from '%s'; the account is ignored", aid, pool.name, pool.shared_from)
+                continue
             seen.add(aid)
             st = pool.by_id.get(aid)
             if has_credential(e):
@@ -665,13 +701,14 @@ class Scheduler:
                            "in the config file", aid)
                 continue
             self._apply_file_state(st, e)
-        for pool in self._pools.values():
+        for pool in self._owned():
             gone = [st for st in pool.states if st.source == "file" and st.id not in seen]
             for st in gone:
                 pool.states.remove(st)
                 self.store.forget(f"{pool.name}/{st.id}")
                 changed.add(pool.name)
-            if pool.name in changed:
+        for pool in self._pools.values():
+            if pool.name in changed or pool.shared_from in changed:
                 pool.rebuild()
 
     def _apply_file_state(self, st: AccountState, e: Mapping[str, Any]) -> None:
@@ -783,7 +820,23 @@ class Scheduler:
             if session:
                 self.store.session_set(provider, session, st4.id, now + pol.session_ttl)
             return self._rescue_lease(pool, st4)
+        if self._wants_client_credential(pool, h, exclude):
+            raise ProxyError(ErrorKind.AUTH_MISSING,
+                             f"provider '{provider}' has no account that can serve: send your own API key in "
+                             f"the {pol.client_auth_header} header", param=pol.client_auth_header)
         raise self._none_left(pool, now, exclude)
+
+    def _wants_client_credential(self, pool: _Pool, h: Mapping[str, str], exclude: Any) -> bool:
+        """The client's own key is all that could serve, and it sent none (or only one of
+        our access keys): its fault and its fix, so a 401 saying where the key goes, not a
+        503 that reads like our outage.  Accounts that come back by themselves (cooling,
+        probing, re-probed after 401s) still answer 503/429 with Retry-After."""
+        if None not in pool.tiers or "client" in exclude:
+            return False
+        if any(st.status is not DISABLED or st.disabled_by == "auth" for st in pool.states):
+            return False
+        raw = h.get(pool.policy.client_auth_header)
+        return not raw or client_credential(raw, self._access_keys) is None
 
     def _available(self, st: AccountState, now: float) -> bool:
         s = st.status
@@ -1296,7 +1349,7 @@ class Scheduler:
         if self._file is not None and now >= self._next_poll:
             self._poll(now)
         wall = self.wall_clock()
-        return [self._snap(st, now, wall) for pool in self._pools.values() for st in pool.states]
+        return [self._snap(st, now, wall) for pool in self._owned() for st in pool.states]
 
     def _snap(self, st: AccountState, now: float, wall: float) -> dict[str, Any]:
         status = st.status
@@ -1377,6 +1430,14 @@ def check_config(providers_conf: list[dict[str, Any]], accounts_doc: dict[str, A
             parse_policy(p.get("scheduler"))
         except (ValueError, KeyError, zoneinfo.ZoneInfoNotFoundError) as e:
             problems.append(f"providers[{name}].scheduler: {e}")
+        src = p.get("accounts_from")
+        if src:
+            owner = next((q for q in providers_conf if q.get("name") == src), None)
+            if owner is None or src == name or owner.get("accounts_from"):
+                problems.append(f"providers[{name}].accounts_from: {src!r} is not a provider with accounts of its own")
+            if p.get("accounts"):
+                problems.append(f"providers[{name}].accounts: a provider that takes its accounts from "
+                                f"'{src}' has none of its own")
         for i, a in enumerate(p.get("accounts") or []):
             aid = str(a.get("id") or f"{name}-{i}")
             if aid in ids:
@@ -1391,6 +1452,11 @@ def check_config(providers_conf: list[dict[str, Any]], accounts_doc: dict[str, A
         aid, prov = ent.get("id"), ent.get("provider")
         if prov not in names:
             problems.append(f"accounts file: accounts[{i}] ('{aid}') names unknown provider '{prov}'")
+            continue
+        sharing = next(p for p in providers_conf if p.get("name") == prov).get("accounts_from")
+        if sharing:
+            problems.append(f"accounts file: accounts[{i}] ('{aid}') names provider '{prov}', which takes its "
+                            f"accounts from '{sharing}': name '{sharing}'")
             continue
         if has_credential(ent):
             if aid in ids and ids[aid] != prov:
