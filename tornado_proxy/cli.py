@@ -6,8 +6,12 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tornado_proxy import __version__
+
+if TYPE_CHECKING:
+    from tornado_proxy.config import Config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,26 +79,29 @@ def cgroup_cpu_quota(root: str) -> float | None:
     return min(quotas) if quotas else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def load_or_say(path: str | None, heading: str) -> Config | None:
+    """The loaded config, or None after its problems are printed under ``heading``."""
     from tornado_proxy.config import ConfigError, load
 
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(heading, file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.check_config:
-        try:
-            cfg = load(args.check_config)
-        except ConfigError as exc:
-            print(f"{args.check_config}: invalid", file=sys.stderr)
-            for p in exc.problems:
-                print(f"  {p}", file=sys.stderr)
+        cfg = load_or_say(args.check_config, f"{args.check_config}: invalid")
+        if cfg is None:
             return 1
         print(f"{args.check_config}: ok ({len(cfg.providers)} provider(s), {len(cfg.models)} model route(s))")
         return 0
-    try:
-        cfg = load(args.config)
-    except ConfigError as exc:
-        print(f"tornado-proxy: {args.config or 'default config'}: invalid configuration", file=sys.stderr)
-        for p in exc.problems:
-            print(f"  {p}", file=sys.stderr)
+    cfg = load_or_say(args.config, f"tornado-proxy: {args.config or 'default config'}: invalid configuration")
+    if cfg is None:
         return 2
     import os
 

@@ -223,7 +223,7 @@ def build(raw: Any, source: str, env: Mapping[str, str] | None = None) -> Config
 
 def _account_problems(raw: dict[str, Any], source: str) -> list[str]:
     """The scheduler's own checks: duplicate account ids, OAuth accounts outside the accounts file..."""
-    from tornado_proxy.accounts.scheduler import check_config
+    from tornado_proxy.accounts.check import check_config
 
     doc = None
     path = raw.get("accounts_file")

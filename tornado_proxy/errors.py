@@ -258,6 +258,16 @@ def retry_after_header(err: ProxyError) -> str | None:
     return str(max(1, int(err.retry_after + 0.999)))
 
 
+# An upstream HTTP status -> its error kind, where the status alone says it
+# (anything else is UPSTREAM_ERROR).
+_STATUS_KIND: dict[int, ErrorKind] = {
+    400: ErrorKind.UPSTREAM_BAD_REQUEST, 422: ErrorKind.UPSTREAM_BAD_REQUEST,
+    401: ErrorKind.UPSTREAM_AUTH, 402: ErrorKind.UPSTREAM_PAYMENT, 403: ErrorKind.UPSTREAM_FORBIDDEN,
+    404: ErrorKind.UPSTREAM_NOT_FOUND, 413: ErrorKind.BODY_TOO_LARGE, 429: ErrorKind.UPSTREAM_RATE_LIMITED,
+    503: ErrorKind.UPSTREAM_OVERLOADED, 529: ErrorKind.UPSTREAM_OVERLOADED, 504: ErrorKind.FIRST_BYTE_TIMEOUT,
+}
+
+
 def from_status(status: int, message: str, *, retry_after: float | None = None,
                 headers: dict[str, str] | None = None) -> ProxyError:
     """The default mapping of an upstream HTTP status to an error kind.
@@ -265,24 +275,5 @@ def from_status(status: int, message: str, *, retry_after: float | None = None,
     Providers refine this in ``classify_error`` (for example Anthropic's 529
     ``overloaded_error`` or Bedrock's ``ThrottlingException``).
     """
-    if status == 400 or status == 422:
-        kind = ErrorKind.UPSTREAM_BAD_REQUEST
-    elif status == 401:
-        kind = ErrorKind.UPSTREAM_AUTH
-    elif status == 402:
-        kind = ErrorKind.UPSTREAM_PAYMENT
-    elif status == 403:
-        kind = ErrorKind.UPSTREAM_FORBIDDEN
-    elif status == 404:
-        kind = ErrorKind.UPSTREAM_NOT_FOUND
-    elif status == 413:
-        kind = ErrorKind.BODY_TOO_LARGE
-    elif status == 429:
-        kind = ErrorKind.UPSTREAM_RATE_LIMITED
-    elif status in (503, 529):
-        kind = ErrorKind.UPSTREAM_OVERLOADED
-    elif status == 504:
-        kind = ErrorKind.FIRST_BYTE_TIMEOUT
-    else:
-        kind = ErrorKind.UPSTREAM_ERROR
+    kind = _STATUS_KIND.get(status, ErrorKind.UPSTREAM_ERROR)
     return ProxyError(kind, message, retry_after=retry_after, upstream_status=status, headers=headers)

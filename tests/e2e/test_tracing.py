@@ -362,7 +362,8 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
 
 GATEWAY = """
     import sys
-    from tornado_proxy.app import Gateway, make_app
+    from tornado_proxy.app import make_app
+    from tornado_proxy.gateway import Gateway
     from tornado_proxy.config import build
     raw = {"providers": [{"name": "up", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
                           "accounts": [{"id": "a", "api_key": "k"}]}],

@@ -9,8 +9,11 @@ import json
 import pytest
 
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
-from tornado_proxy.accounts.scheduler import (Scheduler, check_config, parse_duration, parse_policy, parse_reset,
-                                     proxy_for_id, until_midnight)
+from tornado_proxy.accounts.check import check_config
+from tornado_proxy.accounts.leases import proxy_for_id
+from tornado_proxy.accounts.policy import parse_policy
+from tornado_proxy.accounts.ratelimit import parse_duration, parse_reset, until_midnight
+from tornado_proxy.accounts.scheduler import Scheduler
 
 # 2024-06-01 12:00:00 in Los Angeles (PDT, UTC-7): 12 hours before Google's daily quota reset
 WALL0 = datetime.datetime(2024, 6, 1, 19, 0, 0, tzinfo=datetime.timezone.utc).timestamp()

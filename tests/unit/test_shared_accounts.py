@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tornado_proxy.accounts.scheduler import Scheduler, check_config
+from tornado_proxy.accounts.check import check_config
+from tornado_proxy.accounts.scheduler import Scheduler
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
 

@@ -75,6 +75,13 @@ def scrub_reasons(doc: dict[str, Any]) -> None:
             a["disabled_reason"] = redact.scrub_with(r, secrets)
 
 
+def clip(text: str, n: int = 300) -> str:
+    """A message scrubbed of secrets and cut to ``n`` characters, as it is shown and saved."""
+    # scrubbed before the cut: half a secret would no longer match it
+    text = redact.text(text)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def has_credential(entry: dict[str, Any]) -> bool:
     return any(entry.get(f) for f in CREDENTIAL_FIELDS)
 

@@ -21,12 +21,20 @@ Three header families, one table each (the window labels are fixed: they become 
 
 An account's *headroom* is what its tightest window has left (the limits are all
 enforced at once), valid until that window resets.
+
+Also here, for the cooldown after a 429: when the limit that ran out refills
+(``Retry-After``, the reset headers, a per-day quota's midnight), and the remaining and
+limit numbers the admin view shows.
 """
 from __future__ import annotations
 
 import datetime
+import email.utils
+import zoneinfo
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
+
+from tornado_proxy.errors import ProxyError
 
 _U = "anthropic-ratelimit-unified-"
 # label, header infix
@@ -46,7 +54,6 @@ COUNTED = (
     ("output_tokens", "anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-limit",
      "anthropic-ratelimit-output-tokens-reset"),
 )
-WINDOWS = tuple(dict.fromkeys([w for w, _ in UNIFIED] + [w for w, _ in CODEX] + [c[0] for c in COUNTED]))
 
 
 @dataclass
@@ -197,3 +204,119 @@ def read(headers: Mapping[str, str], wall: Callable[[], float]) -> Quota | None:
         if r is not None:
             q.resets[label] = r
     return q
+
+
+# (remaining header, reset header) pairs, OpenAI-style then Anthropic-style.  The
+# remaining header tells which limit ran out; its reset header says when it refills.
+RESET_PAIRS = (
+    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+    ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+    ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"),
+    ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"),
+    ("x-ratelimit-remaining", "x-ratelimit-reset"),
+)
+# Remaining-quota headers shown per account (admin API, metrics): label -> header names.
+QUOTA_HEADERS = (
+    ("requests", ("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining")),
+    ("tokens", ("x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining")),
+    ("input_tokens", ("anthropic-ratelimit-input-tokens-remaining",)),
+    ("output_tokens", ("anthropic-ratelimit-output-tokens-remaining",)),
+)
+# The same limits' sizes, so the status page can show headroom as a share of the limit.
+QUOTA_LIMIT_HEADERS = (
+    ("requests", ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit")),
+    ("tokens", ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit")),
+    ("input_tokens", ("anthropic-ratelimit-input-tokens-limit",)),
+    ("output_tokens", ("anthropic-ratelimit-output-tokens-limit",)),
+)
+
+
+def parse_retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
+    """``retry-after-ms`` (OpenAI) or ``retry-after`` (delta seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - wall_now)
+
+
+def exhausted(remaining: str | None) -> bool:
+    if remaining is None:
+        return False
+    try:
+        return float(remaining) <= 0
+    except ValueError:
+        return False
+
+
+def reset_from_headers(headers: Mapping[str, str], wall_now: float,
+                       only_exhausted: bool = False) -> float | None:
+    """When the limit that ran out refills, from x-ratelimit-* / anthropic-ratelimit-* headers.
+
+    The limit whose remaining count is 0 is the one that matters; if no remaining
+    header says so, the latest reset is taken (we cannot tell which limit hit).
+    """
+    spent: float | None = None
+    latest: float | None = None
+    for rem_h, reset_h in RESET_PAIRS:
+        raw = headers.get(reset_h)
+        if raw is None:
+            continue
+        d = parse_reset(raw, wall_now)
+        if d is None:
+            continue
+        if exhausted(headers.get(rem_h)):
+            spent = d if spent is None else max(spent, d)
+        latest = d if latest is None else max(latest, d)
+    if only_exhausted or spent is not None:
+        return spent
+    return latest
+
+
+def is_daily_quota(err: ProxyError) -> bool:
+    """A per-day quota ran out (Gemini's ``...PerDay...`` quota ids, "per day" messages)."""
+    text = err.message.lower().replace(" ", "").replace("-", "")
+    return "perday" in text or "dailylimit" in text or "dailyquota" in text
+
+
+def until_midnight(wall_now: float, tz: str) -> float:
+    """Seconds until the next midnight in ``tz``, where daily quotas reset."""
+    zone = zoneinfo.ZoneInfo(tz)
+    now = datetime.datetime.fromtimestamp(wall_now, zone)
+    tomorrow = (now + datetime.timedelta(days=1)).date()
+    midnight = datetime.datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=zone)
+    return max(0.0, midnight.timestamp() - wall_now)
+
+
+def quota_numbers(headers: Mapping[str, str] | None,
+                  table: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, float]:
+    """The numbers the last 2xx answer's rate-limit headers gave, by label (read when reporting only)."""
+    out: dict[str, float] = {}
+    if headers:
+        for label, names in table:
+            for name in names:
+                v = headers.get(name)
+                if v is not None:
+                    try:
+                        out[label] = float(v)
+                    except ValueError:
+                        pass
+                    break
+    return out

@@ -29,7 +29,7 @@ from tornado_proxy.errors import (ErrorKind, ProxyError, bad_body_value, in_word
 from tornado_proxy.server.http1 import new_headers
 
 if TYPE_CHECKING:
-    from tornado_proxy.app import Gateway
+    from tornado_proxy.gateway import Gateway
 
 log = logging.getLogger("tornado_proxy")
 

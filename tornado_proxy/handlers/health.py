@@ -13,30 +13,23 @@ class HealthHandler(BaseHandler):
 
     public = True
     route_name = "health"
+    answer = b'{"status":"ok"}'
 
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(b'{"status":"ok"}')
+        self.finish(self.answer)
 
     def head(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish()
 
 
-class RootHandler(BaseHandler):
+class RootHandler(HealthHandler):
     """GET|HEAD /: what a client's reachability check hits (Claude Code sends ``HEAD /``
     before its first request).  Public, like /health: it tells nothing but "up"."""
 
-    public = True
     route_name = "root"
-
-    def get(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(b'{"status":"ok","service":"tornado-proxy"}')
-
-    def head(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish()
+    answer = b'{"status":"ok","service":"tornado-proxy"}'
 
 
 class ReadyHandler(BaseHandler):
@@ -81,8 +74,6 @@ class ModelsHandler(BaseHandler):
             if m["id"] == model_id:
                 self.finish(jsonutil.dumpb(m))
                 return
-        from tornado_proxy.errors import ErrorKind, ProxyError
-
         raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{model_id}' does not exist", param="model")
 
 
@@ -116,4 +107,4 @@ class OpenAPIHandler(BaseHandler):
 
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(jsonutil.dumpb(self.gw.openapi()))
+        self.finish(jsonutil.dumpb(self.gw.openapi(self.application.settings.get("routes", ()))))

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from tornado_proxy.accounts.scheduler import OUTCOMES
+from tornado_proxy.accounts.leases import OUTCOMES
 from tornado_proxy.state.accounts_state import Status
 
 STATES = tuple(s.value for s in Status)

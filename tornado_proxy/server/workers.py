@@ -14,7 +14,8 @@ from tornado.netutil import bind_sockets
 from tornado_proxy.server import busypoll
 
 from tornado_proxy.observability import redact
-from tornado_proxy.app import Gateway, make_app
+from tornado_proxy.app import make_app
+from tornado_proxy.gateway import Gateway
 from tornado_proxy.config import Config
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.server.http1 import HTTP1Server

@@ -1,0 +1,159 @@
+"""The shape of the source tree: no import circle among the gateway's modules, no file
+too long to read.
+
+Imports are read from the source (``ast``), not by importing anything.  Only the
+imports a module runs when it is loaded count (module level, including ``if
+TYPE_CHECKING:`` and ``try:`` blocks, which name a dependency all the same); an import
+inside a function is a deliberate lazy one and is left out.  ``lazy_imports()`` lists
+those, for a reviewer who wants to see them.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("tornado_proxy", "providers")
+MAX_LINES = 800
+# Being split by other work right now: over the limit until that lands.
+SPLITTING = {"tornado_proxy/server/http1.py"} | {
+    p.relative_to(ROOT).as_posix() for p in (ROOT / "providers").glob("*.py")}
+
+
+def sources() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the checked packages."""
+    out: dict[str, Path] = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = path
+    return out
+
+
+def _runs_at_load(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements of a module body that run when it is loaded (not function bodies)."""
+    for node in body:
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for name in ("body", "orelse", "finalbody"):
+            yield from _runs_at_load(getattr(node, name, None) or [])
+        for handler in getattr(node, "handlers", None) or []:
+            yield from _runs_at_load(handler.body)
+
+
+def _targets(node: ast.stmt, module: str, is_package: bool, known: dict[str, Path]) -> set[str]:
+    """The checked modules an import statement loads."""
+    names: set[str] = set()
+    if isinstance(node, ast.Import):
+        names = {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = module.split(".") if is_package else module.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            mod = ".".join(base + ([node.module] if node.module else []))
+        else:
+            mod = node.module or ""
+        # ``from pkg import sub`` loads the submodule; any other name comes from pkg itself
+        subs = {f"{mod}.{a.name}" for a in node.names} & known.keys()
+        names = subs | ({mod} if len(subs) < len(node.names) else set())
+    return {n for n in names if n in known}
+
+
+def import_graph(lazy: bool = False) -> dict[str, set[str]]:
+    """module -> the checked modules it imports at load time (``lazy``: inside functions only)."""
+    known = sources()
+    graph: dict[str, set[str]] = {}
+    for module, path in known.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        at_load = list(_runs_at_load(tree.body))
+        if lazy:
+            loaded = {id(n) for n in at_load}
+            nodes = [n for n in ast.walk(tree) if isinstance(n, ast.stmt) and id(n) not in loaded]
+        else:
+            nodes = at_load
+        is_package = path.name == "__init__.py"
+        graph[module] = set().union(*(_targets(n, module, is_package, known) for n in nodes)) - {module}
+    return graph
+
+
+def lazy_imports() -> dict[str, set[str]]:
+    """module -> the checked modules it imports inside a function (allowed; listed for review)."""
+    return {m: t for m, t in import_graph(lazy=True).items() if t}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_sees_real_imports() -> None:
+    graph = import_graph()
+    assert "tornado_proxy.gateway" in graph["tornado_proxy.app"]
+    assert "providers.base" in graph["providers.coze.errors"]  # a relative import
+    assert "tornado_proxy.accounts.scheduler" in graph["tornado_proxy.gateway"]
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circle() -> None:
+    graph = import_graph()
+    found = circles(graph)
+    detail = ["  " + " <-> ".join(group) + ": " + "; ".join(
+        f"{m} -> {sorted(graph[m] & set(group))}" for m in group) for group in found]
+    assert not found, "import circles among tornado_proxy.* and providers.*:\n" + "\n".join(detail)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+def test_no_source_file_over_800_lines() -> None:
+    long = {p.relative_to(ROOT).as_posix(): _lines(p) for p in sources().values()}
+    over = {f: n for f, n in long.items() if n > MAX_LINES and f not in SPLITTING}
+    assert not over, f"files over {MAX_LINES} lines: {over}"
+
+
+@pytest.mark.parametrize("name", sorted(SPLITTING))
+@pytest.mark.xfail(strict=False, reason="being split into smaller modules by work in progress "
+                                        "(providers/*.py: client APIs and upstream packages; server/http1.py)")
+def test_files_being_split_get_under_800_lines(name: str) -> None:
+    assert _lines(ROOT / name) <= MAX_LINES
