@@ -469,9 +469,11 @@ class TornadoProxy(Gateway):
     label = "tornado-proxy"
 
     def __init__(self, upstream: Upstream, server: Optional[dict[str, Any]] = None,
-                 rev: Optional[str] = None) -> None:
+                 rev: Optional[str] = None, state: Optional[dict[str, Any]] = None) -> None:
         super().__init__(upstream)
         self.server = server or {}  # `server` settings (--busy-poll-us); empty: every default
+        self.state = state or {}  # the top-level `state` key (+state.store=...); empty: the default
+        self.redis: Optional[subprocess.Popen[bytes]] = None
         self.tree = REPO
         if rev:  # --compare: another commit's code, side by side with the work tree's
             self.name = self.label = f"tornado-proxy@{rev}"
@@ -501,7 +503,32 @@ class TornadoProxy(Gateway):
         cfg: dict[str, Any] = {"providers": providers, "models": models}
         if self.server:
             cfg["server"] = dict(self.server)
+        if self.state:
+            cfg["state"] = dict(self.state)
+            if self.state.get("store") == "local" and "path" not in self.state:
+                cfg["state"]["path"] = str(WORK / f"state-{self.port}")  # a fresh file per run
+            if self.state.get("store") == "redis" and "url" not in self.state:
+                cfg["state"]["url"] = f"redis://127.0.0.1:{self.redis_port}/0"
         return cfg
+
+    def start(self) -> None:
+        if self.state.get("store") == "redis" and "url" not in self.state:
+            # A throwaway Redis on the load core (no persistence), as a replica's nearby Redis.
+            self.redis_port = free_port()
+            self.redis = subprocess.Popen(
+                ["taskset", "-c", str(LOAD_CORE), "redis-server", "--port", str(self.redis_port),
+                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(self.redis_port, 10, self.redis)
+        super().start()
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self.redis and self.redis.poll() is None:
+                self.redis.terminate()
+                self.redis.wait(10)
 
     def command(self) -> tuple[list[str], dict[str, str], Optional[Path]]:
         cfg = WORK / f"{self.name}.json"
@@ -1339,11 +1366,15 @@ def make_gateway(name: str, up: Upstream, args: argparse.Namespace) -> Gateway:
     ``tornado-proxy+KEY=VALUE`` the work tree's with that ``server`` setting (--variant)."""
     if name.startswith("tornado-proxy"):
         server: dict[str, Any] = {} if args.busy_poll_us is None else {"busy_poll_us": args.busy_poll_us}
+        state: dict[str, Any] = {}
         base, _, setting = name.partition("+")
         if setting:
             key, _, value = setting.partition("=")
-            server[key] = json.loads(value)
-        gw: Gateway = TornadoProxy(up, server, base.partition("@")[2] or None)
+            if key.startswith("state."):  # the top-level `state` key: state.store=redis
+                state[key[len("state."):]] = json.loads(value) if value[:1] in "[{\"0123456789" else value
+            else:
+                server[key] = json.loads(value)
+        gw: Gateway = TornadoProxy(up, server, base.partition("@")[2] or None, state)
         if setting:
             gw.name = gw.label = name
     else:
@@ -1524,7 +1555,8 @@ def main() -> int:
                          "side by side with the work tree's")
     ap.add_argument("--variant", default="", metavar="KEY=VALUE[,KEY=VALUE]",
                     help="also run the work tree's tornado-proxy with this server setting (JSON value), "
-                         "e.g. busy_poll_us=0, as gateway tornado-proxy+KEY=VALUE")
+                         "e.g. busy_poll_us=0, as gateway tornado-proxy+KEY=VALUE; a state.KEY sets the "
+                         "top-level state key instead, e.g. state.store=redis (a throwaway redis-server)")
     ap.add_argument("--ref", default=None,
                     help="the gateway the 'within a round' ratios divide by (default: tensorzero if run)")
     ap.add_argument("--busy-poll-us", type=int, default=None,
