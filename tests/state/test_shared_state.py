@@ -317,6 +317,9 @@ def test_store_down_mid_traffic_fails_no_request_and_catches_up(harness: LoopThr
         time.sleep(0.5)
         redis.start()
         assert eventually(lambda: [metric(u, up_line) for u in urls] == [1.0, 1.0], 10)
+        # traffic on both sides of the outage, however quickly the store went and came back
+        n = len(statuses)
+        assert eventually(lambda: len(statuses) >= n + 10, 10)
     finally:
         stop.set()
         t.join(30)
