@@ -42,13 +42,7 @@ class EmbeddingsHandler(LLMHandler):
 
     async def serve(self, body: dict[str, Any]) -> None:
         self.validate(body)
-        name = body["model"]
-        hit = self.gw.router.resolve(name)
-        if hit is None:
-            raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{name}' does not exist", param="model")
-        model, provider = hit
-        self.model_id = model["id"]
-        self.provider_name = provider.name
+        name, model, provider = self.route(body["model"])
         ctx = StreamContext(id=os.urandom(12).hex(), created=int(time.time()), model=name)
         raw = self._raw
         headers = {k.lower(): v for k, v in self.request.headers.get_all()}

@@ -107,16 +107,7 @@ class ResponsesHandler(LLMHandler):
 
     async def serve(self, body: dict[str, Any]) -> None:
         fmt = self.client_format
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise ProxyError(ErrorKind.INVALID_REQUEST, "'model' is required", param="model")
-        hit = self.gw.router.resolve(name)
-        if hit is None:
-            raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{name}' does not exist", param="model")
-        model = hit[0]
-        provider: Provider = hit[1]
-        self.model_id = model["id"]
-        self.provider_name = provider.name
+        name, model, provider = self.route(body.get("model"))
         stream = bool(body.get("stream"))
         store = response_store(self.gw)
         prev = body.get("previous_response_id")

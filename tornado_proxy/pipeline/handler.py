@@ -276,6 +276,20 @@ class LLMHandler(BaseHandler):
         finally:
             self._done()
 
+    def route(self, name: Any) -> tuple[str, dict[str, Any], Provider]:
+        """The checked name, the model entry and the provider a client's ``model`` names; the request's labels
+        (``model_id``, ``provider_name``) are set from them.  A missing or unknown name is the
+        client's error, naming the ``model`` field."""
+        if not isinstance(name, str) or not name:
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "'model' is required", param="model")
+        hit = self.gw.router.resolve(name)
+        if hit is None:
+            raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{name}' does not exist", param="model")
+        model, provider = hit
+        self.model_id = model["id"]
+        self.provider_name = provider.name
+        return name, model, provider
+
     def validate(self, body: dict[str, Any]) -> None:
         if self.schema_name:
             from tornado_proxy.pipeline.validation import validate_body
@@ -286,17 +300,7 @@ class LLMHandler(BaseHandler):
         self.validate(body)
         fmt = self.client_format
         pivot = fmt.parse_request(body)
-        name = pivot.get("model")
-        if not isinstance(name, str) or not name:
-            raise ProxyError(ErrorKind.INVALID_REQUEST, "'model' is required", param="model")
-        hit = self.gw.router.resolve(name)
-        if hit is None:
-            raise ProxyError(ErrorKind.MODEL_NOT_FOUND, f"the model '{name}' does not exist", param="model")
-        model: dict[str, Any]
-        provider: Provider
-        model, provider = hit
-        self.model_id = model["id"]
-        self.provider_name = provider.name
+        name, model, provider = self.route(pivot.get("model"))
         stream = bool(pivot.get("stream"))
         so = pivot.get("stream_options")
         ctx = StreamContext(id=fmt.context_id(os.urandom(12).hex()), created=int(time.time()), model=name,
