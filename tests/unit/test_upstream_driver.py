@@ -451,3 +451,17 @@ def test_a_body_under_its_cap_is_whole() -> None:
         assert r.error is None and r.status == 200 and r.body == b"z" * (1 << 20)
 
     run(body, max_body_bytes=1 << 20)
+
+
+def test_tornado_curl_client_closes_twice_without_raising() -> None:
+    # A worker's drain and the gateway's own close both close the upstream client; Tornado's
+    # CurlAsyncHTTPClient.close() raises on a second call, which killed the drain task.
+    from tornado_proxy.pipeline.tornado_upstream import TornadoCurl
+
+    async def main() -> None:
+        c = TornadoCurl(4)
+        c.close()
+        c.close()
+        assert c.client._multi is None  # closed, once
+
+    asyncio.run(main())

@@ -57,6 +57,14 @@ class TornadoCurl:
         self._aio = self.client.io_loop.asyncio_loop  # type: ignore[attr-defined]
         self.running: set[Transfer] = set()  # started, Tornado's response not yet in
         self._closing = False
+        self._closed = False
+
+    def _close_client(self) -> None:
+        # Once: a drain and the gateway's own close may both get here, and Tornado's
+        # CurlAsyncHTTPClient.close() raises on a second call.
+        if not self._closed:
+            self._closed = True
+            self.client.close()
 
     def close(self) -> None:
         """Close the client once libcurl has let go of every transfer (closing it with
@@ -65,7 +73,7 @@ class TornadoCurl:
         for t in list(self.running):
             self.abort(t)
         if not self.running:
-            self.client.close()
+            self._close_client()
 
     def start_transfer(self, t: Transfer) -> None:
         req = t.req
@@ -139,7 +147,7 @@ class TornadoCurl:
         t.curl = None
         self.running.discard(t)
         if self._closing and not self.running:
-            self.client.close()
+            self._close_client()
         exc = f.exception()
         errno: int | None = None
         if isinstance(exc, CurlError):
