@@ -535,7 +535,7 @@ def test_literal_paths_find_the_same_handler_as_tornado(harness: LoopThread) -> 
 def test_lean_request_has_the_fields_tornado_gives() -> None:
     from tornado import httputil
 
-    from tornado_proxy.server.http1 import _HOSTS, _Context, _ServerRequest
+    from tornado_proxy.server.http1_request import _HOSTS, _Context, _ServerRequest
 
     class Conn:
         context = _Context("192.0.2.1", "https", ("192.0.2.1", 5))

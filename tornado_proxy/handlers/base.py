@@ -26,7 +26,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.observability import redact
 from tornado_proxy.errors import (ErrorKind, ProxyError, bad_body_value, in_words_of, printable,
                       retry_after_header, unreadable_body)
-from tornado_proxy.server.http1 import new_headers
+from tornado_proxy.server.http1_parse import new_headers
 
 if TYPE_CHECKING:
     from tornado_proxy.gateway import Gateway

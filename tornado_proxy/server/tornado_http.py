@@ -37,7 +37,9 @@ from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 
-from tornado_proxy.server.http1 import _BUSY, MAX_HEADER_BYTES, TrustedProxies, _Context, forwarded_context
+from tornado_proxy.server.http1 import _BUSY
+from tornado_proxy.server.http1_parse import MAX_HEADER_BYTES
+from tornado_proxy.server.http1_request import TrustedProxies, _Context, forwarded_context
 
 
 class _Connection(HTTP1Connection):
