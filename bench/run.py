@@ -480,7 +480,9 @@ class TornadoProxy(Gateway):
             self.tree = checkout(rev)
 
     def has_anthropic(self) -> bool:
-        return (self.tree / "providers" / "anthropic_messages.py").exists()
+        # A module before the split of #15, a package after it (--compare may check out either).
+        return any((self.tree / "providers" / name).exists()
+                   for name in ("anthropic_messages.py", "anthropic_messages"))
 
     @property
     def cross_format(self) -> bool:  # type: ignore[override]

@@ -8,9 +8,9 @@ import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message
 
-from providers.anthropic_messages import AnthropicMessagesFormat, estimate_input_tokens
 from providers.base import StreamContext
 from tornado_proxy import jsonutil
+from tornado_proxy.apis.anthropic_messages import AnthropicMessagesFormat, estimate_input_tokens
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder
 

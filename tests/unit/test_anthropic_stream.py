@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
-from providers.anthropic_messages import AnthropicProvider, MessagesEncoder
+from providers.anthropic_messages import AnthropicProvider
 from providers.base import StreamContext, fold_chunks as fold
 from tornado_proxy import jsonutil
+from tornado_proxy.apis.anthropic_messages import MessagesEncoder
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder
 from tests.replay import MODES, cuts, fixture, golden, replay as run, splits

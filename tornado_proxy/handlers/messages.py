@@ -12,10 +12,10 @@ import os
 import time
 from typing import Any
 
-from providers.anthropic_messages import AnthropicMessagesFormat, estimate_input_tokens
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
 
 from tornado_proxy import jsonutil
+from tornado_proxy.apis.anthropic_messages import AnthropicMessagesFormat, estimate_input_tokens
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.handler import LLMHandler
 
