@@ -16,9 +16,9 @@ from anthropic.types.beta import message_create_params as anthropic_beta_params
 from openai.types.chat import completion_create_params as chat_params
 from openai.types.responses import response_create_params as responses_params
 
-from providers.openai_responses import ResponsesFormat
 from tornado_proxy import fieldpolicy
 from tornado_proxy.apis.anthropic_messages import AnthropicMessagesFormat
+from tornado_proxy.apis.openai_responses import ResponsesFormat
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 DECISIONS = {fieldpolicy.TRANSLATED, fieldpolicy.DROPPABLE, fieldpolicy.EMULATED, fieldpolicy.REJECTED}

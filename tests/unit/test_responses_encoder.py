@@ -16,14 +16,9 @@ from typing import Any
 
 import pytest
 
-from providers.base import StreamContext
-from providers.openai_responses import (
-    CTX_REQUEST,
-    ENVELOPE_PREFIX,
-    ResponsesFormat,
-    decode_envelope,
-    fold_chunks,
-)
+from providers.base import StreamContext, fold_chunks
+from providers.openai_responses import CTX_REQUEST, ENVELOPE_PREFIX
+from tornado_proxy.apis.openai_responses import ResponsesFormat, decode_envelope
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder
 from tests.replay import GOLDEN, golden

@@ -7,13 +7,8 @@ from typing import Any
 import pytest
 
 from providers.base import Account
-from providers.openai_responses import (
-    ResponsesFormat,
-    ResponsesProvider,
-    encode_envelope,
-    pivot_to_responses,
-    responses_to_pivot_request,
-)
+from providers.openai_responses import ResponsesProvider, pivot_to_responses
+from tornado_proxy.apis.openai_responses import ResponsesFormat, encode_envelope, responses_to_pivot_request
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 MODEL = {"id": "gpt-5", "provider": "oai", "upstream_model": "gpt-5-2025-08-07"}

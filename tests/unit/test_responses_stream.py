@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from providers.base import StreamContext
-from providers.openai_responses import ResponsesProvider, ResponsesToPivot, fold_chunks
+from providers.base import StreamContext, fold_chunks
+from providers.openai_responses import ResponsesProvider, ResponsesToPivot
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder, SSEEvent
 from tests.replay import MODES, cuts, error_record, fixture, golden, replay as run, splits

@@ -5,7 +5,7 @@
   byte for byte.
 * ``POST /v1/responses`` to any other upstream: Responses request -> pivot ->
   upstream, and back into a Response object or the Responses event stream
-  (``providers/openai_responses.py``).  ``previous_response_id`` is served from the
+  (``tornado_proxy/apis/openai_responses/``).  ``previous_response_id`` is served from the
   gateway's response store (``tornado_proxy/state/responses.py``): each answered
   response keeps its conversation there unless the client said ``store: false``.
   A request whose ``previous_response_id`` is in our store is translated even when
@@ -34,12 +34,11 @@ from providers.openai_responses import (
     CTX_PASSTHROUGH,
     CTX_REQUEST,
     CTX_RESULT,
-    ResponsesFormat,
     ResponsesProvider,
-    input_to_messages,
 )
 
 from tornado_proxy import jsonutil
+from tornado_proxy.apis.openai_responses import ResponsesFormat, input_to_messages
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.handler import LLMHandler
 from tornado_proxy.state.responses import ResponseStore, StoredResponse
