@@ -52,7 +52,7 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
-from .base import (
+from ..base import (
     Account,
     ClientFormat,
     Phase,
