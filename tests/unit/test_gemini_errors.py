@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from providers.base import StreamContext
-from providers.gemini import (GeminiNativeFormat, GeminiProvider, classify_gemini_error, parse_duration,
-                              seconds_until_pacific_midnight)
+from providers.gemini import GeminiProvider, classify_gemini_error, parse_duration, seconds_until_pacific_midnight
+from tornado_proxy.apis.gemini_native import GeminiNativeFormat
 from tornado_proxy.errors import ErrorKind, ProxyError, retry_after_header
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "gemini"

@@ -19,9 +19,10 @@ import urllib.parse
 from typing import Any
 
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
-from providers.gemini import NATIVE_METHODS, GeminiNativeFormat
+from providers.gemini import NATIVE_METHODS
 
 from tornado_proxy import jsonutil
+from tornado_proxy.apis.gemini_native import GeminiNativeFormat
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.handler import LLMHandler
 from tornado_proxy.handlers.base import BaseHandler
