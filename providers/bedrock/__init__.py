@@ -31,7 +31,7 @@ from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
-from .base import (JSON_MODE_INSTRUCTION, Account, Provider, StreamContext, StreamTranslator, UpstreamRequest,
+from ..base import (JSON_MODE_INSTRUCTION, Account, Provider, StreamContext, StreamTranslator, UpstreamRequest,
                    bad_request, error_message_from_body, iter_text_parts, parse_retry_after, stream_cut,
                    system_turn_text, unsupported)
 
