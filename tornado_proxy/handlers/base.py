@@ -19,7 +19,7 @@ from tornado import httputil
 from providers.anthropic_messages import AnthropicMessagesFormat
 from providers.base import ClientFormat
 from providers.gemini import GeminiNativeFormat
-from providers.openai_chat import OpenAIChatFormat
+from tornado_proxy.apis.openai_chat import OpenAIChatFormat
 
 from tornado_proxy import jsonutil
 
