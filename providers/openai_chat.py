@@ -1,11 +1,12 @@
-"""OpenAI Chat Completions: the ``openai`` upstream and the OpenAI client format.
+"""OpenAI Chat Completions: the ``openai`` upstream.
 
 The pivot *is* Chat Completions, so both directions are thin.  The upstream side
 removes the pivot's own extensions before sending (an OpenAI-compatible server
 would reject ``thinking_blocks`` or ``extra_content`` it does not know) and always
 asks for the usage chunk; its stream translator checks that the stream really
 finished (``[DONE]`` or a ``finish_reason``) and turns ``{"error": ...}`` frames
-into errors.  The client side adds nothing but the encoder and error shape.
+into errors.  The client side (``/v1/chat/completions``) is
+``tornado_proxy.apis.openai_chat``.
 """
 from __future__ import annotations
 
@@ -13,20 +14,16 @@ import re
 from typing import Any
 
 from tornado_proxy import jsonutil
-from tornado_proxy.errors import ErrorKind, ProxyError, openai_body
-from tornado_proxy.jsonutil import dumpb
-from tornado_proxy.pipeline.sse import DONE, encode_json
+from tornado_proxy.errors import ErrorKind, ProxyError
 
-from .base import (Account, ClientFormat, Phase, Provider, StreamContext, StreamEncoder,
-                   StreamTranslator, UpstreamRequest, error_message_from_body, stream_cut, text_chunk)
+from .base import (Account, Phase, Provider, StreamContext, StreamTranslator, UpstreamRequest,
+                   error_message_from_body, stream_cut)
 
 # Pivot-only fields that are not part of the OpenAI wire format.
 _MESSAGE_EXTENSIONS = ("thinking_blocks",)
 _TOOL_CALL_EXTENSIONS = ("extra_content",)
 # OpenAI models that take max_completion_tokens only (o-series, gpt-5 family).
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
-# What follows the text in the text_chunk of the pivot, encoded.
-_TEXT_TAIL = b'"},"finish_reason":null}]}\n\n'
 
 
 def _clean_messages(messages: list[Any], keep_reasoning: bool) -> list[Any]:
@@ -186,61 +183,3 @@ class OpenAIChatStream(StreamTranslator):
         if self.phase is not Phase.DONE and not self.finished:
             raise stream_cut("no [DONE] and no finish_reason")
         return []
-
-
-class OpenAIEncoder(StreamEncoder):
-    __slots__ = ("include_usage", "ctx", "_text_head")
-
-    def __init__(self, include_usage: bool, ctx: StreamContext | None = None) -> None:
-        self.include_usage = include_usage
-        self.ctx = ctx
-        self._text_head: bytes | None = None
-
-    def text_bytes(self, literals: list[bytes]) -> bytes:
-        """``feed(text_chunk(ctx, text))`` for each literal: the chunk around it is the same every time."""
-        head = self._text_head
-        if head is None:
-            ctx = self.ctx
-            if ctx is None:
-                raise ValueError("the text lane needs the stream context")
-            whole = dumpb(text_chunk(ctx, ""))  # ...,"delta":{"content":""},"finish_reason":null}]}
-            end = len(whole) - len(_TEXT_TAIL) + 2
-            assert whole[end - 1:] + b"\n\n" == b'"' + _TEXT_TAIL
-            head = self._text_head = b"data: " + whole[:end]
-        if len(literals) == 1:
-            return head + literals[0] + _TEXT_TAIL
-        return head + (_TEXT_TAIL + head).join(literals) + _TEXT_TAIL
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        if not self.include_usage and "usage" in chunk:
-            if not chunk.get("choices"):
-                return b""  # the usage chunk the client did not ask for
-            chunk = {k: v for k, v in chunk.items() if k != "usage"}
-        return b"data: " + dumpb(chunk) + b"\n\n"
-
-    def finish(self) -> bytes:
-        return DONE
-
-    def fail(self, err: ProxyError) -> bytes:
-        # The openai SDK raises APIError on a data frame carrying "error".
-        return encode_json(openai_body(err))
-
-
-class OpenAIChatFormat(ClientFormat):
-    name = "openai"
-
-    def parse_request(self, body: dict[str, Any]) -> dict[str, Any]:
-        # Many clients send "param": null for "not given"; translators treat absent and
-        # null alike only if nulls are gone.
-        if any(v is None for v in body.values()):
-            return {k: v for k, v in body.items() if v is not None}
-        return body
-
-    def render_response(self, pivot: dict[str, Any], ctx: StreamContext) -> dict[str, Any]:
-        return pivot
-
-    def new_encoder(self, ctx: StreamContext) -> StreamEncoder:
-        return OpenAIEncoder(ctx.include_usage, ctx)
-
-    def error_body(self, err: ProxyError) -> dict[str, Any]:
-        return openai_body(err)

@@ -20,7 +20,7 @@ import pytest
 
 from providers.base import StreamContext, fold_chunks as fold
 from providers.bedrock import BedrockProvider, BedrockStream, EventStreamDecoder
-from providers.openai_chat import OpenAIEncoder
+from tornado_proxy.apis.openai_chat import OpenAIEncoder
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tests.replay import FIXTURES, MODES, cuts, error_record, fixture, golden, replay as run, splits

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from providers.base import Account
-from providers.openai_chat import OpenAIChatFormat, OpenAIChatProvider, OpenAIChatStream, OpenAIEncoder
+from providers.openai_chat import OpenAIChatProvider, OpenAIChatStream
+from tornado_proxy.apis.openai_chat import OpenAIChatFormat, OpenAIEncoder
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEEvent

@@ -15,7 +15,7 @@ import pytest
 
 from providers.anthropic_messages import AnthropicProvider
 from providers.base import StreamContext, text_chunk
-from providers.openai_chat import OpenAIChatFormat, OpenAIEncoder
+from tornado_proxy.apis.openai_chat import OpenAIChatFormat, OpenAIEncoder
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ProxyError
 from tornado_proxy.pipeline.handler import translate_read

@@ -17,11 +17,11 @@ import tornado.web
 from tornado import httputil
 
 from providers.base import ClientFormat
-from providers.openai_chat import OpenAIChatFormat
 
 from tornado_proxy import jsonutil
 from tornado_proxy.apis.anthropic_messages import AnthropicMessagesFormat
 from tornado_proxy.apis.gemini_native import GeminiNativeFormat
+from tornado_proxy.apis.openai_chat import OpenAIChatFormat
 
 from tornado_proxy.observability import redact
 from tornado_proxy.errors import (ErrorKind, ProxyError, bad_body_value, in_words_of, printable,
