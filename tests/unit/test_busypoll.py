@@ -43,32 +43,82 @@ def make(max_spin: float, sock: socket.socket) -> SpinningSelector:
     return sel
 
 
-def test_events_come_back_at_once_and_soon_events_open_the_window(pair) -> None:
-    a, b = pair
-    sel = make(0.1, a)
+class World:
+    """A fake clock and one scripted event: the selector's timing rules without real time,
+    so a loaded machine (a timer thread woken late) cannot change what the test sees."""
+
+    POLL_COST = 0.0001  # what one non-blocking poll costs on the fake clock
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.at: float | None = None  # when the next event arrives
+
+    def now(self) -> float:
+        return self.t
+
+    def event_in(self, delay: float) -> None:
+        self.at = self.t + delay
+
+
+class _Scripted(selectors.EpollSelector):
+    """The epoll underneath, answered from the World instead of the kernel."""
+
+    world: World
+
+    def select(self, timeout: float | None = None) -> list:
+        w = self.world
+        if w.at is not None and (w.at <= w.t or (timeout is None or timeout > 0) and
+                                 (timeout is None or w.at <= w.t + timeout)):
+            w.t, w.at = max(w.t, w.at), None
+            return [(key, selectors.EVENT_READ) for key in self.get_map().values()]
+        w.t += w.POLL_COST if not timeout or timeout <= 0 else timeout
+        return []
+
+
+class ScriptedSpin(SpinningSelector, _Scripted):
+    def __init__(self, max_spin: float, world: World) -> None:
+        super().__init__(max_spin)
+        self.world = world
+
+
+def test_events_come_back_at_once_and_soon_events_open_the_window(pair, monkeypatch) -> None:
+    a, _ = pair
+    world = World()
+    monkeypatch.setattr(busypoll, "_now", world.now)
+    sel = ScriptedSpin(0.1, world)
+    sel.register(a, selectors.EVENT_READ)
+
+    def fds(ready: list) -> list:
+        return [k.fileobj for k, _ in ready]
+
     assert sel.window == 0.0
-    b.send(b"x")
-    assert [k.fileobj for k, _ in sel.select(5.0)] == [a]
+    world.event_in(0)
+    assert fds(sel.select(5.0)) == [a]
     assert sel.window == pytest.approx(0.025)  # max/4: the first window after none
-    a.recv(10)
     # An event just after the window: polling a little longer would have caught it.
-    assert [k.fileobj for k, _ in select_sent_after(sel, b, 0.035)] == [a]
+    world.event_in(0.035)
+    assert fds(sel.select(5.0)) == [a]
     assert sel.window == pytest.approx(0.05)
     assert (sel.polled, sel.caught) == (1, 0)
-    a.recv(10)
     # Now polling catches it, and the window stays.
-    assert [k.fileobj for k, _ in select_sent_after(sel, b, 0.01)] == [a]
+    world.event_in(0.01)
+    assert fds(sel.select(5.0)) == [a]
     assert sel.window == pytest.approx(0.05)
     assert (sel.polled, sel.caught) == (2, 1)
-    a.recv(10)
     sel.window = 0.08
-    b.send(b"x")
+    world.event_in(0)
     sel.select(5.0)
     assert sel.window == 0.08 and sel.caught == 2
-    a.recv(10)
     sel.window = 0.075
-    select_sent_after(sel, b, 0.085)
+    world.event_in(0.085)
+    assert fds(sel.select(5.0)) == [a]
     assert sel.window == pytest.approx(0.1)  # doubled, capped at max_spin
+    # A long wait (past twice max_spin) halves it; nothing at all within the timeout too.
+    world.event_in(1.0)
+    assert fds(sel.select(5.0)) == [a]
+    assert sel.window == pytest.approx(0.05)
+    assert sel.select(0.5) == []
+    assert sel.window == pytest.approx(0.025)
 
 
 def test_long_waits_close_the_window(pair) -> None:
