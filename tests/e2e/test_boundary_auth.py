@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e.harness import FakeUpstream, LoopThread, Reply, fixture_bytes, openai_provider, simple_config
+from tests.e2e.harness import (FakeUpstream, LoopThread, Reply, fixture_bytes, openai_provider, sent_before_close,
+                               simple_config)
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -81,6 +83,41 @@ def test_account_pinning_is_granted_by_config(harness: LoopThread, pinning: Any,
         assert up.requests == []
         c.chat.completions.create(model="m", messages=MSGS)  # without the header: served
         assert len(up.requests) == 1
+
+
+@pytest.mark.parametrize("headers", [b"Authorization: Bearer wrong-key\r\n",
+                                     b"Authorization: Bearer gw-key-plain\r\nx-auth-id: a2\r\n"])
+def test_an_answer_before_the_body_says_whether_the_connection_stays(harness: LoopThread, headers: bytes) -> None:
+    """A 401/403 decided on the head alone, before the client sent its body: a server that
+    then closes the connection must say ``Connection: close`` in that answer, or a client
+    that reuses it (httpx, the SDKs) fails its next request.  Either the answer says so and
+    the connection closes, or the connection serves the next request."""
+    up = harness.upstream()
+    up.default = ok_reply()
+    gw = gateway(harness, up, access_keys=["gw-key-plain"], account_pinning=False)
+    body = json.dumps({"model": "m", "messages": MSGS}).encode()
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + headers
+            + b"Content-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(head)
+        first = b""
+        while b"\r\n\r\n" not in first:
+            d = s.recv(65536)
+            assert d, "closed before an answer"
+            first += d
+        status_head = first.split(b"\r\n\r\n", 1)[0].lower()
+        assert status_head.startswith((b"http/1.1 401", b"http/1.1 403"))
+        try:
+            s.sendall(body + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        except OSError:
+            rest = b""
+        else:
+            rest = sent_before_close(s, timeout=3) or b""
+        if b"\r\nconnection: close" in status_head:
+            assert b"HTTP/1.1 200" not in rest
+        else:
+            assert b"HTTP/1.1 200" in rest, "the connection was closed after an answer that kept it alive"
+    assert up.requests == []
 
 
 def test_pinning_off_without_access_keys(harness: LoopThread) -> None:

@@ -13,6 +13,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+import tornado.http1connection
 import tornado.web
 from tornado import httputil
 
@@ -210,9 +211,20 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Retry-After", ra)
         if err.kind is ErrorKind.METHOD_NOT_ALLOWED:
             self.set_header("Allow", allowed_methods(self))
+        if self._closes_after_answer():
+            self.set_header("Connection", "close")
         self.set_header("Content-Type", "application/json")
         fmt = self.client_format
         self.finish(jsonutil.dumpb(fmt.error_body(in_words_of(fmt.name, err))))
+
+    def _closes_after_answer(self) -> bool:
+        """Tornado's own server closes a connection whose request body it has not read
+        when the answer is finished (an error from ``prepare``, before a streamed body),
+        without telling the client: a client reusing the connection then fails.  Say so
+        in the answer.  (Our server side adds the header itself.)"""
+        fut = getattr(self.request, "_body_future", None)
+        return (fut is not None and not fut.done() and self.request.version == "HTTP/1.1"
+                and isinstance(self.request.connection, tornado.http1connection.HTTP1Connection))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
