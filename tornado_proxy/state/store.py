@@ -222,6 +222,10 @@ class SharedStateStore(MemoryStateStore):
                 await asyncio.wait_for(self._tick(), max(self.timeout, self.sync_interval))
             except asyncio.CancelledError:
                 raise
+            except RuntimeError as e:
+                if "interpreter shutdown" in str(e):
+                    return  # the process is exiting: its thread pools are gone; not a store outage
+                self._down(e)
             except Exception as e:
                 self._down(e)
 
