@@ -326,28 +326,9 @@ def error_message_from_body(body: bytes) -> str:
     return text[:500]
 
 
-def parse_retry_after(headers: dict[str, str]) -> float | None:
-    """``Retry-After`` in seconds (delta seconds or an HTTP date); None if absent or bad."""
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-    import time
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    # An HTTP date needs the clock; this runs on the error path only.
-    return max(0.0, when.timestamp() - time.time())
-
-
 def default_classify(status: int, headers: dict[str, str], body: bytes) -> ProxyError:
+    from .toolkit import parse_retry_after  # (the toolkit builds on this module)
+
     msg = error_message_from_body(body)
     return from_status(status, f"upstream returned {status}: {msg}",
                        retry_after=parse_retry_after(headers), headers=headers)

@@ -8,7 +8,8 @@ from typing import Any
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
-from ..base import error_message_from_body, parse_retry_after
+from ..base import error_message_from_body
+from ..toolkit import parse_retry_after
 
 JSON = dict[str, Any]
 

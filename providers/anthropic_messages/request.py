@@ -18,11 +18,12 @@ from typing import Any, Iterable
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, unsupported
+from ..toolkit import REASONING_BUDGETS, parse_data_uri, reasoning_budget
 
 JSON = dict[str, Any]
 
 ANTHROPIC_VERSION = "2023-06-01"
-DEFAULT_BUDGETS = {"low": 4096, "medium": 12288, "high": 24576}
+DEFAULT_BUDGETS = REASONING_BUDGETS  # (one table for every upstream: providers/toolkit.py)
 DEFAULT_MAX_TOKENS = 4096
 # Thinking with a token budget needs this beta to think between tool calls;
 # adaptive thinking interleaves without it.
@@ -110,9 +111,7 @@ def resolve_reasoning(req: JSON, model: JSON) -> Reasoning:
     return Reasoning(None)
 
 
-def budget_for(level: str, model: JSON) -> int:
-    budgets = {**DEFAULT_BUDGETS, **(model.get("reasoning_budgets") or {})}
-    return int(budgets[level])
+budget_for = reasoning_budget
 
 
 # ---------------------------------------------------------------------------
@@ -139,20 +138,13 @@ def _with_cache(block: JSON, part: JSON) -> JSON:
     return block
 
 
-def _split_data_uri(uri: str, path: str) -> tuple[str, str]:
-    header, sep, data = uri.partition(",")
-    if not sep or not header.startswith("data:") or not header.endswith(";base64"):
-        raise bad_request("expected a base64 data: URI ('data:<type>;base64,<data>')", path)
-    return header[5:-7].split(";")[0].lower(), data
-
-
 def image_block(part: JSON, path: str) -> JSON:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str) or not url:
         raise bad_request("image_url.url is required", path + ".image_url.url")
     if url.startswith("data:"):
-        media, data = _split_data_uri(url, path + ".image_url.url")
+        media, data = parse_data_uri(url, path + ".image_url.url")
         if media not in IMAGE_MEDIA_TYPES:
             raise unsupported(path + ".image_url.url",
                               f"image type '{media}' (Anthropic takes {', '.join(IMAGE_MEDIA_TYPES)})")
@@ -171,7 +163,7 @@ def file_block(part: JSON, path: str) -> JSON:
     data_uri = f.get("file_data")
     if not isinstance(data_uri, str):
         raise bad_request("file.file_data is required", path + ".file.file_data")
-    media, data = _split_data_uri(data_uri, path + ".file.file_data")
+    media, data = parse_data_uri(data_uri, path + ".file.file_data")
     if media == "application/pdf":
         source: JSON = {"type": "base64", "media_type": media, "data": data}
     elif media == "text/plain":

@@ -5,7 +5,8 @@ from __future__ import annotations
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
-from ..base import error_message_from_body, parse_retry_after
+from ..base import error_message_from_body
+from ..toolkit import parse_retry_after
 
 # Bedrock error type (x-amzn-ErrorType, or :exception-type with a capital first
 # letter) -> our kind.  Types not here fall back to the HTTP status.

@@ -7,8 +7,9 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, iter_text_parts, system_turn_text, unsupported
+from ..toolkit import REASONING_BUDGETS, parse_data_uri, reasoning_budget
 
-DEFAULT_BUDGETS = {"minimal": 1024, "low": 4096, "medium": 12288, "high": 24576}
+DEFAULT_BUDGETS = REASONING_BUDGETS  # (one table for every upstream: providers/toolkit.py)
 # Anthropic's floor for budget_tokens.
 MIN_BUDGET = 1024
 # Room for the answer when the client sets no max_tokens but thinking is on: Claude
@@ -58,11 +59,7 @@ def _data_url(url: str, param: str) -> tuple[str, str]:
                                      "provider); send the image as a base64 data: URL")
         raise unsupported(param, "Bedrock takes inline bytes; send the file as a base64 data: URL "
                                  "(the gateway does not fetch URLs)")
-    head, sep, data = url[5:].partition(",")
-    mime, _, enc = head.partition(";")
-    if not sep or enc.lower() != "base64":
-        raise bad_request("expected a base64 data: URL (data:<type>;base64,<data>)", param)
-    return mime.lower(), data
+    return parse_data_uri(url, param)
 
 
 def _part_image_url(part: Any) -> str | None:
@@ -331,11 +328,6 @@ def claude_thinking(model: dict[str, Any]) -> bool:
     return "anthropic.claude" in str(model.get("upstream_model") or model.get("id") or "").lower()
 
 
-def _budget(level: str, model: dict[str, Any]) -> int:
-    budgets = {**DEFAULT_BUDGETS, **(model.get("reasoning_budgets") or {})}
-    return int(budgets[level])
-
-
 def _reject_unsupported(req: dict[str, Any]) -> None:
     why = {"n": "Bedrock returns one choice", "logprobs": "Bedrock returns no log probabilities",
            "presence_penalty": "Bedrock Converse has no penalties",
@@ -399,7 +391,7 @@ def converse_request(req: dict[str, Any], model: dict[str, Any]) -> dict[str, An
         if not claude_thinking(model):
             raise unsupported("reasoning_effort", "this Bedrock model has no thinking budget the gateway "
                                                   "knows (set options.reasoning_style to 'claude' if it does)")
-        budget = _budget(level, model)
+        budget = reasoning_budget(level, model)
         if budget > 0:
             if max_tokens is None:
                 max_tokens = budget + ANSWER_ALLOWANCE

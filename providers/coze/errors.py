@@ -15,7 +15,8 @@ from typing import Any, Mapping
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 
-from ..base import error_message_from_body, parse_retry_after
+from ..base import error_message_from_body
+from ..toolkit import parse_retry_after
 
 CODE_KINDS: dict[int, ErrorKind] = {
     4000: ErrorKind.UPSTREAM_BAD_REQUEST,    # request parameters are invalid

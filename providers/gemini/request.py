@@ -8,7 +8,6 @@ and reasoning to ``thinkingConfig``.  Tool schemas go through :mod:`.schema`.
 """
 from __future__ import annotations
 
-import base64
 import mimetypes
 import urllib.parse
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import bad_request, system_turn_text, unsupported
+from ..toolkit import REASONING_BUDGETS, parse_data_uri, reasoning_budget
 from .schema import clean_schema
 
 
@@ -23,7 +23,7 @@ from .schema import clean_schema
 # signature; Google documents this value for history it did not produce.
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
-DEFAULT_BUDGETS = {"minimal": 1024, "low": 4096, "medium": 12288, "high": 24576}
+DEFAULT_BUDGETS = REASONING_BUDGETS  # (one table for every upstream: providers/toolkit.py)
 
 # Pivot request keys and what happens to them.  Everything else is rejected.
 _MAPPED_KEYS = frozenset({
@@ -67,19 +67,6 @@ def safety_settings(value: Any) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------
 # request: messages
 # ---------------------------------------------------------------------------
-
-def parse_data_uri(uri: str, param: str) -> tuple[str, str]:
-    """``data:<mime>[;base64],<data>`` -> (mime, base64 data)."""
-    head, sep, data = uri.partition(",")
-    if not sep or not head.startswith("data:"):
-        raise bad_request(f"'{param}' is not a valid data URI", param)
-    meta = head[5:].split(";")
-    mime = meta[0] or "text/plain"
-    if "base64" in meta[1:]:
-        return mime, data.strip()
-    raw = urllib.parse.unquote_to_bytes(data)
-    return mime, base64.b64encode(raw).decode("ascii")
-
 
 def guess_mime(url: str) -> str | None:
     path = urllib.parse.urlsplit(url).path
@@ -440,7 +427,7 @@ def thinking_config(level: str | None, budget: int | None, model: dict[str, Any]
         elif level == "budget":
             cfg["thinkingBudget"] = budget
         else:
-            cfg["thinkingBudget"] = int(budgets[level])
+            cfg["thinkingBudget"] = reasoning_budget(level, model)
     else:
         if level == "budget":
             b = budget or 0

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from providers.base import default_classify, parse_retry_after
+from providers.base import default_classify
+from providers.toolkit import parse_retry_after
 from tornado_proxy.errors import (ERROR_TABLE, Action, ErrorKind, ProxyError, anthropic_body, from_status,
                                   openai_body, retry_after_header)
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from tornado_proxy.accounts import oauth, ratelimit
-from tornado_proxy.accounts.ratelimit import is_daily_quota, parse_retry_after, reset_from_headers, until_midnight
+from providers.toolkit import parse_retry_after
+from tornado_proxy.accounts.ratelimit import is_daily_quota, reset_from_headers, until_midnight
 from tornado_proxy.errors import ProxyError
 from tornado_proxy.state.accounts_state import AccountState
 

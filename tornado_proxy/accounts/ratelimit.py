@@ -29,7 +29,6 @@ limit numbers the admin view shows.
 from __future__ import annotations
 
 import datetime
-import email.utils
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -231,30 +230,6 @@ QUOTA_LIMIT_HEADERS = (
     ("input_tokens", ("anthropic-ratelimit-input-tokens-limit",)),
     ("output_tokens", ("anthropic-ratelimit-output-tokens-limit",)),
 )
-
-
-def parse_retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
-    """``retry-after-ms`` (OpenAI) or ``retry-after`` (delta seconds or HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(0.0, float(ra))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(ra)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - wall_now)
 
 
 def exhausted(remaining: str | None) -> bool:
