@@ -69,8 +69,6 @@ def parse_retry_after(headers: Mapping[str, str], wall_now: float | None = None)
     s = _seconds(value, 1.0)
     if s is not None:
         return s
-    if value[:1].isdigit() or value[:1] in "+-.":
-        return None  # a number we could not read (or not finite) is no date either
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

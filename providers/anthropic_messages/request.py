@@ -18,12 +18,11 @@ from typing import Any, Iterable
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, unsupported
-from ..toolkit import REASONING_BUDGETS, parse_data_uri, reasoning_budget
+from ..toolkit import parse_data_uri, reasoning_budget
 
 JSON = dict[str, Any]
 
 ANTHROPIC_VERSION = "2023-06-01"
-DEFAULT_BUDGETS = REASONING_BUDGETS  # (one table for every upstream: providers/toolkit.py)
 DEFAULT_MAX_TOKENS = 4096
 # Thinking with a token budget needs this beta to think between tool calls;
 # adaptive thinking interleaves without it.
@@ -110,8 +109,6 @@ def resolve_reasoning(req: JSON, model: JSON) -> Reasoning:
         return Reasoning("high", "high")
     return Reasoning(None)
 
-
-budget_for = reasoning_budget
 
 
 # ---------------------------------------------------------------------------
@@ -440,7 +437,7 @@ def pivot_to_messages(req: JSON, model: JSON, stream: bool) -> tuple[JSON, list[
             body["thinking"] = {"type": "adaptive"}
             output_config["effort"] = reasoning.adaptive_effort or reasoning.level
         else:
-            budget = budget_for(reasoning.level, model)
+            budget = reasoning_budget(reasoning.level, model)
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}
             if body["max_tokens"] <= budget:
                 # max_tokens counts thinking too: keep the asked-for room for the answer.
@@ -542,7 +539,7 @@ def native_body(body: JSON, model: JSON, count_tokens: bool = False) -> tuple[JS
                 if not isinstance(out.get("output_config"), dict) or "effort" not in out["output_config"]:
                     out["output_config"] = {**(out.get("output_config") or {}), "effort": level}
             else:
-                budget = budget_for(level, model)
+                budget = reasoning_budget(level, model)
                 out["thinking"] = {"type": "enabled", "budget_tokens": budget}
                 mt = out.get("max_tokens")
                 if not count_tokens and isinstance(mt, int) and mt <= budget:

@@ -7,9 +7,8 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, iter_text_parts, system_turn_text, unsupported
-from ..toolkit import REASONING_BUDGETS, parse_data_uri, reasoning_budget
+from ..toolkit import parse_data_uri, reasoning_budget
 
-DEFAULT_BUDGETS = REASONING_BUDGETS  # (one table for every upstream: providers/toolkit.py)
 # Anthropic's floor for budget_tokens.
 MIN_BUDGET = 1024
 # Room for the answer when the client sets no max_tokens but thinking is on: Claude

@@ -56,7 +56,7 @@ from tornado_proxy.errors import ErrorKind, ProxyError
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
 from .embeddings import EMBED_CHARS_PER_TOKEN, build_embeddings_body, embedding_inputs, translate_embeddings
 from .errors import classify_gemini_error, parse_duration, seconds_until_pacific_midnight
-from .request import (DEFAULT_BUDGETS, SKIP_SIGNATURE, build_generate_body, content_parts,
+from .request import (SKIP_SIGNATURE, build_generate_body, content_parts,
                       convert_messages, convert_tool_choice, convert_tools, guess_mime, merged_options,
                       parse_data_uri, resolve_reasoning, safety_settings, strip_alias_suffix,
                       thinking_config)
@@ -77,7 +77,6 @@ NATIVE_METHODS = ("generateContent", "streamGenerateContent", "countTokens", "em
 __all__ = [
     "DEFAULT_API_VERSION",
     "DEFAULT_BASE_URL",
-    "DEFAULT_BUDGETS",
     "EMBED_CHARS_PER_TOKEN",
     "GeminiProvider",
     "GeminiStreamTranslator",

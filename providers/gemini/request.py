@@ -15,15 +15,13 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import bad_request, system_turn_text, unsupported
-from ..toolkit import REASONING_BUDGETS, parse_data_uri, reasoning_budget
+from ..toolkit import REASONING_BUDGETS, parse_data_uri
 from .schema import clean_schema
 
 
 # Gemini 3 validates that the first functionCall of each step carries its
 # signature; Google documents this value for history it did not produce.
 SKIP_SIGNATURE = "skip_thought_signature_validator"
-
-DEFAULT_BUDGETS = REASONING_BUDGETS  # (one table for every upstream: providers/toolkit.py)
 
 # Pivot request keys and what happens to them.  Everything else is rejected.
 _MAPPED_KEYS = frozenset({
@@ -413,7 +411,7 @@ def thinking_config(level: str | None, budget: int | None, model: dict[str, Any]
     """
     if level is None:
         return None
-    budgets = {**DEFAULT_BUDGETS, **(model.get("reasoning_budgets") or {})}
+    budgets = {**REASONING_BUDGETS, **(model.get("reasoning_budgets") or {})}
     off = level == "off" or (level == "budget" and budget == 0)
     style = opts.get("thinking_style", "auto")
     if style == "auto":
@@ -427,7 +425,7 @@ def thinking_config(level: str | None, budget: int | None, model: dict[str, Any]
         elif level == "budget":
             cfg["thinkingBudget"] = budget
         else:
-            cfg["thinkingBudget"] = reasoning_budget(level, model)
+            cfg["thinkingBudget"] = int(budgets[level])
     else:
         if level == "budget":
             b = budget or 0

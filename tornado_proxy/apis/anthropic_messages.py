@@ -16,8 +16,9 @@ import base64
 import math
 from typing import Any, Iterable
 
-from providers.anthropic_messages import DEFAULT_BUDGETS, STOP_FROM_FINISH
+from providers.anthropic_messages import STOP_FROM_FINISH
 from providers.base import ClientFormat, Phase, StreamContext, StreamEncoder, bad_request, unsupported
+from providers.toolkit import REASONING_BUDGETS
 from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError, anthropic_body
 
@@ -30,9 +31,9 @@ JSON = dict[str, Any]
 
 # A client's thinking budget -> the pivot's reasoning_effort (by the default budgets).
 def _effort_for_budget(budget: int) -> str:
-    if budget <= DEFAULT_BUDGETS["low"]:
+    if budget <= REASONING_BUDGETS["low"]:
         return "low"
-    if budget <= DEFAULT_BUDGETS["medium"]:
+    if budget <= REASONING_BUDGETS["medium"]:
         return "medium"
     return "high"
 
