@@ -78,6 +78,9 @@ class ResponsesToPivot(StreamTranslator):
             self.phase = StreamPhase.FAILED
             raise error_from_responses(ev.get("error") if isinstance(ev.get("error"), dict) else ev,
                                        "upstream stream error")
+        if kind == "response.failed":  # (in any phase, as ``error``: its error is the news)
+            self.phase = StreamPhase.FAILED
+            raise error_from_responses((ev.get("response") or {}).get("error"), "upstream response failed")
         if self.phase is StreamPhase.START:
             if kind in ("response.created", "response.queued"):
                 self.phase = StreamPhase.OUTPUT
@@ -133,9 +136,6 @@ class ResponsesToPivot(StreamTranslator):
             return []
         if kind in ("response.completed", "response.incomplete"):
             return self._end(ev.get("response") or {})
-        if kind == "response.failed":
-            self.phase = StreamPhase.FAILED
-            raise error_from_responses((ev.get("response") or {}).get("error"), "upstream response failed")
         if kind == "response.created":
             raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent response.created twice")
         # _IGNORED_EVENTS, and event types OpenAI adds later (hosted tools, audio...):
