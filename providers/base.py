@@ -280,6 +280,15 @@ class Provider:
         """Bytes whose presence near the end of a passed-through stream means it finished."""
         return None
 
+    def usage_of(self, obj: Any) -> dict[str, Any] | None:
+        """Usage in pivot terms from one of this upstream's own answers or stream
+        events, passed through to a client of the same format (for metrics).  The
+        default reads OpenAI's ``usage``; an upstream with its own shape overrides it."""
+        u = obj.get("usage") if isinstance(obj, dict) else None
+        if isinstance(u, dict) and ("prompt_tokens" in u or "completion_tokens" in u):
+            return u
+        return None
+
 
 class Exchange:
     """A non-streaming answer that takes several upstream requests (create, poll, fetch).

@@ -138,3 +138,15 @@ class AnthropicProvider(Provider):
 
     def stream_complete_marker(self) -> bytes | None:
         return b"message_stop"
+
+    def usage_of(self, obj: Any) -> dict[str, Any] | None:
+        # A Message's ``usage``, message_start's ``message.usage``, message_delta's ``usage``.
+        if not isinstance(obj, dict):
+            return None
+        u = obj.get("usage")
+        if not isinstance(u, dict):
+            msg = obj.get("message")
+            u = msg.get("usage") if isinstance(msg, dict) else None
+        if isinstance(u, dict) and ("input_tokens" in u or "output_tokens" in u):
+            return usage_to_pivot(u)
+        return None

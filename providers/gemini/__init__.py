@@ -230,6 +230,9 @@ class GeminiProvider(Provider):
     def stream_complete_marker(self) -> bytes | None:
         return b'"finishReason"'
 
+    def usage_of(self, obj: Any) -> dict[str, Any] | None:
+        return convert_usage(obj.get("usageMetadata")) if isinstance(obj, dict) else None
+
 
 def _rewrite_models(body: dict[str, Any], name: str) -> tuple[dict[str, Any], bool]:
     changed = False

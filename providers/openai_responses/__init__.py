@@ -145,3 +145,13 @@ class ResponsesProvider(Provider):
         # final usage, at the end of their response object; no other event has
         # "input_tokens" (created/in_progress say "usage":null, items have none).
         return b'"input_tokens"'
+
+    def usage_of(self, obj: Any) -> dict[str, Any] | None:
+        # A Response's ``usage``, or the one of a stream event's ``response``.
+        if not isinstance(obj, dict):
+            return None
+        u = obj.get("usage")
+        if not isinstance(u, dict):
+            resp = obj.get("response")
+            u = resp.get("usage") if isinstance(resp, dict) else None
+        return usage_to_pivot(u) if isinstance(u, dict) else None
