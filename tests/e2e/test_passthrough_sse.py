@@ -180,3 +180,56 @@ def test_the_sdks_raise_on_the_error_frame(harness: LoopThread) -> None:
             for _ in s:
                 pass
     assert "not JSON" in str(e2.value)
+
+
+# An error event as each upstream sends it mid-stream (shapes from the providers' API
+# references: OpenAI's error chunk, Anthropic's `error` event, Responses' `response.failed`,
+# Gemini's google.rpc.Status), and the kind our own error table gives it.
+ERROR_EVENTS = {
+    "openai": (b'data: {"error":{"message":"The server had an error","type":"server_error","code":null}}\n\n',
+               "upstream_error"),
+    "anthropic": (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+                  b'\n\n', "upstream_overloaded"),
+    "responses": (b'event: response.failed\ndata: {"type":"response.failed","sequence_number":9,"response":'
+                  b'{"id":"resp_1","object":"response","status":"failed","error":{"code":"server_error",'
+                  b'"message":"The server had an error"},"output":[]}}\n\n', "upstream_error"),
+    "gemini": (b'data: {"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}\r\n\r\n',
+               "upstream_overloaded"),
+}
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=IDS)
+def test_an_error_event_reaches_the_client_as_sent_and_is_counted(harness: LoopThread, route: Route,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The upstream's own error event, in the client's format already, goes out as it
+    came (nothing added after it); the gateway counts the stream as failed upstream:
+    the metric of upstream errors, the request's error kind, the log."""
+    event, kind = ERROR_EVENTS[route.name]
+    events = route.events()
+    writes = [events[0], events[1], event]
+    up, gw = gateway(harness, route, Reply(200, {"Content-Type": "text/event-stream"}, chunks=writes, delay=0.01))
+    caplog.set_level(logging.INFO)
+    status, body = post(gw, route)
+    assert status == 200
+    assert body == as_client_sees(events[0] + events[1]) + event
+    assert metric(gw, f'tornado_proxy_upstream_errors_total{{kind="{kind}",provider="up"}}') == 1.0
+    assert metric(gw, 'tornado_proxy_upstream_errors_total{kind="upstream_stream_cut"') == 0.0
+    logged = [r.getMessage() for r in caplog.records if "stream failed after the first byte" in r.getMessage()]
+    assert len(logged) == 1 and kind in logged[0]
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=IDS)
+def test_an_error_as_the_first_event_fails_over(harness: LoopThread, route: Route) -> None:
+    """Before the client has a byte, an error event is what an error answer would be:
+    the next account serves the stream, as on a translated route."""
+    event, kind = ERROR_EVENTS[route.name]
+    data = b"".join(route.events())
+    up = harness.upstream().push(Reply(200, {"Content-Type": "text/event-stream"}, chunks=[event]),
+                                 Reply(200, {"Content-Type": "text/event-stream"}, chunks=chunks(data, None, route.sep)))
+    prov = route.provider(up)
+    prov["accounts"] = [{"id": "a1", "api_key": "test-key-a1"}, {"id": "a2", "api_key": "test-key-a2"}]
+    gw = harness.gateway(simple_config([prov], [{"id": "m", "provider": "up", "upstream_model": "upstream-model"}]))
+    status, body = post(gw, route)
+    assert status == 200 and body == as_client_sees(data)
+    assert len(up.requests) == 2
+    assert metric(gw, f'tornado_proxy_upstream_errors_total{{kind="{kind}",provider="up"}}') == 1.0

@@ -1,25 +1,46 @@
-"""Usage read back from the tail of a passed-through stream (metrics only)."""
+"""Usage read back from a passed-through answer (metrics only), by the upstream's own
+reader (``Provider.usage_of``): the pipeline knows no vendor's usage shape."""
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
-from tornado_proxy.pipeline.handler import usage_from_tail
+from providers import PROVIDER_TYPES
+from tornado_proxy.pipeline.passthrough import usage_from_tail
+
+PROVIDERS = {name: cls({"name": name, "type": name}) for name, cls in PROVIDER_TYPES
+             if name in ("openai", "anthropic", "openai-responses", "gemini")}
 
 CASES = [
-    ("openai usage chunk", b'data: {"choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10}}\n\ndata: [DONE]\n\n',
+    ("openai usage chunk", "openai",
+     b'data: {"choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10}}\n\ndata: [DONE]\n\n',
      {"prompt_tokens": 19, "completion_tokens": 10}),
-    ("anthropic: input from message_start, output from message_delta",
+    ("anthropic: input from message_start, output from message_delta", "anthropic",
      b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
      b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":42}}\n\n'
      b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
-     {"prompt_tokens": 7, "completion_tokens": 42}),
-    ("gemini usageMetadata", b'data: {"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":3}}\r\n\r\n',
-     {"prompt_tokens": 5, "completion_tokens": 3}),
-    ("no usage", b'data: {"choices":[]}\n\ndata: [DONE]\n\n', None),
-    ("usage line cut at the start of the tail", b'e":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n', None),
+     {"prompt_tokens": 7, "completion_tokens": 42, "total_tokens": 49}),
+    ("anthropic cache reads count as prompt tokens", "anthropic",
+     b'event: message_delta\ndata: {"type":"message_delta","usage":{"input_tokens":3,"cache_read_input_tokens":100,'
+     b'"output_tokens":5}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n',
+     {"prompt_tokens": 103, "completion_tokens": 5, "total_tokens": 108,
+      "prompt_tokens_details": {"cached_tokens": 100, "cache_creation_tokens": 0}}),
+    ("responses: the usage of response.completed", "openai-responses",
+     b'event: response.created\ndata: {"type":"response.created","response":{"usage":null}}\n\n'
+     b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":4,'
+     b'"output_tokens":6,"total_tokens":10,"output_tokens_details":{"reasoning_tokens":2}}}}\n\n',
+     {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10, "completion_tokens_details": {"reasoning_tokens": 2}}),
+    ("gemini usageMetadata, thoughts are completion tokens", "gemini",
+     b'data: {"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":3,"thoughtsTokenCount":2}}\r\n\r\n',
+     {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10, "completion_tokens_details": {"reasoning_tokens": 2}}),
+    ("no usage", "openai", b'data: {"choices":[]}\n\ndata: [DONE]\n\n', None),
+    ("another format's usage is not this upstream's", "openai",
+     b'data: {"type":"message_delta","usage":{"output_tokens":42}}\n\n', None),
+    ("usage line cut at the start of the tail", "openai", b'e":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n', None),
 ]
 
 
-@pytest.mark.parametrize("name,tail,expected", CASES, ids=[c[0] for c in CASES])
-def test_usage_from_tail(name: str, tail: bytes, expected: dict | None) -> None:
-    assert usage_from_tail(tail) == expected
+@pytest.mark.parametrize("name,provider,tail,expected", CASES, ids=[c[0] for c in CASES])
+def test_usage_from_tail(name: str, provider: str, tail: bytes, expected: dict[str, Any] | None) -> None:
+    assert usage_from_tail(tail, PROVIDERS[provider].usage_of) == expected

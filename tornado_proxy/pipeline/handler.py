@@ -31,13 +31,13 @@ from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.observability import redact
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.handlers.base import BaseHandler
+from tornado_proxy.pipeline.passthrough import MODEL_KEYS, TAIL_BYTES, ModelRewrite, usage_from_tail
 from tornado_proxy.pipeline.sse import BadEvent, EventChecker, SSEDecoder
 from tornado_proxy.pipeline.text_lane import FusedSSEDecoder
 from tornado_proxy.pipeline.upstream import Transfer
 
 log = logging.getLogger("tornado_proxy.pipeline")
 
-TAIL_BYTES = 4096
 # Failures that are the upstream's even though no status says so (counted per provider).
 _UPSTREAM_BROKE = frozenset({ErrorKind.UPSTREAM_BAD_RESPONSE, ErrorKind.UPSTREAM_STREAM_CUT,
                              ErrorKind.IDLE_TIMEOUT})
@@ -47,115 +47,6 @@ SSE_HEADERS = (
     ("Cache-Control", "no-cache"),
     ("X-Accel-Buffering", "no"),  # tell nginx-style proxies in front of us not to buffer
 )
-
-
-def usage_of(obj: Any) -> dict[str, Any] | None:
-    """Usage in pivot terms from an OpenAI or Anthropic object (passed-through bodies)."""
-    if not isinstance(obj, dict):
-        return None
-    u = obj.get("usage") or obj.get("usageMetadata")
-    if not isinstance(u, dict):
-        msg = obj.get("message")
-        u = msg.get("usage") if isinstance(msg, dict) else None
-        if not isinstance(u, dict):
-            resp = obj.get("response")
-            u = resp.get("usage") if isinstance(resp, dict) else None
-            if not isinstance(u, dict):
-                return None
-    if "prompt_tokens" in u or "completion_tokens" in u:
-        return u
-    if "promptTokenCount" in u or "candidatesTokenCount" in u:  # Gemini usageMetadata
-        return {"prompt_tokens": u.get("promptTokenCount") or 0,
-                "completion_tokens": (u.get("candidatesTokenCount") or 0) + (u.get("thoughtsTokenCount") or 0)}
-    if "input_tokens" in u or "output_tokens" in u:
-        read, write = u.get("cache_read_input_tokens") or 0, u.get("cache_creation_input_tokens") or 0
-        out: dict[str, Any] = {"prompt_tokens": (u.get("input_tokens") or 0) + read + write,
-                               "completion_tokens": u.get("output_tokens") or 0}
-        if read or write:  # Anthropic's cache counts, for traces (pivot terms: providers/base.py)
-            out["prompt_tokens_details"] = {"cached_tokens": read, "cache_creation_tokens": write}
-        return out
-    return None
-
-
-def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
-    """The last usage in the final bytes of a passed-through SSE stream (for metrics).
-
-    Only the data lines that carry usage are parsed, from the end: Anthropic splits
-    usage over message_start and message_delta, so input and output are merged.
-    """
-    best: dict[str, Any] | None = None
-    end = len(tail)
-    for _ in range(4):
-        i = max(tail.rfind(b'"usage"', 0, end), tail.rfind(b'"usageMetadata"', 0, end))
-        if i < 0:
-            break
-        start = tail.rfind(b"\n", 0, i) + 1
-        stop = tail.find(b"\n", i)
-        line = tail[start:stop if stop >= 0 else len(tail)]
-        end = start
-        if line.startswith(b"data:"):
-            try:
-                u = usage_of(jsonutil.loads(line[5:]))
-            except ValueError:
-                continue
-            if u:
-                best = {**{k: v for k, v in u.items() if v}, **(best or {})}
-    return best
-
-
-# The key that names the model in each client format's answers (Gemini says which
-# model version answered; the client named the model in its URL).
-MODEL_KEYS = {"gemini": b'"modelVersion"'}
-
-
-class ModelRewrite:
-    """The model name in a passed-through answer, replaced by the one the client asked
-    for (an alias routed to another ``upstream_model``).  Clients compare it with the
-    model they called: Claude Code drops signed thinking blocks from turns whose
-    ``model`` differs, and the next tool turn then fails upstream.
-
-    No JSON is parsed: the first ``"model":"<name>"`` of the answer (the top-level
-    one: in message_start, the first chat chunk, response.created, a whole body) tells
-    the upstream's name, and from then on only that exact key and value are replaced,
-    one ``bytes.replace`` per read (a JSON string cannot hold an unescaped ``"``, so
-    the pattern never matches inside a text).  Works on complete lines only: the caller
-    holds a line back until its newline."""
-
-    __slots__ = ("key", "new", "old", "found", "off")
-
-    def __init__(self, key: bytes, client_name: str) -> None:
-        self.key = key
-        self.new = jsonutil.dumpb(client_name)   # the JSON string, quotes included
-        self.old = b""                           # key, separator and the upstream's JSON string
-        self.found = b""                         # what replaces ``old``
-        self.off = False                         # the upstream said the client's name (or an odd one)
-
-    def feed(self, data: bytes) -> bytes:
-        if not self.old:
-            if self.off or not self._learn(data):
-                return data
-        return data.replace(self.old, self.found)  # (the same object when it has none)
-
-    def _learn(self, data: bytes) -> bool:
-        key = self.key
-        at = data.find(key)
-        if at < 0:
-            return False
-        i = at + len(key)
-        n = len(data)
-        while i < n and data[i] in b" \t:":
-            i += 1
-        sep = data[at + len(key):i]
-        if i >= n or data[i] != 0x22 or sep.count(b":") != 1:
-            return False  # not a key with a string value (the next one may be)
-        end = data.find(b'"', i + 1)
-        value = data[i:end + 1]
-        if end < 0 or b"\\" in value or value == self.new:
-            self.off = True  # the name asked for already, or one with escapes: left alone
-            return False
-        self.old = key + sep + value
-        self.found = key + sep + self.new
-        return True
 
 
 def translate_read(decoder: Any, translator: Any, encoder: Any, data: bytes, out: list[bytes],
@@ -204,8 +95,14 @@ class LLMHandler(BaseHandler):
         self._translator: Any = None
         self._encoder: Any = None
         self._usage: dict[str, Any] | None = None
-        self._tail = b""
+        self._tails: list[bytes] = []  # the last reads passed through (``_tail``)
+        self._tails_len = 0
         self._checker: EventChecker | None = None
+        # A pass-through stream's error event, read by the upstream's own translator:
+        # the client has the event as it came; the account and the metrics hear of it.
+        self._pt_error: ProxyError | None = None
+        self._pt_seen = 0  # the checker's error events looked at so far
+        self._pt_args: tuple[Provider, StreamContext] | None = None
         self._t0 = 0.0
         self._ttfb: float | None = None
         self._streaming = False
@@ -421,10 +318,11 @@ class LLMHandler(BaseHandler):
         if up.stream:
             if passthrough:
                 on_data = self._on_passthrough
-                self._tail = b""  # (of an attempt that failed over)
+                self._tails, self._tails_len = [], 0  # (of an attempt that failed over)
                 self._rewrite = self._model_rewrite(ctx)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
                 self._checker = EventChecker(self.gw.upstream.max_body_bytes)
+                self._pt_error, self._pt_seen, self._pt_args = None, 0, (provider, ctx)
             else:
                 self._translator = translator = provider.new_stream(ctx)
                 self._encoder = encoder = fmt.new_encoder(ctx)
@@ -452,17 +350,31 @@ class LLMHandler(BaseHandler):
                 if not self._first_sent:
                     raise res.error
                 _scrub(res.error, lease.account)
+                if self._pt_error is not None:  # the client has the upstream's own error event
+                    self._passthrough_failed(provider, lease)
+                    return
                 self._midstream_failure(provider, lease, res.error, against_account=True)
                 return
+            if passthrough:
+                try:
+                    self._relay_rest()  # (its last event may be the error, or malformed)
+                except ProxyError as err:
+                    if not self._first_sent:
+                        raise
+                    lease.success(res.ttfb or 0.0, res.headers)
+                    self._midstream_failure(provider, lease, err, against_account=False)
+                    return
+                if self._pt_error is not None:
+                    self._passthrough_failed(provider, lease)
+                    return
             lease.success(res.ttfb or 0.0, res.headers)
             try:
                 if passthrough:
-                    self._relay_rest()
                     marker = provider.stream_complete_marker()
-                    tail = self._tail
+                    tail = self._tail()
                     if marker is not None and marker not in tail:
                         raise ProxyError(ErrorKind.UPSTREAM_STREAM_CUT, "upstream stream ended before it finished")
-                    self._usage = usage_from_tail(tail)
+                    self._usage = usage_from_tail(tail, provider.usage_of)
                     if not self._first_sent:
                         self._start_stream()
                     self.finish()
@@ -538,7 +450,7 @@ class LLMHandler(BaseHandler):
         before anything is sent, for a body that is not what the upstream format promises."""
         if passthrough:
             try:
-                usage = usage_of(jsonutil.loads(res.body))
+                usage = provider.usage_of(jsonutil.loads(res.body))
             except ValueError:
                 raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
             ctype = res.headers.get("content-type", "application/json")
@@ -628,25 +540,79 @@ class LLMHandler(BaseHandler):
             if bad.good and self._first_sent:  # the good events before it still go out
                 self._relay(bad.good)
             raise self._malformed(bad) from None
+        if chk.error_events != self._pt_seen:
+            self._error_event(chk)
         if data:
             self._relay(data)
         return True
 
+    def _error_event(self, chk: EventChecker) -> None:
+        self._pt_seen = chk.error_events
+        if self._pt_error is None:
+            err = self._event_error(chk.first_error)
+            if not self._first_sent:
+                raise err  # as on a translated stream: fail over, or answer the error
+            self._pt_error = err
+
+    def _event_error(self, payload: bytes) -> ProxyError:
+        """What an error event of a passed-through stream means, in the upstream's own
+        terms: its stream translator reads it as it would on a translated stream."""
+        assert self._pt_args is not None
+        provider, ctx = self._pt_args
+        try:
+            translator = provider.new_stream(ctx)
+            for ev in SSEDecoder().feed(b"data: " + payload + b"\n\n"):
+                translator.feed(ev)
+        except ProxyError as err:
+            return err
+        except Exception:  # a shape its translator does not know: still an error event
+            log.debug("%s: provider '%s': error event not read by its translator", self.route_name,
+                      provider.name, exc_info=True)
+        return ProxyError(ErrorKind.UPSTREAM_ERROR, "upstream error mid-stream")
+
+    def _passthrough_failed(self, provider: Provider, lease: Any) -> None:
+        """A passed-through stream that carried an error event: the client read it as
+        the upstream sent it (nothing is added); the account, the metrics and the log
+        count it as a stream that failed after the first byte."""
+        err = self._pt_error
+        assert err is not None
+        _scrub(err, lease.account)
+        lease.failure(err)
+        self.error_kind = err.kind
+        self.gw.metrics.upstream_errors.labels(provider.name, err.kind.value).inc()
+        log.info("%s: provider '%s', account '%s': stream failed after the first byte: %s: %s",
+                 self.route_name, provider.name, lease.account.id, err.kind.value, err.message)
+        self.finish()
+
     def _relay(self, data: bytes) -> None:
-        # Keep the last 4 KiB (one object): the end marker and the usage event live there.
-        tail = self._tail + data if self._tail else data
-        self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
+        # Keep the last reads, 4 KiB at least (one object): the end marker and the
+        # usage event live there.  A list, joined once at the end: not a 4 KiB copy per read.
+        tails = self._tails
+        tails.append(data)
+        self._tails_len += len(data)
+        if self._tails_len > 2 * TAIL_BYTES:
+            self._trim_tails()
+        # The upstream may quote a key (ours or another account's) in an error event:
+        # one regex search per read; the model name, when it is not the client's, is
+        # replaced the same way.  The checker hands over whole events only, so neither
+        # can be split across two reads here.
+        data = redact.SCRUBBER.data(data)
         rw = self._rewrite
-        if rw is not None or redact.SCRUBBER.active:
-            # The upstream may quote a key (ours or another account's) in an error
-            # event: one regex search per read; the model name, when it is not the
-            # client's, is replaced the same way.  The checker hands over whole events
-            # only, so neither can be split across two reads here.
-            if redact.SCRUBBER.active:
-                data = redact.data(data)
-            if rw is not None:
-                data = rw.feed(data)
+        if rw is not None:
+            data = rw.feed(data)
         self._send(data)
+
+    def _trim_tails(self) -> None:
+        tails = self._tails
+        n = self._tails_len
+        while len(tails) > 1 and n - len(tails[0]) >= TAIL_BYTES:
+            n -= len(tails.pop(0))
+        self._tails_len = n
+
+    def _tail(self) -> bytes:
+        """The last ``TAIL_BYTES`` passed through (all of them when fewer)."""
+        tail = b"".join(self._tails)
+        return tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
 
     def _relay_rest(self) -> None:
         """The end of a passed-through stream: its last event, if no blank line followed it."""
@@ -657,6 +623,8 @@ class LLMHandler(BaseHandler):
             rest = chk.finish()
         except BadEvent as bad:
             raise self._malformed(bad) from None
+        if chk.error_events != self._pt_seen:
+            self._error_event(chk)
         if rest:
             self._relay(rest)
 
