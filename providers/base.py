@@ -64,19 +64,39 @@ from . import headers as headers_mod
 from .headers import RequestInfo as RequestInfo  # (re-exported)
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamContext:
-    """What a translator needs that it must not make up itself.
+    """What a translator needs that it must not make up itself, and what one request's
+    parts hand each other.  One per request.
 
     Translators read no clock and draw no random ids: everything that would make
-    their output differ between two runs comes in here.
+    their output differ between two runs comes in here.  Every field is typed and
+    slotted (translators and encoders read it per chunk); a part that needs to pass
+    something new adds a field here, with its default.
     """
 
     id: str                      # "chatcmpl-..." / "msg_..." / "resp_..." as the client format wants
     created: int                 # unix seconds
     model: str                   # the model name the client asked for (echoed back)
     include_usage: bool = False  # OpenAI clients: stream_options.include_usage
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The model's config entry the route resolved (``Provider``'s ``model`` argument),
+    # for a translator that reads its options (Gemini: ``show_search_links``); None on
+    # routes that did not put it here (the pipeline then resolves it again).
+    model_entry: dict[str, Any] | None = None
+    # Bedrock: the latency the upstream reported (``metrics.latencyMs``), once it has.
+    upstream_latency_ms: int | None = None
+    # -- the Responses client API (/v1/responses) --------------------------------------
+    # The client's Responses request: the Response objects we render echo its
+    # parameters, as OpenAI's do (set by the handler; None elsewhere).
+    client_request: dict[str, Any] | None = None
+    # Set by the handler when the upstream's own Responses stream is passed through:
+    # an error then is one ``error`` event continuing the upstream's numbering
+    # (``fail_seq``, its next sequence_number), not a response of our own.
+    passthrough: bool = False
+    fail_seq: int = 0
+    # Where render_response / the encoder leave what they answered, for the handler
+    # to keep in the response store: {"pivot": chat.completion, "response": Response}.
+    result: dict[str, Any] | None = None
 
 
 @dataclass

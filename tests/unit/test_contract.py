@@ -171,3 +171,14 @@ def test_every_client_format_a_route_serves_is_a_concrete_client_format() -> Non
         assert isinstance(fmt, ClientFormat), handler
         assert not inspect.isabstract(type(fmt)), handler
         assert isinstance(fmt.new_encoder(CTX), StreamEncoder), handler
+
+
+# -- the stream context is typed fields, nothing free-form ----------------------------
+
+def test_the_stream_context_has_typed_fields_only() -> None:
+    ctx = StreamContext(id="resp_1", created=1, model="m")
+    assert not hasattr(ctx, "__dict__")  # slotted: a misspelt field is an error, not a new key
+    with pytest.raises(AttributeError):
+        ctx.extra = {}  # type: ignore[attr-defined]
+    assert (ctx.include_usage, ctx.model_entry, ctx.upstream_latency_ms) == (False, None, None)
+    assert (ctx.client_request, ctx.passthrough, ctx.fail_seq, ctx.result) == (None, False, 0, None)
