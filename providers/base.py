@@ -52,30 +52,51 @@ Errors are :class:`tornado_proxy.errors.ProxyError` (this package may import
 from __future__ import annotations
 
 import enum
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 # (re-exported: the fused text lane's patterns live with the lane)
-from tornado_proxy.pipeline.text_lane import PLAIN_JSON_STRING, TextLane  # noqa: F401
+from tornado_proxy.pipeline.text_lane import PLAIN_JSON_STRING as PLAIN_JSON_STRING, TextLane as TextLane  # noqa: F401
 
 from . import headers as headers_mod
-from .headers import RequestInfo
+from .headers import RequestInfo as RequestInfo  # (re-exported)
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamContext:
-    """What a translator needs that it must not make up itself.
+    """What a translator needs that it must not make up itself, and what one request's
+    parts hand each other.  One per request.
 
     Translators read no clock and draw no random ids: everything that would make
-    their output differ between two runs comes in here.
+    their output differ between two runs comes in here.  Every field is typed and
+    slotted (translators and encoders read it per chunk); a part that needs to pass
+    something new adds a field here, with its default.
     """
 
     id: str                      # "chatcmpl-..." / "msg_..." / "resp_..." as the client format wants
     created: int                 # unix seconds
     model: str                   # the model name the client asked for (echoed back)
     include_usage: bool = False  # OpenAI clients: stream_options.include_usage
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The model's config entry the route resolved (``Provider``'s ``model`` argument),
+    # for a translator that reads its options (Gemini: ``show_search_links``); None on
+    # routes that did not put it here (the pipeline then resolves it again).
+    model_entry: dict[str, Any] | None = None
+    # Bedrock: the latency the upstream reported (``metrics.latencyMs``), once it has.
+    upstream_latency_ms: int | None = None
+    # -- the Responses client API (/v1/responses) --------------------------------------
+    # The client's Responses request: the Response objects we render echo its
+    # parameters, as OpenAI's do (set by the handler; None elsewhere).
+    client_request: dict[str, Any] | None = None
+    # Set by the handler when the upstream's own Responses stream is passed through:
+    # an error then is one ``error`` event continuing the upstream's numbering
+    # (``fail_seq``, its next sequence_number), not a response of our own.
+    passthrough: bool = False
+    fail_seq: int = 0
+    # Where render_response / the encoder leave what they answered, for the handler
+    # to keep in the response store: {"pivot": chat.completion, "response": Response}.
+    result: dict[str, Any] | None = None
 
 
 @dataclass
@@ -116,8 +137,10 @@ class Phase(enum.Enum):
     FAILED = "failed"
 
 
-class StreamTranslator:
+class StreamTranslator(ABC):
     """Upstream stream events -> pivot chunks.  One per request.  No I/O, no clock.
+
+    A subclass implements ``feed`` and ``finish``; ``fail`` and ``text_lane`` have defaults.
 
     ``feed(event)`` takes one decoded upstream event (an ``SSEEvent`` or, for
     Bedrock, one event-stream message) and returns the pivot chunk dicts it
@@ -128,11 +151,13 @@ class StreamTranslator:
     An ``error`` event in the stream raises ``ProxyError``.
     """
 
+    @abstractmethod
     def feed(self, event: Any) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """One decoded upstream event -> the pivot chunks it completes."""
 
+    @abstractmethod
     def finish(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The upstream transfer ended normally -> the last chunks (or raise stream_cut)."""
 
     def fail(self, err: ProxyError) -> list[dict[str, Any]]:
         return []
@@ -152,22 +177,26 @@ def text_chunk(ctx: StreamContext, text: str) -> dict[str, Any]:
             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
 
 
-class StreamEncoder:
+class StreamEncoder(ABC):
     """Pivot chunks -> the bytes of the client's stream format.  One per request.
 
     ``feed(chunk)`` returns bytes to write (maybe ``b""``); ``finish()`` the closing
     bytes (``data: [DONE]``, ``message_stop``, ``response.completed``...);
-    ``fail(err)`` the error frame in the client's format.
+    ``fail(err)`` the error frame in the client's format.  A subclass implements all
+    three; ``text_bytes`` is optional.
     """
 
+    @abstractmethod
     def feed(self, chunk: dict[str, Any]) -> bytes:
-        raise NotImplementedError
+        """One pivot chunk -> the bytes to write (maybe ``b""``)."""
 
+    @abstractmethod
     def finish(self) -> bytes:
-        raise NotImplementedError
+        """The closing bytes of a stream that ended normally."""
 
+    @abstractmethod
     def fail(self, err: ProxyError) -> bytes:
-        raise NotImplementedError
+        """The error frame, in the client's format, for a stream that failed."""
 
     #: The fused text lane (optional): ``text_bytes(literals)`` returns what ``feed``
     #: returns for ``text_chunk(ctx, text)`` of each text in turn, joined, given their
@@ -175,36 +204,49 @@ class StreamEncoder:
     text_bytes: Any = None
 
 
-class ClientFormat:
-    """A format clients speak to us: parse its requests, render our answers in it."""
+class ClientFormat(ABC):
+    """A format clients speak to us: parse its requests, render our answers in it.
+
+    A subclass implements ``parse_request``, ``render_response``, ``new_encoder`` and
+    ``error_body``; ``context_id`` has a default (a ``chatcmpl-`` id).
+    """
 
     name = "openai"          # "openai" | "anthropic" | "responses" | "gemini"
 
+    @abstractmethod
     def parse_request(self, body: dict[str, Any]) -> dict[str, Any]:
         """Client request -> pivot request.  Raises ProxyError(INVALID_REQUEST, param=...)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def render_response(self, pivot: dict[str, Any], ctx: StreamContext) -> dict[str, Any]:
-        raise NotImplementedError
+        """The pivot chat.completion -> the client's response body."""
 
+    @abstractmethod
     def new_encoder(self, ctx: StreamContext) -> StreamEncoder:
-        raise NotImplementedError
+        """The encoder of one streamed answer."""
 
+    @abstractmethod
     def error_body(self, err: ProxyError) -> dict[str, Any]:
-        raise NotImplementedError
+        """An error, in the API's own words."""
 
     def context_id(self, rand_hex: str) -> str:
         """The response id for this format, from random hex the handler draws."""
         return "chatcmpl-" + rand_hex
 
 
-class Provider:
+class Provider(ABC):
     """An upstream API.  One instance per configured provider entry.
 
     ``conf`` is the provider's config entry (``name``, ``type``, ``base_url``,
     ``headers``, ``timeouts``, ``accounts``, ``options``...).  ``model`` arguments
     are a model's config entry (``id``, ``provider``, ``upstream_model``,
     ``reasoning``, ``max_tokens``, ``system_prompt``, ``headers``, ``options``...).
+
+    A subclass implements ``build_request``, ``translate_response`` and ``new_stream``
+    (a provider that answers in-process derives from ``LocalProvider`` instead).  The
+    rest are defaults: ``validate``, ``classify_error``, ``finish_request``,
+    ``new_exchange``; one with a ``native_format`` also overrides
+    ``build_native_request`` and ``stream_complete_marker``.
     """
 
     type_name = ""
@@ -214,7 +256,7 @@ class Provider:
     default_base_url = ""
     # "sse" or "eventstream": which decoder the core feeds the upstream bytes to.
     stream_decoder = "sse"
-    # Does this provider answer locally (no HTTP)? See EchoProvider.
+    # Does this provider answer locally (no HTTP)? True for a LocalProvider (EchoProvider).
     local = False
 
     def __init__(self, conf: dict[str, Any]) -> None:
@@ -234,17 +276,18 @@ class Provider:
         return []
 
     # -- the four jobs ---------------------------------------------------------
+    @abstractmethod
     def build_request(self, req: dict[str, Any], model: dict[str, Any], account: Account,
                       stream: bool) -> UpstreamRequest:
         """Pivot request (model already resolved) -> the upstream HTTP request."""
-        raise NotImplementedError
 
+    @abstractmethod
     def translate_response(self, body: bytes, ctx: StreamContext) -> dict[str, Any]:
         """The upstream's whole (non-streaming) 2xx body -> a pivot chat.completion dict."""
-        raise NotImplementedError
 
+    @abstractmethod
     def new_stream(self, ctx: StreamContext) -> StreamTranslator:
-        raise NotImplementedError
+        """The translator of one streamed answer."""
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ProxyError:
         """A non-2xx upstream answer -> ProxyError (with retry_after from headers/body)."""
@@ -273,8 +316,10 @@ class Provider:
     def build_native_request(self, body: dict[str, Any], raw: bytes, model: dict[str, Any],
                              account: Account, stream: bool, client_headers: dict[str, str],
                              path: str = "") -> UpstreamRequest:
-        """Same-format route: forward the client's body with only the model mapped."""
-        raise NotImplementedError
+        """Same-format route: forward the client's body with only the model mapped.
+        Called only when the client's format is ``native_format``, so a provider
+        without one (the default, None) leaves this as it is."""
+        raise NotImplementedError(f"{type(self).__name__} has no native format to pass through")
 
     def stream_complete_marker(self) -> bytes | None:
         """Bytes whose presence near the end of a passed-through stream means it finished."""
@@ -290,7 +335,37 @@ class Provider:
         return None
 
 
-class Exchange:
+class LocalProvider(Provider):
+    """A provider that answers in-process, with no upstream request (``local = True``):
+    the pipeline calls ``respond`` (non-streaming) or ``stream_chunks`` instead of the
+    HTTP jobs, which a local provider never reaches.  See ``EchoProvider``.
+    A subclass implements ``respond`` and ``stream_chunks``."""
+
+    local = True
+
+    @abstractmethod
+    def respond(self, req: dict[str, Any], ctx: StreamContext) -> dict[str, Any]:
+        """Pivot request -> the pivot chat.completion."""
+
+    @abstractmethod
+    def stream_chunks(self, req: dict[str, Any], ctx: StreamContext) -> list[dict[str, Any]]:
+        """Pivot request -> the pivot chunks of the streamed answer."""
+
+    def _not_http(self) -> ProxyError:
+        return ProxyError(ErrorKind.INTERNAL, f"{type(self).__name__} answers locally: it sends no upstream request")
+
+    def build_request(self, req: dict[str, Any], model: dict[str, Any], account: Account,
+                      stream: bool) -> UpstreamRequest:
+        raise self._not_http()
+
+    def translate_response(self, body: bytes, ctx: StreamContext) -> dict[str, Any]:
+        raise self._not_http()
+
+    def new_stream(self, ctx: StreamContext) -> StreamTranslator:
+        raise self._not_http()
+
+
+class Exchange(ABC):
     """A non-streaming answer that takes several upstream requests (create, poll, fetch).
 
     No I/O and no clock, like a translator: the pipeline sends the first request
@@ -303,11 +378,13 @@ class Exchange:
 
     max_seconds: float = 300.0
 
+    @abstractmethod
     def next(self, body: bytes) -> tuple[float, UpstreamRequest] | None:
-        raise NotImplementedError
+        """One 2xx body -> (delay, the next request), or None when the answer is complete."""
 
+    @abstractmethod
     def result(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The pivot chat.completion, once ``next`` returned None."""
 
 
 def error_message_from_body(body: bytes) -> str:

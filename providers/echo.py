@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Provider, StreamContext, estimate_tokens, iter_text_parts
+from .base import LocalProvider, StreamContext, estimate_tokens, iter_text_parts
 
 WORDS_PER_CHUNK = 3
 
@@ -32,9 +32,8 @@ def _usage(req: dict[str, Any], text: str) -> dict[str, Any]:
             "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
-class EchoProvider(Provider):
+class EchoProvider(LocalProvider):
     type_name = "echo"
-    local = True
 
     def respond(self, req: dict[str, Any], ctx: StreamContext) -> dict[str, Any]:
         text = echo_text(req)

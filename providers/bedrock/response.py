@@ -98,5 +98,5 @@ def translate_converse(obj: Any, ctx: StreamContext) -> dict[str, Any]:
         out["usage"] = usage
     metrics = obj.get("metrics")
     if isinstance(metrics, dict) and "latencyMs" in metrics:
-        ctx.extra["upstream_latency_ms"] = metrics["latencyMs"]
+        ctx.upstream_latency_ms = metrics["latencyMs"]
     return out

@@ -48,7 +48,7 @@ class BedrockStream(StreamTranslator):
     them.  A reasoning block's text streams as ``reasoning_content``; the whole
     block (with its signature, or its redacted bytes) is emitted as one
     ``thinking_blocks`` delta when it stops.  ``metadata`` gives the usage chunk and
-    the latency (``ctx.extra["upstream_latency_ms"]``).
+    the latency (``ctx.upstream_latency_ms``).
     """
 
     __slots__ = ("ctx", "phase", "blocks", "tools")
@@ -123,7 +123,7 @@ class BedrockStream(StreamTranslator):
             self.phase = _Phase.DONE
             metrics = data.get("metrics")
             if isinstance(metrics, dict) and "latencyMs" in metrics:
-                self.ctx.extra["upstream_latency_ms"] = metrics["latencyMs"]
+                self.ctx.upstream_latency_ms = metrics["latencyMs"]
             usage = convert_usage(data.get("usage"))
             if usage is None:
                 return []

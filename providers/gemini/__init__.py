@@ -171,9 +171,9 @@ class GeminiProvider(Provider):
         return UpstreamRequest("POST", url, self._headers(model, account), jsonutil.dumpb(body), stream)
 
     def _show_links(self, ctx: StreamContext) -> bool:
-        # The translator only sees ctx: the model's options come through ctx.extra.
-        model = ctx.extra.get("model")
-        opts = self.options(model) if isinstance(model, dict) else dict(self.conf.get("options") or {})
+        # The translator only sees ctx: the model's options come through ctx.model_entry.
+        model = ctx.model_entry
+        opts = self.options(model) if model is not None else dict(self.conf.get("options") or {})
         return bool(opts.get("show_search_links"))
 
     def translate_response(self, body: bytes, ctx: StreamContext) -> dict[str, Any]:

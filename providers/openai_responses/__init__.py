@@ -4,8 +4,9 @@ Pivot Chat Completions request -> ``POST {base_url}/responses`` (``request``); t
 Response object (``response``) or its event stream (``stream``) -> pivot; Responses
 error objects -> our kinds (``errors``).  The client half of the same API
 (``/v1/responses``) lives in ``tornado_proxy.apis.openai_responses`` and takes from here
-the names both halves share: the ``StreamContext.extra`` keys, the envelope prefix, the
-error codes, the schema checks and ``thinking_block``.
+the names both halves share: the envelope prefix, the error codes, the schema checks and
+``thinking_block`` (what the two pass each other per request are ``StreamContext``'s
+Responses fields: ``client_request``, ``passthrough``, ``fail_seq``, ``result``).
 
 Reasoning state (README, "Reasoning state"): a Responses ``reasoning`` output
 item becomes a pivot ``thinking_blocks`` entry ``{"type": "thinking",
@@ -31,10 +32,9 @@ from .schema import json_path, validator
 from .stream import ResponsesToPivot, StreamPhase
 
 __all__ = [
-    "CTX_FAIL_SEQ", "CTX_PASSTHROUGH", "CTX_REQUEST", "CTX_RESULT", "ENVELOPE_PREFIX", "ResponsesProvider",
-    "ResponsesToPivot", "StreamPhase", "error_from_responses", "json_path", "messages_to_input",
-    "pivot_to_responses", "responses_error_code", "responses_to_pivot", "thinking_block", "usage_to_pivot",
-    "validator",
+    "ENVELOPE_PREFIX", "ResponsesProvider", "ResponsesToPivot", "StreamPhase", "error_from_responses", "json_path",
+    "messages_to_input", "pivot_to_responses", "responses_error_code", "responses_to_pivot", "thinking_block",
+    "usage_to_pivot", "validator",
 ]
 
 JSON = dict[str, Any]
@@ -42,18 +42,6 @@ JSON = dict[str, Any]
 # Reasoning items we hand to Responses clients carry pivot thinking blocks (from
 # Anthropic, Gemini, Bedrock...) in this envelope: "tpr1." + base64url(JSON list).
 ENVELOPE_PREFIX = "tpr1."
-
-# Key of StreamContext.extra holding the client's Responses request (a dict): the
-# Response objects we render echo its parameters, as OpenAI's do.
-CTX_REQUEST = "responses.request"
-# Set by the handler when the upstream's own Responses stream is passed through:
-# an error then is one ``error`` event continuing the upstream's numbering
-# (CTX_FAIL_SEQ, its next sequence_number), not a response of our own.
-CTX_PASSTHROUGH = "responses.passthrough"
-CTX_FAIL_SEQ = "responses.fail_seq"
-# Where render_response / the encoder leave what they answered, for the handler
-# to keep in the response store: {"pivot": chat.completion, "response": Response}.
-CTX_RESULT = "responses.result"
 
 
 class ResponsesProvider(Provider):

@@ -54,7 +54,7 @@ CASES = [
 def test_translate_response(name: str, body: bytes, expected: dict[str, Any]) -> None:
     ctx = StreamContext(id="chatcmpl-1", created=1, model="m")
     assert PROVIDER.translate_response(body, ctx) == expected
-    assert ctx.extra["upstream_latency_ms"] >= 1
+    assert ctx.upstream_latency_ms is not None and ctx.upstream_latency_ms >= 1
 
 
 BAD = [

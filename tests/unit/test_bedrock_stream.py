@@ -59,7 +59,7 @@ def replay(data: bytes, reads: list[bytes]) -> tuple[list[Any], bytes]:
     sse = b"".join(encoder.feed(chunk) for chunk in chunks) + (encoder.fail(err) if err else encoder.finish())
     if err is not None:
         chunks.append({"error": error_record(err)})
-    chunks.append({"extra": c.extra})
+    chunks.append({"upstream_latency_ms": c.upstream_latency_ms})
     return chunks, sse
 
 
@@ -105,7 +105,7 @@ def test_fold_of_stream_equals_whole_response(name: str) -> None:
     whole = PROVIDER.translate_response(body, c)
     assert whole == golden(f"bedrock/{name}.completion.json", whole)
     assert normalise_arguments(folded) == normalise_arguments(whole)
-    assert c.extra == chunks[-1]["extra"]
+    assert c.upstream_latency_ms == chunks[-1]["upstream_latency_ms"]
 
 
 # --- the decoder on its own ------------------------------------------------------

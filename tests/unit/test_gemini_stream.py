@@ -257,9 +257,9 @@ def test_stream_edge_cases(name: str, events: list[SSEEvent], expect: dict[str, 
         assert choice["message"]["tool_calls"][0]["id"] == expect["call_id"]
 
 
-def test_model_options_in_ctx_extra_turn_on_search_links() -> None:
+def test_model_options_in_ctx_model_entry_turn_on_search_links() -> None:
     p = provider(False)
-    c = StreamContext(**CTX, extra={"model": {"id": "m", "options": {"show_search_links": True}}})
+    c = StreamContext(**CTX, model_entry={"id": "m", "options": {"show_search_links": True}})
     out = p.translate_response(fixture("gemini/grounding.json"), c)
     assert "**Sources:**" in out["choices"][0]["message"]["content"]
     assert "**Sources:**" not in p.translate_response(fixture("gemini/grounding.json"), ctx())[

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from providers.base import StreamContext, fold_chunks
-from providers.openai_responses import CTX_REQUEST, ENVELOPE_PREFIX
+from providers.openai_responses import ENVELOPE_PREFIX
 from tornado_proxy.apis.openai_responses import ResponsesFormat, decode_envelope
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import SSEDecoder
@@ -29,7 +29,7 @@ REQ_PLAIN = {"model": "claude-x", "input": "hi"}
 
 
 def ctx(req: dict[str, Any]) -> StreamContext:
-    return StreamContext(id="resp_0123abcd", created=1700000000, model="claude-x", extra={CTX_REQUEST: req})
+    return StreamContext(id="resp_0123abcd", created=1700000000, model="claude-x", client_request=req)
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, usage: dict[str, Any] | None = None

@@ -29,13 +29,7 @@ import urllib.parse
 from typing import Any
 
 from providers.base import Account, Provider, StreamContext, UpstreamRequest
-from providers.openai_responses import (
-    CTX_FAIL_SEQ,
-    CTX_PASSTHROUGH,
-    CTX_REQUEST,
-    CTX_RESULT,
-    ResponsesProvider,
-)
+from providers.openai_responses import ResponsesProvider
 
 from tornado_proxy import jsonutil
 from tornado_proxy.apis.openai_responses import ResponsesFormat, input_to_messages
@@ -112,9 +106,9 @@ class ResponsesHandler(LLMHandler):
         prev = body.get("previous_response_id")
         stored = await store.fetch(prev) if isinstance(prev, str) else None
         ctx = StreamContext(id=fmt.context_id(os.urandom(12).hex()), created=int(time.time()), model=name,
-                            extra={CTX_REQUEST: body})
+                            client_request=body)
         if provider.native_format == fmt.name and stored is None:
-            ctx.extra[CTX_PASSTHROUGH] = True
+            ctx.passthrough = True
             raw = self._raw
 
             def build_native(acct: Account) -> UpstreamRequest:
@@ -149,7 +143,7 @@ class ResponsesHandler(LLMHandler):
         if getattr(self, "_held_finish", False):
             return None  # a repeat (auto-finish, a late duplicate answer) while we wait
         memo = getattr(self, "_memo", None)
-        if memo is not None and memo[1].extra.get(CTX_RESULT) is not None and not self._gone:
+        if memo is not None and memo[1].result is not None and not self._gone:
             self._memo = None
             try:
                 written = self._remember(*memo)
@@ -182,7 +176,7 @@ class ResponsesHandler(LLMHandler):
 
     def _remember(self, store: SharedResponses, ctx: StreamContext, body: dict[str, Any],
                   history: list[dict[str, Any]] | None) -> Any:
-        result = ctx.extra.get(CTX_RESULT)
+        result = ctx.result
         if result is None or body.get("store") is False or not store.enabled:
             return None  # failed, or the client asked us not to keep it
         answer = _history_message(result["pivot"]["choices"][0]["message"])
@@ -197,7 +191,7 @@ class ResponsesHandler(LLMHandler):
         if at >= 0:
             digits = data[at + 18:at + 32].split(b",")[0].split(b"}")[0].strip()
             if digits.isdigit() and self._encoder is not None:
-                self._encoder.ctx.extra[CTX_FAIL_SEQ] = int(digits) + 1
+                self._encoder.ctx.fail_seq = int(digits) + 1
         return super()._on_passthrough(data)
 
 

@@ -202,7 +202,7 @@ class LLMHandler(BaseHandler):
         so = pivot.get("stream_options")
         ctx = StreamContext(id=fmt.context_id(os.urandom(12).hex()), created=int(time.time()), model=name,
                             include_usage=bool(so.get("include_usage")) if isinstance(so, dict) else False,
-                            extra={"model": model})
+                            model_entry=model)
         if provider.local:
             await self.serve_local(provider, pivot, ctx, stream)
             return
@@ -265,7 +265,7 @@ class LLMHandler(BaseHandler):
         # one id names the request on both sides (every route reaches an upstream here).
         self.request_id = ctx.id
         self.set_header("X-Request-Id", ctx.id)
-        model = ctx.extra.get("model")
+        model = ctx.model_entry
         if model is None:  # (routes that resolved the model themselves)
             hit = self.gw.router.resolve(self.model_id) if self.model_id else None
             model = hit[0] if hit is not None else {}

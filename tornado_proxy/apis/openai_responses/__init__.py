@@ -4,8 +4,8 @@
 Response object (``response``) or the Responses event stream (``stream``: ``event:``
 lines, ``sequence_number``), in the shapes openai-python's ``ResponseStreamState``
 accepts.  The upstream half of the same API (``openai-responses``) is
-``providers.openai_responses``; the names both halves share (``StreamContext.extra``
-keys, ``ENVELOPE_PREFIX``, error codes, schema checks) live there.
+``providers.openai_responses``; the names both halves share (``ENVELOPE_PREFIX``, error
+codes, schema checks) live there.
 
 Reasoning state (README, "Reasoning state"): pivot thinking blocks from any upstream
 reach a Responses client as the ``encrypted_content`` of a ``reasoning`` item, in our
@@ -47,8 +47,9 @@ class ResponsesFormat(ClientFormat):
     """``/v1/responses``: OpenAI Responses requests in, Response objects / events out.
 
     ``render_response`` and ``new_encoder`` read the client's request from
-    ``ctx.extra[CTX_REQUEST]`` (the handler puts it there) to echo its parameters
-    and to know whether to include reasoning summaries and encrypted reasoning.
+    ``ctx.client_request`` (the handler puts it there) to echo its parameters
+    and to know whether to include reasoning summaries and encrypted reasoning;
+    they leave what they answered in ``ctx.result`` for the response store.
     """
 
     name = "responses"

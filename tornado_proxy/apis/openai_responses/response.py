@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 from providers.base import StreamContext
-from providers.openai_responses import CTX_REQUEST, CTX_RESULT
 from tornado_proxy import jsonutil
 
 from .request import CUSTOM_INPUT, encode_envelope, tool_names
@@ -44,7 +43,7 @@ def usage_from_pivot(u: Any) -> JSON | None:
 def response_object(ctx: StreamContext, status: str, output: list[JSON], usage: JSON | None,
                     finish_reason: str | None = None, error: JSON | None = None) -> JSON:
     """A Response object echoing the client's request, as OpenAI's do."""
-    req: JSON = ctx.extra.get(CTX_REQUEST) or {}
+    req: JSON = ctx.client_request or {}
     incomplete = None
     if status == "incomplete":
         incomplete = {"reason": "content_filter" if finish_reason == "content_filter" else "max_output_tokens"}
@@ -108,7 +107,7 @@ def _call_item(item_id: str, call: JSON, status: str = "completed",
 
 def pivot_to_response(pivot: JSON, ctx: StreamContext) -> JSON:
     """Pivot chat.completion -> Response object.  Output order: reasoning, message, calls."""
-    req: JSON = ctx.extra.get(CTX_REQUEST) or {}
+    req: JSON = ctx.client_request or {}
     choices = pivot.get("choices") or [{}]
     msg = choices[0].get("message") or {}
     finish = choices[0].get("finish_reason")
@@ -129,5 +128,5 @@ def pivot_to_response(pivot: JSON, ctx: StreamContext) -> JSON:
         output.append(_call_item(_item_id(ctx, "fc", len(output)), call, names=names))
     status = "incomplete" if finish in ("length", "content_filter") else "completed"
     resp = response_object(ctx, status, output, usage_from_pivot(pivot.get("usage")), finish)
-    ctx.extra[CTX_RESULT] = {"pivot": pivot, "response": resp}
+    ctx.result = {"pivot": pivot, "response": resp}
     return resp

@@ -6,13 +6,7 @@ import enum
 from typing import Any
 
 from providers.base import StreamContext, StreamEncoder, fold_chunks
-from providers.openai_responses import (
-    CTX_FAIL_SEQ,
-    CTX_PASSTHROUGH,
-    CTX_REQUEST,
-    CTX_RESULT,
-    responses_error_code,
-)
+from providers.openai_responses import responses_error_code
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
@@ -68,7 +62,7 @@ class ResponsesEncoder(StreamEncoder):
 
     def __init__(self, ctx: StreamContext) -> None:
         self.ctx = ctx
-        self.req: JSON = ctx.extra.get(CTX_REQUEST) or {}
+        self.req: JSON = ctx.client_request or {}
         self.names = tool_names(self.req.get("tools"))
         self.phase = EncoderPhase.START
         self.seq = 0
@@ -78,7 +72,7 @@ class ResponsesEncoder(StreamEncoder):
         self.finish_reason: str | None = None
         self.usage: JSON | None = None
         self._buf: list[bytes] = []
-        self._chunks: list[JSON] = []          # folded at the end for CTX_RESULT
+        self._chunks: list[JSON] = []          # folded at the end for ctx.result
 
     # -- framing -------------------------------------------------------------------
     def _emit(self, kind: str, payload: JSON) -> None:
@@ -258,17 +252,17 @@ class ResponsesEncoder(StreamEncoder):
         status = "incomplete" if self.finish_reason in ("length", "content_filter") else "completed"
         resp = response_object(self.ctx, status, self._done_output(), self.usage, self.finish_reason)
         self._emit("response.completed" if status == "completed" else "response.incomplete", {"response": resp})
-        self.ctx.extra[CTX_RESULT] = {"pivot": fold_chunks(self._chunks), "response": resp}
+        self.ctx.result = {"pivot": fold_chunks(self._chunks), "response": resp}
         return self._flush()
 
     def fail(self, err: ProxyError) -> bytes:
         if self.phase in (EncoderPhase.DONE, EncoderPhase.FAILED):
             return b""
         code = responses_error_code(err)
-        if self.ctx.extra.get(CTX_PASSTHROUGH):
+        if self.ctx.passthrough:
             self.phase = EncoderPhase.FAILED
             event = {"type": "error", "code": code, "message": err.message, "param": err.param,
-                     "sequence_number": int(self.ctx.extra.get(CTX_FAIL_SEQ) or 0)}
+                     "sequence_number": self.ctx.fail_seq}
             return b"event: error\ndata: " + jsonutil.dumpb(event) + b"\n\n"
         self._start()
         self.phase = EncoderPhase.FAILED
