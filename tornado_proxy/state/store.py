@@ -186,6 +186,8 @@ class SharedStateStore(MemoryStateStore):
             self.on_health(True, False)
 
     def _down(self, e: BaseException) -> None:
+        if self._closed:
+            return  # (a write after close met the closed backend: the process is stopping)
         self.errors += 1
         if self.up or not self._logged_down:
             self._logged_down = True
