@@ -166,6 +166,21 @@ def test_grounding_links_and_native_tools_from_options(harness: LoopThread) -> N
     assert up.requests[0].json()["tools"] == [{"googleSearch": {}}]
 
 
+def test_a_models_own_options_reach_the_translator_on_every_route(harness: LoopThread) -> None:
+    """show_search_links set on the model (not the provider) adds the sources on
+    /v1/chat/completions and on /v1/responses alike: each route hands the translator
+    the model entry it resolved."""
+    up = harness.upstream().push(Reply.sse_file("gemini/grounding.sse"), Reply.sse_file("gemini/grounding.sse"))
+    cfg = config(up, options={"google_search": True})
+    cfg["models"][0]["options"] = {"show_search_links": True}
+    gw = harness.gateway(cfg)
+    got = collect(oai(gw).chat.completions.create(model="gemini-flash", messages=MSGS, stream=True))
+    assert "**Sources:**" in got["text"]
+    text = "".join(ev.delta for ev in oai(gw).responses.create(model="gemini-flash", input="Who won?", stream=True)
+                   if ev.type == "response.output_text.delta")
+    assert text.startswith("Spain won Euro 2024") and "**Sources:**\n1. [uefa.com](" in text
+
+
 def test_bad_input_names_the_field_and_reaches_no_upstream(harness: LoopThread) -> None:
     up = harness.upstream()
     gw = harness.gateway(config(up))

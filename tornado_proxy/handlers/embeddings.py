@@ -43,7 +43,7 @@ class EmbeddingsHandler(LLMHandler):
     async def serve(self, body: dict[str, Any]) -> None:
         self.validate(body)
         name, model, provider = self.route(body["model"])
-        ctx = StreamContext(id=os.urandom(12).hex(), created=int(time.time()), model=name)
+        ctx = StreamContext(id=os.urandom(12).hex(), created=int(time.time()), model=name, model_entry=model)
         raw = self._raw
         headers = {k.lower(): v for k, v in self.request.headers.get_all()}
         if isinstance(provider, GeminiProvider):

@@ -86,7 +86,7 @@ class GeminiNativeHandler(LLMHandler):
         self.model_id = model["id"]
         self.provider_name = provider.name
         stream = method == "streamGenerateContent" and self.get_query_argument("alt", "") == "sse"
-        ctx = StreamContext(id=os.urandom(12).hex(), created=int(time.time()), model=name)
+        ctx = StreamContext(id=os.urandom(12).hex(), created=int(time.time()), model=name, model_entry=model)
         headers = {k.lower(): v for k, v in self.request.headers.get_all()}
 
         def build(acct: Account) -> UpstreamRequest:

@@ -78,7 +78,7 @@ class CountTokensHandler(LLMHandler):
                                                    path="/count_tokens")
 
             ctx = StreamContext(id=MESSAGES_FORMAT.context_id(os.urandom(12).hex()), created=int(time.time()),
-                                model=name)
+                                model=name, model_entry=model)
             await self.with_accounts(provider, build, ctx, passthrough=True)
             return
         # Other upstreams cannot count Claude-style: a local estimate, after checking

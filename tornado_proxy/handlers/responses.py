@@ -106,7 +106,7 @@ class ResponsesHandler(LLMHandler):
         prev = body.get("previous_response_id")
         stored = await store.fetch(prev) if isinstance(prev, str) else None
         ctx = StreamContext(id=fmt.context_id(os.urandom(12).hex()), created=int(time.time()), model=name,
-                            client_request=body)
+                            client_request=body, model_entry=model)
         if provider.native_format == fmt.name and stored is None:
             ctx.passthrough = True
             raw = self._raw
