@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, unsupported
-from ..toolkit import parse_data_uri, reasoning_budget
+from ..toolkit import add_turn, iter_messages, parse_data_uri, reasoning_budget
 
 JSON = dict[str, Any]
 
@@ -276,34 +276,21 @@ def _tool_result(m: JSON, path: str) -> JSON:
 
 def convert_messages(messages: Any) -> tuple[list[JSON], list[JSON]]:
     """Chat messages -> (system blocks, Anthropic turns), same-role turns merged."""
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("messages must be a non-empty list", "messages")
     system: list[JSON] = []
     turns: list[JSON] = []
 
-    def push(role: str, blocks: list[JSON]) -> None:
-        # Anthropic wants user/assistant alternating: consecutive same-role messages
-        # (tool results followed by a user message, for one) become one turn.
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-
-    for i, m in enumerate(messages):
-        path = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_request("a message must be an object", path)
+    for path, m in iter_messages(messages):
         role = m.get("role")
         if role in ("system", "developer"):
             system.extend(_content_blocks(m.get("content"), path + ".content", ("text",)))
         elif role == "user":
-            push("user", _content_blocks(m.get("content"), path + ".content", ("text", "image_url", "file")))
+            add_turn(turns, "user", _content_blocks(m.get("content"), path + ".content", ("text", "image_url", "file")))
         elif role == "assistant":
             blocks = _assistant_blocks(m, path)
             if blocks:
-                push("assistant", blocks)
+                add_turn(turns, "assistant", blocks)
         elif role == "tool":
-            push("user", [_tool_result(m, path)])
+            add_turn(turns, "user", [_tool_result(m, path)])
         elif role == "function":
             raise unsupported(path + ".role", "'function' messages are deprecated; use tool messages")
         else:

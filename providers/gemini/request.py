@@ -15,7 +15,7 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import bad_request, system_turn_text, unsupported
-from ..toolkit import REASONING_BUDGETS, parse_data_uri
+from ..toolkit import REASONING_BUDGETS, add_turn, iter_messages, parse_data_uri, text_of
 from .schema import clean_schema
 
 
@@ -136,19 +136,8 @@ def content_parts(content: Any, param: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _text_of(content: Any, param: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
-                raise unsupported(f"{param}[{i}]", "only text parts are allowed here")
-            out.append(part.get("text") or part.get("refusal") or "")
-        return "".join(out)
-    raise bad_request(f"'{param}' must be a string or a list of text parts", param)
+# Text-only content here may hold an assistant's refusal parts too: Gemini gets them as text.
+_TEXT_KINDS = ("text", "refusal")
 
 
 def _tool_response(content: Any, param: str) -> dict[str, Any]:
@@ -157,7 +146,7 @@ def _tool_response(content: Any, param: str) -> dict[str, Any]:
     A JSON object is sent as is; anything else under ``output``, the key Gemini
     documents for a function's output.
     """
-    text = _text_of(content, param)
+    text = text_of(content, param, _TEXT_KINDS)
     try:
         value = jsonutil.loads(text)
     except (ValueError, jsonutil.JSONDecodeError):
@@ -176,8 +165,6 @@ def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict
     messages become one user turn of ``functionResponse`` parts in the order of
     the calls they answer.
     """
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list", "messages")
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     # tool_call_id -> (function name, position of the call in its assistant message)
@@ -185,25 +172,19 @@ def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict
     pending: list[tuple[int, dict[str, Any]]] = []  # functionResponse parts awaiting flush
 
     def push(role: str, parts: list[dict[str, Any]]) -> None:
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+        add_turn(contents, role, parts, "parts")
 
     def flush_tools() -> None:
         if pending:
             push("user", [part for _, part in sorted(pending, key=lambda x: x[0])])
             pending.clear()
 
-    for i, msg in enumerate(messages):
-        p = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise bad_request(f"'{p}' must be an object", p)
+    for p, msg in iter_messages(messages):
         role = msg.get("role")
         if role != "tool":
             flush_tools()
         if role in ("system", "developer"):
-            text = _text_of(msg.get("content"), f"{p}.content")
+            text = text_of(msg.get("content"), f"{p}.content", _TEXT_KINDS)
             if not contents:
                 system.extend({"text": t} for t in [text] if t)
             elif text:
@@ -219,7 +200,7 @@ def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict
             if msg.get("audio"):
                 raise unsupported(f"{p}.audio", "Gemini takes no audio references")
             parts = []
-            text = _text_of(msg.get("content"), f"{p}.content")
+            text = text_of(msg.get("content"), f"{p}.content", _TEXT_KINDS)
             if text:
                 parts.append({"text": text})
             tool_calls = msg.get("tool_calls") or []

@@ -11,23 +11,14 @@ from typing import Any
 from tornado_proxy import jsonutil
 
 from ..base import bad_request, unsupported
+from ..toolkit import iter_messages, text_of
 
 JSON = dict[str, Any]
 
 
-# 1:1 fields: pivot name -> Responses name.
-_SAME_FIELDS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "parallel_tool_calls": "parallel_tool_calls",
-    "metadata": "metadata",
-    "user": "user",
-    "safety_identifier": "safety_identifier",
-    "prompt_cache_key": "prompt_cache_key",
-    "prompt_cache_retention": "prompt_cache_retention",
-    "service_tier": "service_tier",
-    "store": "store",
-}
+# Fields Responses takes under the same name and with the same meaning.
+_SAME_FIELDS = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "safety_identifier",
+                "prompt_cache_key", "prompt_cache_retention", "service_tier", "store")
 
 # Fields with no Responses equivalent that are harmless at their neutral value
 # (clients often send them explicitly); any other value is rejected.
@@ -53,21 +44,6 @@ _REASONING_LEVELS = ("low", "medium", "high")
 def _options(provider_conf: JSON, model: JSON) -> JSON:
     """Provider options overlaid with the model's: a model may override any of them."""
     return {**(provider_conf.get("options") or {}), **(model.get("options") or {})}
-
-
-def _text_of(content: Any, param: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise bad_request(f"{param}[{i}] must be a text part here", f"{param}[{i}]")
-            out.append(part["text"])
-        return "".join(out)
-    raise bad_request(f"{param} must be a string or a list of text parts", param)
 
 
 def _user_parts(content: Any, param: str) -> list[JSON]:
@@ -159,18 +135,13 @@ def messages_to_input(messages: Any, store: bool) -> tuple[list[str], list[JSON]
     Leading system/developer messages become ``instructions``; later ones stay in
     place as developer/system input messages, so their position is kept.
     """
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list", "messages")
     instructions: list[str] = []
     items: list[JSON] = []
     leading = True
-    for i, m in enumerate(messages):
-        p = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_request(f"{p} must be an object", p)
+    for p, m in iter_messages(messages):
         role = m.get("role")
         if role in ("system", "developer"):
-            text = _text_of(m.get("content"), f"{p}.content")
+            text = text_of(m.get("content"), f"{p}.content")
             if leading:
                 instructions.append(text)
             else:
@@ -183,7 +154,7 @@ def messages_to_input(messages: Any, store: bool) -> tuple[list[str], list[JSON]
         elif role == "assistant":
             items.extend(_reasoning_items(m.get("thinking_blocks"), f"{p}.thinking_blocks", store))
             content: list[JSON] = []
-            text = _text_of(m.get("content"), f"{p}.content")
+            text = text_of(m.get("content"), f"{p}.content")
             if text:
                 content.append({"type": "output_text", "text": text, "annotations": []})
             if isinstance(m.get("refusal"), str) and m["refusal"]:
@@ -333,9 +304,9 @@ def pivot_to_responses(req: JSON, model: JSON, provider_conf: JSON, stream: bool
     body: JSON = {"model": model.get("upstream_model") or req.get("model"), "input": items}
     if instructions:
         body["instructions"] = "\n\n".join(instructions)
-    for src, dst in _SAME_FIELDS.items():
-        if req.get(src) is not None:
-            body[dst] = req[src]
+    for name in _SAME_FIELDS:
+        if req.get(name) is not None:
+            body[name] = req[name]
     body["store"] = store
     max_out = req.get("max_completion_tokens")
     if max_out is None:

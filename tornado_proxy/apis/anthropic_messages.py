@@ -563,12 +563,14 @@ PER_MESSAGE_TOKENS = 4
 PER_TOOL_TOKENS = 8
 
 
-def _text_of(value: Any) -> Iterable[str]:
+def _counted_text(value: Any) -> Iterable[str]:
+    """Every text of a Messages body that the estimate counts: a walk over any block,
+    skipping ids, signatures and media (counted flat), unlike the pivot's ``text_of``."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, list):
         for item in value:
-            yield from _text_of(item)
+            yield from _counted_text(item)
     elif isinstance(value, dict):
         btype = value.get("type")
         if btype in ("image", "document") and isinstance(value.get("source"), dict) \
@@ -577,7 +579,7 @@ def _text_of(value: Any) -> Iterable[str]:
         for k, v in value.items():
             if k in ("role", "type", "cache_control", "signature", "id", "tool_use_id", "source"):
                 continue
-            yield from _text_of(v)
+            yield from _counted_text(v)
 
 
 def _count_media(value: Any) -> int:
@@ -596,7 +598,7 @@ def estimate_input_tokens(body: JSON) -> int:
     chars = 0
     media = 0
     for key in ("system", "messages"):
-        for text in _text_of(body.get(key)):
+        for text in _counted_text(body.get(key)):
             chars += len(text)
         media += _count_media(body.get(key))
     tools = body.get("tools") or []
