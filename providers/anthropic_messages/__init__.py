@@ -23,7 +23,7 @@ from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamR
 from .errors import ERROR_KINDS, classify, upstream_error_event
 from .request import (ANTHROPIC_VERSION, BETA_INTERLEAVED, BETA_OAUTH, BETA_STRUCTURED, COUNT_TOKENS_FIELDS,
                       DEFAULT_MAX_TOKENS, EFFORT_TO_ADAPTIVE, EFFORT_TO_LEVEL,
-                      IMAGE_MEDIA_TYPES, LEVELS, OAUTH_TOKEN_PREFIX, Reasoning, _merge_betas,
+                      IMAGE_MEDIA_TYPES, OAUTH_TOKEN_PREFIX, Reasoning, _merge_betas,
                       convert_messages, convert_tools, file_block, image_block, native_body,
                       pivot_to_messages, resolve_reasoning)
 from .response import FINISH_FROM_STOP, STOP_FROM_FINISH, message_to_pivot, usage_to_pivot
@@ -31,7 +31,7 @@ from .stream import AnthropicStream
 
 __all__ = ["ANTHROPIC_VERSION", "BETA_INTERLEAVED", "BETA_OAUTH", "BETA_STRUCTURED", "COUNT_TOKENS_FIELDS",
            "DEFAULT_MAX_TOKENS", "EFFORT_TO_ADAPTIVE", "EFFORT_TO_LEVEL", "ERROR_KINDS",
-           "FINISH_FROM_STOP", "IMAGE_MEDIA_TYPES", "LEVELS", "OAUTH_TOKEN_PREFIX", "STOP_FROM_FINISH",
+           "FINISH_FROM_STOP", "IMAGE_MEDIA_TYPES", "OAUTH_TOKEN_PREFIX", "STOP_FROM_FINISH",
            "AnthropicProvider", "AnthropicStream", "Reasoning", "classify", "convert_messages",
            "convert_tools", "file_block", "image_block", "message_to_pivot", "native_body",
            "pivot_to_messages", "resolve_reasoning", "upstream_error_event", "usage_to_pivot"]

@@ -29,7 +29,7 @@ from tornado_proxy.errors import ErrorKind, ProxyError
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
 from .errors import ERROR_KINDS, classify, error_for
 from .eventstream import EventStreamDecoder
-from .request import (ANSWER_ALLOWANCE, DOCUMENT_FORMATS, EFFORTS, IMAGE_FORMATS, LEVELS,
+from .request import (ANSWER_ALLOWANCE, DOCUMENT_FORMATS, IMAGE_FORMATS,
                       MIN_BUDGET, SERVICE_TIERS, _part_image_url, claude_thinking, convert_messages, convert_tools,
                       converse_request, reasoning_level)
 from .response import MALFORMED_STOPS, STOP_REASONS, _bad, convert_usage, finish_reason, translate_converse
@@ -37,7 +37,7 @@ from .signing import SIGNING_SERVICE, _signer_class, sigv4_sign
 from .stream import BedrockStream
 
 __all__ = [
-    "ANSWER_ALLOWANCE", "DOCUMENT_FORMATS", "EFFORTS", "ERROR_KINDS", "IMAGE_FORMATS", "LEVELS",
+    "ANSWER_ALLOWANCE", "DOCUMENT_FORMATS", "ERROR_KINDS", "IMAGE_FORMATS",
     "MALFORMED_STOPS", "MIN_BUDGET", "SERVICE_TIERS", "SIGNING_SERVICE", "STOP_REASONS",
     "BedrockProvider", "BedrockStream", "EventStreamDecoder",
     "claude_thinking", "classify", "convert_messages", "convert_tools", "convert_usage", "converse_request",

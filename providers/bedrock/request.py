@@ -7,18 +7,13 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, system_turn_text, unsupported
-from ..toolkit import add_turn, iter_messages, parse_data_uri, reasoning_budget, text_of
+from ..toolkit import add_turn, iter_messages, parse_data_uri, reasoning_budget, resolve_reasoning, text_of
 
 # Anthropic's floor for budget_tokens.
 MIN_BUDGET = 1024
 # Room for the answer when the client sets no max_tokens but thinking is on: Claude
 # counts thinking inside max_tokens and rejects max_tokens <= budget_tokens.
 ANSWER_ALLOWANCE = 4096
-LEVELS = ("off", "minimal", "low", "medium", "high")
-# Chat Completions reasoning_effort -> level; xhigh and max (from Anthropic clients'
-# effort scale) get the high budget, the largest there is here.
-EFFORTS = {"none": "off", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
-           "xhigh": "high", "max": "high"}
 
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
                  "image/webp": "webp"}
@@ -269,30 +264,11 @@ def convert_tools(tools: Any, choice: Any, has_tool_blocks: bool) -> dict[str, A
 
 
 def reasoning_level(req: dict[str, Any], model: dict[str, Any]) -> str:
-    """The reasoning level for this request: off, minimal, low, medium or high.
-
-    The order the other upstreams use: a ``reasoning_level`` already resolved by the
-    core wins; else a fixed model ``reasoning`` (``off``/``low``/``medium``/``high``)
-    is the operator's choice and the client's ``reasoning_effort`` is ignored (a
-    documented drop); else (``auto``) the client's ``reasoning_effort`` decides; else
-    the ``-thinking`` name suffix means ``high``, as for the ``anthropic`` upstream.
-    """
-    level = req.get("reasoning_level")
-    if level is not None:
-        if level not in LEVELS:
-            raise bad_request(f"reasoning_level must be one of {list(LEVELS)}", "reasoning_level")
-        return str(level)
-    conf = model.get("reasoning") or "auto"
-    if conf != "auto":
-        return str(conf)
-    effort = req.get("reasoning_effort")
-    if effort is not None:
-        if effort not in EFFORTS:
-            raise bad_request(f"reasoning_effort must be one of {list(EFFORTS)}", "reasoning_effort")
-        return EFFORTS[effort]
-    if model.get("_thinking_alias"):
-        return "high"
-    return "off"
+    """The reasoning level for this request: off, minimal, low, medium or high, by
+    ``toolkit.resolve_reasoning``'s precedence (a fixed model level makes the client's
+    ``reasoning_effort`` a documented drop; xhigh and max get the high budget, the largest
+    there is here); nothing asked is off."""
+    return resolve_reasoning(req, model).level or "off"
 
 
 def claude_thinking(model: dict[str, Any]) -> bool:

@@ -16,6 +16,7 @@ from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import bad_request, system_turn_text, unsupported
 from ..toolkit import REASONING_BUDGETS, add_turn, iter_messages, parse_data_uri, text_of
+from ..toolkit import resolve_reasoning as resolve_ask
 from .schema import clean_schema
 
 
@@ -39,9 +40,6 @@ _DROPPED_KEYS = frozenset({
 
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
-_EFFORTS = {"none": "off", "minimal": "minimal", "low": "low", "medium": "medium",
-            "high": "high", "xhigh": "high", "max": "high"}
-_LEVELS = ("off", "minimal", "low", "medium", "high")
 
 
 # ---------------------------------------------------------------------------
@@ -331,14 +329,9 @@ def resolve_reasoning(req: dict[str, Any], model: dict[str, Any]) -> tuple[str |
     (``...-thinking`` turns thinking on at Gemini's dynamic default,
     ``...-nothinking`` off).
     """
-    resolved = req.get("reasoning_level")
-    if resolved is not None:
-        if resolved not in _LEVELS:
-            raise bad_request(f"'reasoning_level' must be one of {', '.join(_LEVELS)}", "reasoning_level")
-        return str(resolved), None
-    conf = model.get("reasoning") or "auto"
-    if conf != "auto":
-        return str(conf), None
+    ask = resolve_ask(req, model)
+    if ask.by in ("level", "model"):
+        return ask.level, None
     thinking = req.get("thinking")
     if thinking is not None:
         if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled", "adaptive"):
@@ -351,16 +344,13 @@ def resolve_reasoning(req: dict[str, Any], model: dict[str, Any]) -> tuple[str |
         if not isinstance(budget, int) or budget < 0:
             raise bad_request("'thinking.budget_tokens' must be a non-negative integer", "thinking.budget_tokens")
         return "budget", budget
-    effort = req.get("reasoning_effort")
-    if effort is not None:
-        if effort not in _EFFORTS:
-            raise bad_request(f"'reasoning_effort' must be one of {', '.join(_EFFORTS)}", "reasoning_effort")
-        return _EFFORTS[effort], None
+    if ask.by == "client":
+        return ask.level, None
     name = str(req.get("model") or "")
     upstream = str(model.get("upstream_model") or "")
     if name.endswith(("-nothinking", "-non-thinking")) and not upstream.endswith(("-nothinking", "-non-thinking")):
         return "off", None
-    if model.get("_thinking_alias") or (name.endswith("-thinking") and not upstream.endswith("-thinking")):
+    if ask.by == "alias" or (name.endswith("-thinking") and not upstream.endswith("-thinking")):
         return "dynamic", None
     return None, None
 

@@ -11,7 +11,7 @@ from typing import Any
 from tornado_proxy import jsonutil
 
 from ..base import bad_request, unsupported
-from ..toolkit import iter_messages, text_of
+from ..toolkit import iter_messages, resolve_reasoning, text_of
 
 JSON = dict[str, Any]
 
@@ -37,8 +37,6 @@ _HANDLED = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
     "tools", "tool_choice", "response_format", "reasoning_effort", "reasoning_level", "verbosity",
 }
-
-_REASONING_LEVELS = ("low", "medium", "high")
 
 
 def _options(provider_conf: JSON, model: JSON) -> JSON:
@@ -250,24 +248,13 @@ def _reasoning(req: JSON, model: JSON, opts: JSON) -> tuple[JSON | None, bool]:
     stops us asking for encrypted reasoning: models that do not reason may reject
     the include.  ``off_effort`` (e.g. ``none``) is sent for off if configured.
     """
-    conf = model.get("reasoning") or "auto"
-    resolved = req.get("reasoning_level")
     effort = req.get("reasoning_effort")
     if effort is not None and not isinstance(effort, str):
         raise bad_request("'reasoning_effort' must be a string", "reasoning_effort")
-    if resolved is not None:
-        if resolved not in ("off", "minimal", "low", "medium", "high"):
-            raise bad_request("reasoning_level must be off, minimal, low, medium or high", "reasoning_level")
-        off = resolved == "off"
-        effort = None if off else resolved
-    else:
-        off = conf == "off"
-        if off:
-            effort = None
-        elif conf in _REASONING_LEVELS:
-            effort = conf  # an operator's fixed level wins, as for every other upstream
-        elif effort is None and model.get("_thinking_alias"):
-            effort = "high"
+    # The client's effort goes on as sent: OpenAI knows its own scale.
+    ask = resolve_reasoning(req, model, any_effort=True)
+    off = ask.by in ("level", "model") and ask.level == "off"
+    effort = None if off else ask.effort if ask.effort is not None else ask.level
     if off and opts.get("off_effort"):
         effort = opts["off_effort"]
     encrypted = bool(opts.get("encrypted_reasoning", True)) and not off and effort != "none"
