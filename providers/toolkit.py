@@ -232,6 +232,11 @@ def assistant_message(content: str | None, *, refusal: str = "", reasoning: str 
     return message
 
 
+def tool_call(call_id: Any, name: Any, arguments: str) -> JSON:
+    """A pivot function tool call (``arguments`` as JSON text)."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 def completion(ctx: StreamContext, choices: list[JSON], usage: JSON | None = None) -> JSON:
     """A pivot ``chat.completion`` (``usage`` only when the upstream reported it)."""
     out: JSON = {"id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,

@@ -26,13 +26,13 @@ from .request import (ANTHROPIC_VERSION, BETA_INTERLEAVED, BETA_OAUTH, BETA_STRU
                       IMAGE_MEDIA_TYPES, OAUTH_TOKEN_PREFIX, Reasoning, _merge_betas,
                       convert_messages, convert_tools, file_block, image_block, native_body,
                       pivot_to_messages, resolve_reasoning)
-from .response import FINISH_FROM_STOP, STOP_FROM_FINISH, message_to_pivot, usage_to_pivot
+from .response import FINISH_FROM_STOP, STOP_FROM_FINISH, blocks_to_message, message_to_pivot, usage_to_pivot
 from .stream import AnthropicStream
 
 __all__ = ["ANTHROPIC_VERSION", "BETA_INTERLEAVED", "BETA_OAUTH", "BETA_STRUCTURED", "COUNT_TOKENS_FIELDS",
            "DEFAULT_MAX_TOKENS", "EFFORT_TO_ADAPTIVE", "EFFORT_TO_LEVEL", "ERROR_KINDS",
            "FINISH_FROM_STOP", "IMAGE_MEDIA_TYPES", "OAUTH_TOKEN_PREFIX", "STOP_FROM_FINISH",
-           "AnthropicProvider", "AnthropicStream", "Reasoning", "classify", "convert_messages",
+           "AnthropicProvider", "AnthropicStream", "Reasoning", "blocks_to_message", "classify", "convert_messages",
            "convert_tools", "file_block", "image_block", "message_to_pivot", "native_body",
            "pivot_to_messages", "resolve_reasoning", "upstream_error_event", "usage_to_pivot"]
 

@@ -16,7 +16,7 @@ import base64
 import math
 from typing import Any, Iterable
 
-from providers.anthropic_messages import STOP_FROM_FINISH
+from providers.anthropic_messages import STOP_FROM_FINISH, blocks_to_message
 from providers.base import ClientFormat, Phase, StreamContext, StreamEncoder, bad_request, unsupported
 from providers.toolkit import REASONING_BUDGETS
 from tornado_proxy import fieldpolicy, jsonutil
@@ -175,7 +175,7 @@ def messages_to_pivot(body: JSON) -> JSON:
         if role == "user":
             messages.extend(_user_turn(content, path + ".content"))
         else:
-            messages.append(_assistant_turn(content, path + ".content"))
+            messages.append(blocks_to_message(content, path + ".content"))
     pivot["messages"] = messages
     if body.get("max_tokens") is not None:
         pivot["max_tokens"] = body["max_tokens"]
@@ -284,37 +284,6 @@ def _user_turn(content: list[Any], path: str) -> list[JSON]:
     if parts:
         out.append({"role": "user", "content": _collapse(parts)})
     return out
-
-
-def _assistant_turn(content: list[Any], path: str) -> JSON:
-    texts: list[str] = []
-    reasoning: list[str] = []
-    thinking_blocks: list[JSON] = []
-    tool_calls: list[JSON] = []
-    for j, b in enumerate(content):
-        bpath = f"{path}[{j}]"
-        btype = b.get("type") if isinstance(b, dict) else None
-        if btype == "text":
-            texts.append(b.get("text") or "")
-        elif btype == "tool_use":
-            tool_calls.append({"id": b.get("id"), "type": "function",
-                               "function": {"name": b.get("name"), "arguments": jsonutil.dumps(b.get("input") or {})}})
-        elif btype == "thinking":
-            reasoning.append(b.get("thinking") or "")
-            thinking_blocks.append({"type": "thinking", "thinking": b.get("thinking") or "",
-                                    "signature": b.get("signature") or ""})
-        elif btype == "redacted_thinking":
-            thinking_blocks.append({"type": "redacted_thinking", "data": b.get("data") or ""})
-        else:
-            raise unsupported(bpath + ".type", f"assistant block '{btype}' on this upstream")
-    msg: JSON = {"role": "assistant", "content": "".join(texts) if texts else None}
-    if reasoning:
-        msg["reasoning_content"] = "".join(reasoning)
-    if thinking_blocks:
-        msg["thinking_blocks"] = thinking_blocks
-    if tool_calls:
-        msg["tool_calls"] = tool_calls
-    return msg
 
 
 # ---------------------------------------------------------------------------
