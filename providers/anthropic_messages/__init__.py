@@ -16,10 +16,11 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from tornado_proxy import jsonutil
-from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.errors import ProxyError
 from tornado_proxy.pipeline.validation import load_schema
 
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
+from ..toolkit import upstream_json
 from .errors import ERROR_KINDS, classify, upstream_error_event
 from .request import (ANTHROPIC_VERSION, BETA_INTERLEAVED, BETA_OAUTH, BETA_STRUCTURED, COUNT_TOKENS_FIELDS,
                       DEFAULT_MAX_TOKENS, EFFORT_TO_ADAPTIVE, EFFORT_TO_LEVEL,
@@ -111,11 +112,7 @@ class AnthropicProvider(Provider):
                                jsonutil.dumpb(body), stream)
 
     def translate_response(self, body: bytes, ctx: StreamContext) -> dict[str, Any]:
-        try:
-            obj = jsonutil.loads(body)
-        except ValueError:
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
-        return message_to_pivot(obj, ctx)
+        return message_to_pivot(upstream_json(body, "a body", obj=False), ctx)
 
     def new_stream(self, ctx: StreamContext) -> StreamTranslator:
         return AnthropicStream(ctx)

@@ -13,11 +13,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Exchange, StreamContext, UpstreamRequest
-from ..toolkit import assistant_message
+from ..toolkit import assistant_message, upstream_json
 from ..toolkit import completion as chat_completion
 from .errors import code_of, coded_error
 from .request import CONVERSATION_ID
@@ -27,10 +26,7 @@ _POLLING = ("created", "in_progress")
 
 def envelope(body: bytes) -> Any:
     """``data`` of a Coze answer; ProxyError for an error code or a body that is not one."""
-    try:
-        obj = jsonutil.loads(body)
-    except ValueError:
-        raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
+    obj = upstream_json(body, "a body", obj=False)
     hit = code_of(obj)
     if hit is not None:
         raise coded_error(*hit)

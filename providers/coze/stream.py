@@ -31,6 +31,7 @@ from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import MAX_EVENT_BYTES, SSEDecoder
 
 from ..base import Phase, StreamContext, StreamTranslator, stream_cut
+from ..toolkit import delta_chunk, usage_chunk
 from .errors import code_of, coded_error
 
 
@@ -91,9 +92,7 @@ class CozeStream(StreamTranslator):
         self.usage: dict[str, Any] | None = None
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        c = self.ctx
-        return {"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return delta_chunk(self.ctx, delta, finish)
 
     def _fail(self, err: ProxyError) -> ProxyError:
         self.phase = Phase.FAILED
@@ -160,9 +159,7 @@ class CozeStream(StreamTranslator):
                 inp, outp = int(u.get("input_count") or 0), int(u.get("output_count") or 0)
                 self.usage = {"prompt_tokens": inp, "completion_tokens": outp,
                               "total_tokens": int(u.get("token_count") or inp + outp)}
-                c = self.ctx
-                out.append({"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
-                            "choices": [], "usage": self.usage})
+                out.append(usage_chunk(self.ctx, self.usage))
             return out
         if name == "conversation.chat.failed":
             le = obj.get("last_error")

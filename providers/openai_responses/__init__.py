@@ -24,6 +24,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, default_classify
+from ..toolkit import upstream_json
 from .errors import error_from_responses, responses_error_code
 from .request import _options, messages_to_input, pivot_to_responses
 from .response import responses_to_pivot, thinking_block, usage_to_pivot
@@ -99,11 +100,7 @@ class ResponsesProvider(Provider):
                                jsonutil.dumpb(body), stream)
 
     def translate_response(self, body: bytes, ctx: StreamContext) -> JSON:
-        try:
-            resp = jsonutil.loads(body)
-        except ValueError:
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream answer is not JSON") from None
-        return responses_to_pivot(resp, ctx)
+        return responses_to_pivot(upstream_json(body, "a body", obj=False), ctx)
 
     def new_stream(self, ctx: StreamContext) -> StreamTranslator:
         return ResponsesToPivot(ctx)
