@@ -5,7 +5,7 @@ Response object (``response``) or its event stream (``stream``) -> pivot; Respon
 error objects -> our kinds (``errors``).  The client half of the same API
 (``/v1/responses``) lives in ``tornado_proxy.apis.openai_responses`` and takes from here
 the names both halves share: the ``StreamContext.extra`` keys, the envelope prefix, the
-error codes, the schema checks and ``thinking_block``.
+error codes and ``thinking_block``.
 
 Reasoning state (README, "Reasoning state"): a Responses ``reasoning`` output
 item becomes a pivot ``thinking_blocks`` entry ``{"type": "thinking",
@@ -24,21 +24,21 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, default_classify
-from ..toolkit import upstream_json
+from ..toolkit import options_problems, upstream_json
 from .errors import error_from_responses, responses_error_code
 from .request import _options, messages_to_input, pivot_to_responses
 from .response import responses_to_pivot, thinking_block, usage_to_pivot
-from .schema import json_path, validator
 from .stream import ResponsesToPivot, StreamPhase
 
 __all__ = [
     "CTX_FAIL_SEQ", "CTX_PASSTHROUGH", "CTX_REQUEST", "CTX_RESULT", "ENVELOPE_PREFIX", "ResponsesProvider",
-    "ResponsesToPivot", "StreamPhase", "error_from_responses", "json_path", "messages_to_input",
+    "ResponsesToPivot", "StreamPhase", "error_from_responses", "messages_to_input",
     "pivot_to_responses", "responses_error_code", "responses_to_pivot", "thinking_block", "usage_to_pivot",
-    "validator",
 ]
 
 JSON = dict[str, Any]
+
+SCHEMA_NAME = "providers/openai-responses.options"  # checked by toolkit.options_problems
 
 # Reasoning items we hand to Responses clients carry pivot thinking blocks (from
 # Anthropic, Gemini, Bedrock...) in this envelope: "tpr1." + base64url(JSON list).
@@ -63,13 +63,9 @@ class ResponsesProvider(Provider):
     default_base_url = "https://api.openai.com/v1"
 
     def validate(self, models: list[JSON]) -> list[str]:
-        problems = []
-        v = validator("providers/openai-responses.options.json")
-        for err in v.iter_errors(self.conf.get("options") or {}):
-            problems.append(f"{json_path('options', err.absolute_path)}: {err.message}")
+        problems = options_problems(SCHEMA_NAME, self.conf.get("options") or {}, "options")
         for m in models:
-            for err in v.iter_errors(m.get("options") or {}):
-                problems.append(f"model {m.get('id')!r}: {json_path('options', err.absolute_path)}: {err.message}")
+            problems += options_problems(SCHEMA_NAME, m.get("options") or {}, f"model {m.get('id')!r}: options")
         return problems
 
     def _headers(self, account: Account, model: JSON, stream: bool) -> dict[str, str]:

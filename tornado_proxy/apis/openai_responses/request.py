@@ -13,9 +13,11 @@ import binascii
 from typing import Any
 
 from providers.base import bad_request, unsupported
-from providers.openai_responses import ENVELOPE_PREFIX, json_path, thinking_block, validator
+from providers.openai_responses import ENVELOPE_PREFIX, thinking_block
+from providers.toolkit import json_path
 from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.pipeline.validation import validator
 
 JSON = dict[str, Any]
 
