@@ -153,15 +153,27 @@ def resolve_reasoning(req: Mapping[str, Any], model: Mapping[str, Any], *, any_e
 # Pivot requests: messages and text content
 # ---------------------------------------------------------------------------
 
+def _objects(items: list[Any], param: str) -> Iterator[tuple[str, JSON]]:
+    for i, item in enumerate(items):
+        path = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"'{path}' must be an object", path)
+        yield path, item
+
+
 def iter_messages(messages: Any) -> Iterator[tuple[str, JSON]]:
     """(path, message) of each pivot message; not a non-empty list of objects is the client's error."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages")
-    for i, m in enumerate(messages):
-        path = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_request(f"'{path}' must be an object", path)
-        yield path, m
+    return _objects(messages, "messages")
+
+
+def iter_parts(content: Any, param: str) -> Iterator[tuple[str, JSON]]:
+    """(path, part) of each part of a ``content`` list (the caller takes a string first);
+    content of another shape or a part that is not an object is the client's error."""
+    if not isinstance(content, list):
+        raise bad_request(f"'{param}' must be a string or a list of content parts", param)
+    return _objects(content, param)
 
 
 def add_turn(turns: list[JSON], role: str, blocks: list[Any], key: str = "content") -> None:

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, unsupported
-from ..toolkit import add_turn, iter_messages, parse_data_uri, reasoning_budget
+from ..toolkit import add_turn, iter_messages, iter_parts, parse_data_uri, reasoning_budget
 from ..toolkit import resolve_reasoning as resolve_ask
 
 JSON = dict[str, Any]
@@ -163,13 +163,8 @@ def _content_blocks(content: Any, path: str, allowed: tuple[str, ...]) -> list[J
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request("content must be a string or a list of parts", path)
     out: list[JSON] = []
-    for j, part in enumerate(content):
-        ppath = f"{path}[{j}]"
-        if not isinstance(part, dict):
-            raise bad_request("a content part must be an object", ppath)
+    for ppath, part in iter_parts(content, path):
         ptype = part.get("type")
         if ptype not in allowed:
             raise unsupported(ppath + ".type", f"part type '{ptype}' here")

@@ -7,7 +7,7 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, system_turn_text, unsupported
-from ..toolkit import add_turn, iter_messages, parse_data_uri, reasoning_budget, resolve_reasoning, text_of
+from ..toolkit import add_turn, iter_messages, iter_parts, parse_data_uri, reasoning_budget, resolve_reasoning, text_of
 
 # Anthropic's floor for budget_tokens.
 MIN_BUDGET = 1024
@@ -94,13 +94,8 @@ def _document_block(part: dict[str, Any], param: str, n: int) -> dict[str, Any]:
 def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request("content must be a string or a list of parts", param)
     out: list[dict[str, Any]] = []
-    for i, part in enumerate(content):
-        p = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise bad_request("a content part must be an object", p)
+    for i, (p, part) in enumerate(iter_parts(content, param)):
         kind = part.get("type")
         if kind == "text":
             if not isinstance(part.get("text"), str):

@@ -15,7 +15,7 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import bad_request, system_turn_text, unsupported
-from ..toolkit import REASONING_BUDGETS, add_turn, iter_messages, parse_data_uri, text_of
+from ..toolkit import REASONING_BUDGETS, add_turn, iter_messages, iter_parts, parse_data_uri, text_of
 from ..toolkit import resolve_reasoning as resolve_ask
 from .schema import clean_schema
 
@@ -93,13 +93,8 @@ def content_parts(content: Any, param: str) -> list[dict[str, Any]]:
         return []
     if isinstance(content, str):
         return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request(f"'{param}' must be a string or a list of content parts", param)
     parts: list[dict[str, Any]] = []
-    for i, part in enumerate(content):
-        p = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise bad_request(f"'{p}' must be an object", p)
+    for p, part in iter_parts(content, param):
         kind = part.get("type")
         if kind == "text":
             text = part.get("text")

@@ -11,7 +11,7 @@ from typing import Any
 from tornado_proxy import jsonutil
 
 from ..base import bad_request, unsupported
-from ..toolkit import iter_messages, resolve_reasoning, text_of
+from ..toolkit import iter_messages, iter_parts, resolve_reasoning, text_of
 
 JSON = dict[str, Any]
 
@@ -48,13 +48,8 @@ def _user_parts(content: Any, param: str) -> list[JSON]:
     """Chat user content -> Responses input content parts."""
     if isinstance(content, str):
         return [{"type": "input_text", "text": content}]
-    if not isinstance(content, list):
-        raise bad_request(f"{param} must be a string or a list of content parts", param)
     parts: list[JSON] = []
-    for i, part in enumerate(content):
-        p = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise bad_request(f"{p} must be an object", p)
+    for p, part in iter_parts(content, param):
         kind = part.get("type")
         if kind == "text":
             parts.append({"type": "input_text", "text": part.get("text", "")})
