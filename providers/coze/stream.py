@@ -91,9 +91,6 @@ class CozeStream(StreamTranslator):
         self.role_sent = False
         self.usage: dict[str, Any] | None = None
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return delta_chunk(self.ctx, delta, finish)
-
     def _fail(self, err: ProxyError) -> ProxyError:
         self.phase = Phase.FAILED
         return err
@@ -131,7 +128,7 @@ class CozeStream(StreamTranslator):
             if self.phase is Phase.START:
                 self.phase = Phase.CONTENT
                 self.role_sent = True
-                return [self._chunk({"role": "assistant", "content": ""})]
+                return [delta_chunk(self.ctx, {"role": "assistant", "content": ""})]
             return []
         if name == "conversation.message.delta":
             if obj.get("type") != "answer" or obj.get("role", "assistant") != "assistant":
@@ -147,13 +144,13 @@ class CozeStream(StreamTranslator):
             if not self.role_sent:
                 self.role_sent = True
                 self.phase = Phase.CONTENT
-                out.append(self._chunk({"role": "assistant", "content": ""}))
-            out.append(self._chunk(delta))
+                out.append(delta_chunk(self.ctx, {"role": "assistant", "content": ""}))
+            out.append(delta_chunk(self.ctx, delta))
             return out
         if name == "conversation.chat.completed":
             self.phase = Phase.DONE
-            out = [] if self.role_sent else [self._chunk({"role": "assistant", "content": ""})]
-            out.append(self._chunk({}, "stop"))
+            out = [] if self.role_sent else [delta_chunk(self.ctx, {"role": "assistant", "content": ""})]
+            out.append(delta_chunk(self.ctx, {}, "stop"))
             u = obj.get("usage")
             if isinstance(u, dict):
                 inp, outp = int(u.get("input_count") or 0), int(u.get("output_count") or 0)
