@@ -11,12 +11,14 @@
 * ``resolve_reasoning``: the one precedence of a request's reasoning (the core's
   ``reasoning_level``, the model's fixed ``reasoning``, the client's ``reasoning_effort``,
   the ``-thinking`` alias); each upstream maps the answer to its own wire shape.
-* ``iter_messages``, ``add_turn``, ``text_of``: walking pivot messages, merging same-role
-  turns, text-only content as one string; ``upstream_json``: an upstream's JSON or a
-  ``UPSTREAM_BAD_RESPONSE``.
-* ``assistant_message``, ``completion``, ``delta_chunk``, ``usage_chunk``: the pivot's
-  answer and chunk shapes, built in one place.
-* ``options_problems``: a provider's ``options`` checked against its JSON Schema.
+* ``iter_messages``, ``iter_parts``, ``add_turn``, ``text_of``: walking pivot messages and
+  content parts, merging same-role turns, text-only content as one string;
+  ``upstream_json``: an upstream's JSON or an ``UPSTREAM_BAD_RESPONSE``.
+* ``assistant_message``, ``tool_call``, ``completion``, ``chunk``, ``delta_chunk``,
+  ``usage_chunk``: the pivot's answer and chunk shapes, built in one place
+  (``base.text_chunk`` is the text lane's twin of ``delta_chunk``).
+* ``options_problems``, ``json_path``: a provider's ``options`` checked against its JSON
+  Schema (read by ``tornado_proxy.pipeline.validation.load_schema``).
 
 Pure functions, no tornado: like ``providers.base``, tested without a network.
 """
