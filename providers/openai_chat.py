@@ -18,6 +18,7 @@ from tornado_proxy.errors import ErrorKind, ProxyError
 
 from .base import (Account, Phase, Provider, StreamContext, StreamTranslator, UpstreamRequest,
                    error_message_from_body, stream_cut)
+from .toolkit import upstream_json
 
 # Pivot-only fields that are not part of the OpenAI wire format.
 _MESSAGE_EXTENSIONS = ("thinking_blocks",)
@@ -129,10 +130,7 @@ class OpenAIChatProvider(Provider):
         return b"[DONE]"
 
     def translate_response(self, body: bytes, ctx: StreamContext) -> dict[str, Any]:
-        try:
-            obj = jsonutil.loads(body)
-        except ValueError:
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
+        obj = upstream_json(body, "a body", obj=False)
         if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
             if isinstance(obj, dict) and obj.get("error"):
                 raise ProxyError(ErrorKind.UPSTREAM_ERROR, error_message_from_body(body))
@@ -163,12 +161,7 @@ class OpenAIChatStream(StreamTranslator):
             return []
         if self.phase is Phase.DONE:
             raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent data after [DONE]")
-        try:
-            chunk = jsonutil.loads(data)
-        except ValueError:
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a stream event that is not JSON") from None
-        if not isinstance(chunk, dict):
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a stream event that is not an object")
+        chunk = upstream_json(data, "a stream event")
         err = chunk.get("error")
         if err:
             msg = err.get("message") if isinstance(err, dict) else str(err)

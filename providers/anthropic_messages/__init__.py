@@ -16,27 +16,27 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from tornado_proxy import jsonutil
-from tornado_proxy.errors import ErrorKind, ProxyError
-from tornado_proxy.pipeline.validation import load_schema
+from tornado_proxy.errors import ProxyError
 
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
+from ..toolkit import options_problems, upstream_json
 from .errors import ERROR_KINDS, classify, upstream_error_event
 from .request import (ANTHROPIC_VERSION, BETA_INTERLEAVED, BETA_OAUTH, BETA_STRUCTURED, COUNT_TOKENS_FIELDS,
                       DEFAULT_MAX_TOKENS, EFFORT_TO_ADAPTIVE, EFFORT_TO_LEVEL,
-                      IMAGE_MEDIA_TYPES, LEVELS, OAUTH_TOKEN_PREFIX, Reasoning, _merge_betas,
+                      IMAGE_MEDIA_TYPES, OAUTH_TOKEN_PREFIX, Reasoning, _merge_betas,
                       convert_messages, convert_tools, file_block, image_block, native_body,
                       pivot_to_messages, resolve_reasoning)
-from .response import FINISH_FROM_STOP, STOP_FROM_FINISH, message_to_pivot, usage_to_pivot
+from .response import FINISH_FROM_STOP, STOP_FROM_FINISH, blocks_to_message, message_to_pivot, usage_to_pivot
 from .stream import AnthropicStream
 
 __all__ = ["ANTHROPIC_VERSION", "BETA_INTERLEAVED", "BETA_OAUTH", "BETA_STRUCTURED", "COUNT_TOKENS_FIELDS",
            "DEFAULT_MAX_TOKENS", "EFFORT_TO_ADAPTIVE", "EFFORT_TO_LEVEL", "ERROR_KINDS",
-           "FINISH_FROM_STOP", "IMAGE_MEDIA_TYPES", "LEVELS", "OAUTH_TOKEN_PREFIX", "STOP_FROM_FINISH",
-           "AnthropicProvider", "AnthropicStream", "Reasoning", "classify", "convert_messages",
+           "FINISH_FROM_STOP", "IMAGE_MEDIA_TYPES", "OAUTH_TOKEN_PREFIX", "STOP_FROM_FINISH",
+           "AnthropicProvider", "AnthropicStream", "Reasoning", "blocks_to_message", "classify", "convert_messages",
            "convert_tools", "file_block", "image_block", "message_to_pivot", "native_body",
            "pivot_to_messages", "resolve_reasoning", "upstream_error_event", "usage_to_pivot"]
 
-SCHEMA_NAME = "providers/anthropic.options"  # read by tornado_proxy.pipeline.validation.load_schema
+SCHEMA_NAME = "providers/anthropic.options"  # checked by toolkit.options_problems
 
 
 class AnthropicProvider(Provider):
@@ -58,20 +58,10 @@ class AnthropicProvider(Provider):
 
     # -- configuration -------------------------------------------------------
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
-        import jsonschema
-
-        schema = load_schema(SCHEMA_NAME)
-        defs = schema["$defs"]
-        problems: list[str] = []
-        for err in jsonschema.Draft202012Validator({**defs["provider_options"], "$defs": defs}).iter_errors(
-                self.conf.get("options") or {}):
-            where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-            problems.append(f"options{where}: {err.message}")
-        model_validator = jsonschema.Draft202012Validator({**defs["model_options"], "$defs": defs})
+        problems = options_problems(SCHEMA_NAME, self.conf.get("options") or {}, "options", "provider_options")
         for m in models:
-            for err in model_validator.iter_errors(m.get("options") or {}):
-                where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-                problems.append(f"model '{m.get('id')}': options{where}: {err.message}")
+            problems += options_problems(SCHEMA_NAME, m.get("options") or {}, f"model '{m.get('id')}': options",
+                                         "model_options")
         return problems
 
     def headers(self, account: Account, model: dict[str, Any], betas: Iterable[str],
@@ -111,11 +101,7 @@ class AnthropicProvider(Provider):
                                jsonutil.dumpb(body), stream)
 
     def translate_response(self, body: bytes, ctx: StreamContext) -> dict[str, Any]:
-        try:
-            obj = jsonutil.loads(body)
-        except ValueError:
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
-        return message_to_pivot(obj, ctx)
+        return message_to_pivot(upstream_json(body, "a body", obj=False), ctx)
 
     def new_stream(self, ctx: StreamContext) -> StreamTranslator:
         return AnthropicStream(ctx)

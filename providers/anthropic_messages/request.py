@@ -18,7 +18,8 @@ from typing import Any, Iterable
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import JSON_MODE_INSTRUCTION, bad_request, unsupported
-from ..toolkit import parse_data_uri, reasoning_budget
+from ..toolkit import add_turn, iter_messages, iter_parts, parse_data_uri, reasoning_budget
+from ..toolkit import resolve_reasoning as resolve_ask
 
 JSON = dict[str, Any]
 
@@ -35,8 +36,8 @@ BETA_OAUTH = "oauth-2025-04-20"
 OAUTH_TOKEN_PREFIX = "sk-ant-oat"
 
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
-LEVELS = ("low", "medium", "high")
-# OpenAI reasoning_effort -> our level (budget).  "none" means no thinking.
+# A resolved level or OpenAI reasoning_effort -> the level of our budget ("minimal" is
+# Anthropic's "low"); off and "none" mean no thinking.
 EFFORT_TO_LEVEL = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
                    "xhigh": "high", "max": "high"}
 # ... and -> Anthropic output_config.effort for adaptive thinking, which has its own scale.
@@ -76,38 +77,17 @@ class Reasoning:
 
 
 def resolve_reasoning(req: JSON, model: JSON) -> Reasoning:
-    """Which thinking level a request gets.
-
-    Precedence (as for the other upstreams): a ``reasoning_level`` the core already
-    resolved; the model's fixed level (``off``/``low``/``medium``/``high``); the
-    client's ``reasoning_effort`` (model ``auto``); a ``-thinking`` alias (high);
-    else no thinking.
+    """Which thinking level a request gets: ``toolkit.resolve_reasoning``'s precedence (the
+    core's ``reasoning_level``, the model's fixed level, the client's ``reasoning_effort``,
+    the router's alias), then a ``-thinking`` name (a glob model) means high; else none.
     """
-    resolved = _given(req, "reasoning_level")
-    if resolved is not None:
-        if resolved == "off":
-            return Reasoning(None)
-        if resolved not in EFFORT_TO_LEVEL:
-            raise bad_request(f"reasoning_level '{resolved}' is not one of off, minimal, low, medium, high",
-                              "reasoning_level")
-        return Reasoning(EFFORT_TO_LEVEL[resolved], EFFORT_TO_ADAPTIVE[resolved])
-    conf = model.get("reasoning") or "auto"
-    if conf == "off":
-        return Reasoning(None)
-    if conf in LEVELS:
-        return Reasoning(conf, conf)
-    effort = _given(req, "reasoning_effort")
-    if effort is not None:
-        if effort == "none":
-            return Reasoning(None)
-        level = EFFORT_TO_LEVEL.get(effort)
-        if level is None:
-            raise bad_request(f"reasoning_effort '{effort}' is not one of none, minimal, low, medium, "
-                              "high, xhigh, max", "reasoning_effort")
-        return Reasoning(level, EFFORT_TO_ADAPTIVE[effort])
-    if model.get("_thinking_alias") or str(req.get("model") or "").endswith("-thinking"):
+    ask = resolve_ask(req, model)
+    if ask.by is None and str(req.get("model") or "").endswith("-thinking"):
         return Reasoning("high", "high")
-    return Reasoning(None)
+    if ask.level is None or ask.level == "off":
+        return Reasoning(None)
+    asked = ask.effort or ask.level  # the client's own effort keeps its adaptive scale (xhigh, max)
+    return Reasoning(EFFORT_TO_LEVEL[asked], EFFORT_TO_ADAPTIVE[asked])
 
 
 
@@ -183,13 +163,8 @@ def _content_blocks(content: Any, path: str, allowed: tuple[str, ...]) -> list[J
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request("content must be a string or a list of parts", path)
     out: list[JSON] = []
-    for j, part in enumerate(content):
-        ppath = f"{path}[{j}]"
-        if not isinstance(part, dict):
-            raise bad_request("a content part must be an object", ppath)
+    for ppath, part in iter_parts(content, path):
         ptype = part.get("type")
         if ptype not in allowed:
             raise unsupported(ppath + ".type", f"part type '{ptype}' here")
@@ -276,34 +251,21 @@ def _tool_result(m: JSON, path: str) -> JSON:
 
 def convert_messages(messages: Any) -> tuple[list[JSON], list[JSON]]:
     """Chat messages -> (system blocks, Anthropic turns), same-role turns merged."""
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("messages must be a non-empty list", "messages")
     system: list[JSON] = []
     turns: list[JSON] = []
 
-    def push(role: str, blocks: list[JSON]) -> None:
-        # Anthropic wants user/assistant alternating: consecutive same-role messages
-        # (tool results followed by a user message, for one) become one turn.
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-
-    for i, m in enumerate(messages):
-        path = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_request("a message must be an object", path)
+    for path, m in iter_messages(messages):
         role = m.get("role")
         if role in ("system", "developer"):
             system.extend(_content_blocks(m.get("content"), path + ".content", ("text",)))
         elif role == "user":
-            push("user", _content_blocks(m.get("content"), path + ".content", ("text", "image_url", "file")))
+            add_turn(turns, "user", _content_blocks(m.get("content"), path + ".content", ("text", "image_url", "file")))
         elif role == "assistant":
             blocks = _assistant_blocks(m, path)
             if blocks:
-                push("assistant", blocks)
+                add_turn(turns, "assistant", blocks)
         elif role == "tool":
-            push("user", [_tool_result(m, path)])
+            add_turn(turns, "user", [_tool_result(m, path)])
         elif role == "function":
             raise unsupported(path + ".role", "'function' messages are deprecated; use tool messages")
         else:
@@ -529,10 +491,8 @@ def native_body(body: JSON, model: JSON, count_tokens: bool = False) -> tuple[JS
             blocks.extend(system)
         out["system"] = blocks
     if "thinking" not in out:
-        conf = model.get("reasoning") or "auto"
-        level = conf if conf in LEVELS else (
-            "high" if conf == "auto" and (model.get("_thinking_alias") or str(body.get("model") or "").endswith("-thinking"))
-            else None)
+        # The model's fixed level or the alias: a Messages body has no reasoning_effort.
+        level = resolve_reasoning({"model": body.get("model")}, model).level
         if level is not None:
             if opts.get("adaptive_thinking"):
                 out["thinking"] = {"type": "adaptive"}

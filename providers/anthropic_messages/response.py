@@ -8,7 +8,8 @@ from typing import Any
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
-from ..base import StreamContext
+from ..base import StreamContext, unsupported
+from ..toolkit import assistant_message, completion, tool_call
 from .errors import upstream_error_event
 
 JSON = dict[str, Any]
@@ -53,18 +54,17 @@ def _finish(stop_reason: Any) -> str:
     return FINISH_FROM_STOP.get(stop_reason or "end_turn", "stop")
 
 
-def message_to_pivot(msg: JSON, ctx: StreamContext) -> JSON:
-    """A whole Messages response -> a pivot ``chat.completion``."""
-    if not isinstance(msg, dict) or msg.get("type") != "message" or not isinstance(msg.get("content"), list):
-        if isinstance(msg, dict) and msg.get("type") == "error":
-            raise upstream_error_event(msg)
-        raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream answer is not a Messages response")
+def blocks_to_message(blocks: list[Any], path: str | None = None) -> JSON:
+    """Assistant content blocks (text, thinking, redacted thinking, tool use) -> a pivot
+    assistant message, content None when there is no text.  Other blocks (server tools,
+    citations' search results) appear only when a request asked for them, which a pivot
+    request cannot: skipped in an answer; in a client's turn (``path``) rejected, naming it."""
     texts: list[str] = []
     reasoning: list[str] = []
     thinking_blocks: list[JSON] = []
     tool_calls: list[JSON] = []
-    for block in msg["content"]:
-        btype = block.get("type")
+    for j, block in enumerate(blocks):
+        btype = block.get("type") if isinstance(block, dict) else None
         if btype == "text":
             texts.append(block.get("text") or "")
         elif btype == "thinking":
@@ -74,22 +74,22 @@ def message_to_pivot(msg: JSON, ctx: StreamContext) -> JSON:
         elif btype == "redacted_thinking":
             thinking_blocks.append({"type": "redacted_thinking", "data": block.get("data") or ""})
         elif btype == "tool_use":
-            tool_calls.append({"id": block.get("id"), "type": "function",
-                               "function": {"name": block.get("name"),
-                                            "arguments": jsonutil.dumps(block.get("input") or {})}})
-        # Other block types (server tools, citations' search results) only appear when
-        # the request asked for them, which a pivot request cannot.
-    message: JSON = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
-    if reasoning:
-        message["reasoning_content"] = "".join(reasoning)
-    if thinking_blocks:
-        message["thinking_blocks"] = thinking_blocks
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    out: JSON = {
-        "id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish(msg.get("stop_reason"))}],
-    }
-    if isinstance(msg.get("usage"), dict):
-        out["usage"] = usage_to_pivot(msg["usage"])
-    return out
+            tool_calls.append(tool_call(block.get("id"), block.get("name"), jsonutil.dumps(block.get("input") or {})))
+        elif path is not None:
+            raise unsupported(f"{path}[{j}].type", f"assistant block '{btype}' on this upstream")
+    return assistant_message("".join(texts) if texts else None, reasoning="".join(reasoning),
+                             thinking_blocks=thinking_blocks, tool_calls=tool_calls)
+
+
+def message_to_pivot(msg: JSON, ctx: StreamContext) -> JSON:
+    """A whole Messages response -> a pivot ``chat.completion``."""
+    if not isinstance(msg, dict) or msg.get("type") != "message" or not isinstance(msg.get("content"), list):
+        if isinstance(msg, dict) and msg.get("type") == "error":
+            raise upstream_error_event(msg)
+        raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream answer is not a Messages response")
+    message = blocks_to_message(msg["content"])
+    if message["content"] is None and "tool_calls" not in message:
+        message["content"] = ""
+    usage = usage_to_pivot(msg["usage"]) if isinstance(msg.get("usage"), dict) else None
+    return completion(ctx, [{"index": 0, "message": message, "finish_reason": _finish(msg.get("stop_reason"))}],
+                      usage)

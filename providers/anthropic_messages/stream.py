@@ -9,6 +9,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Phase, StreamContext, StreamTranslator, TextLane, stream_cut, text_chunk
+from ..toolkit import delta_chunk, usage_chunk
 from .errors import upstream_error_event
 from .response import _finish, usage_to_pivot
 
@@ -52,8 +53,7 @@ class AnthropicStream(StreamTranslator):
         return self._lane
 
     def _chunk(self, delta: JSON, finish: str | None = None) -> JSON:
-        return {"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
-                "model": self.ctx.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return delta_chunk(self.ctx, delta, finish)
 
     def _bad(self, what: str) -> ProxyError:
         self.phase = Phase.FAILED
@@ -114,8 +114,7 @@ class AnthropicStream(StreamTranslator):
             self.phase = Phase.DONE
             out = [self._chunk({}, _finish(self.stop_reason))]
             if self.usage:
-                out.append({"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
-                            "model": self.ctx.model, "choices": [], "usage": usage_to_pivot(self.usage)})
+                out.append(usage_chunk(self.ctx, usage_to_pivot(self.usage)))
             return out
         if etype == "message_start":
             raise self._bad("a second message_start")

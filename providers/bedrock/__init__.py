@@ -23,13 +23,13 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from tornado_proxy import jsonutil
-from tornado_proxy.pipeline.validation import load_schema
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
+from ..toolkit import options_problems
 from .errors import ERROR_KINDS, classify, error_for
 from .eventstream import EventStreamDecoder
-from .request import (ANSWER_ALLOWANCE, DOCUMENT_FORMATS, EFFORTS, IMAGE_FORMATS, LEVELS,
+from .request import (ANSWER_ALLOWANCE, DOCUMENT_FORMATS, IMAGE_FORMATS,
                       MIN_BUDGET, SERVICE_TIERS, _part_image_url, claude_thinking, convert_messages, convert_tools,
                       converse_request, reasoning_level)
 from .response import MALFORMED_STOPS, STOP_REASONS, _bad, convert_usage, finish_reason, translate_converse
@@ -37,7 +37,7 @@ from .signing import SIGNING_SERVICE, _signer_class, sigv4_sign
 from .stream import BedrockStream
 
 __all__ = [
-    "ANSWER_ALLOWANCE", "DOCUMENT_FORMATS", "EFFORTS", "ERROR_KINDS", "IMAGE_FORMATS", "LEVELS",
+    "ANSWER_ALLOWANCE", "DOCUMENT_FORMATS", "ERROR_KINDS", "IMAGE_FORMATS",
     "MALFORMED_STOPS", "MIN_BUDGET", "SERVICE_TIERS", "SIGNING_SERVICE", "STOP_REASONS",
     "BedrockProvider", "BedrockStream", "EventStreamDecoder",
     "claude_thinking", "classify", "convert_messages", "convert_tools", "convert_usage", "converse_request",
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-_SCHEMA_NAME = "providers/bedrock.options"  # read by tornado_proxy.pipeline.validation.load_schema
+_SCHEMA_NAME = "providers/bedrock.options"  # checked by toolkit.options_problems
 
 
 class BedrockProvider(Provider):
@@ -111,13 +111,7 @@ class BedrockProvider(Provider):
 
     # -- configuration -------------------------------------------------------
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
-        import jsonschema
-
-        schema = load_schema(_SCHEMA_NAME)
-        problems: list[str] = []
-        prov = jsonschema.Draft202012Validator({**schema["$defs"]["provider_options"], "$defs": schema["$defs"]})
-        for err in prov.iter_errors(self.options):
-            problems.append(f"options{''.join(f'.{p}' for p in err.absolute_path)}: {err.message}")
+        problems = options_problems(_SCHEMA_NAME, self.options, "options", "provider_options")
         for j, a in enumerate(self.conf.get("accounts") or []):
             has_keys = bool(a.get("aws_access_key_id")) and bool(a.get("aws_secret_access_key"))
             if a.get("api_key") and (a.get("aws_access_key_id") or a.get("aws_secret_access_key")):
@@ -126,11 +120,9 @@ class BedrockProvider(Provider):
                 problems.append(f"accounts[{j}]: needs aws_access_key_id and aws_secret_access_key, or api_key")
             if not (a.get("region") or self.options.get("region")) and (has_keys or not self.base_url):
                 problems.append(f"accounts[{j}]: no region (set the account's region or options.region)")
-        model_schema = jsonschema.Draft202012Validator({**schema["$defs"]["model_options"], "$defs": schema["$defs"]})
         for m in models:
-            for err in model_schema.iter_errors(m.get("options") or {}):
-                where = "".join(f".{p}" for p in err.absolute_path)
-                problems.append(f"model {m.get('id')!r}: options{where}: {err.message}")
+            problems += options_problems(_SCHEMA_NAME, m.get("options") or {}, f"model {m.get('id')!r}: options",
+                                         "model_options")
             # A glob id ("bedrock-*") can serve any model: only a known model id is checked.
             known = m.get("upstream_model") or (None if any(c in str(m.get("id")) for c in "*?[") else m.get("id"))
             style = (m.get("options") or {}).get("reasoning_style")

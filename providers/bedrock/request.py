@@ -6,19 +6,14 @@ from typing import Any
 
 from tornado_proxy import fieldpolicy, jsonutil
 
-from ..base import JSON_MODE_INSTRUCTION, bad_request, iter_text_parts, system_turn_text, unsupported
-from ..toolkit import parse_data_uri, reasoning_budget
+from ..base import JSON_MODE_INSTRUCTION, bad_request, system_turn_text, unsupported
+from ..toolkit import add_turn, iter_messages, iter_parts, parse_data_uri, reasoning_budget, resolve_reasoning, text_of
 
 # Anthropic's floor for budget_tokens.
 MIN_BUDGET = 1024
 # Room for the answer when the client sets no max_tokens but thinking is on: Claude
 # counts thinking inside max_tokens and rejects max_tokens <= budget_tokens.
 ANSWER_ALLOWANCE = 4096
-LEVELS = ("off", "minimal", "low", "medium", "high")
-# Chat Completions reasoning_effort -> level; xhigh and max (from Anthropic clients'
-# effort scale) get the high budget, the largest there is here.
-EFFORTS = {"none": "off", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
-           "xhigh": "high", "max": "high"}
 
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
                  "image/webp": "webp"}
@@ -99,13 +94,8 @@ def _document_block(part: dict[str, Any], param: str, n: int) -> dict[str, Any]:
 def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request("content must be a string or a list of parts", param)
     out: list[dict[str, Any]] = []
-    for i, part in enumerate(content):
-        p = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise bad_request("a content part must be an object", p)
+    for i, (p, part) in enumerate(iter_parts(content, param)):
         kind = part.get("type")
         if kind == "text":
             if not isinstance(part.get("text"), str):
@@ -119,19 +109,6 @@ def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
         else:
             raise unsupported(p + ".type", f"content part type '{kind}'")
     return out
-
-
-def _text_only(content: Any, param: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise bad_request("content must be a string or a list of text parts", param)
-    for i, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise unsupported(f"{param}[{i}]", "only text parts are supported here")
-    return "".join(iter_text_parts(content))
 
 
 def _reasoning_blocks(blocks: Any, param: str) -> list[dict[str, Any]]:
@@ -195,52 +172,41 @@ def convert_messages(messages: Any, system_prompt: str | None) -> tuple[list[dic
     message.  Consecutive messages of one role are merged: Converse wants user and
     assistant turns to alternate.
     """
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("messages must be a non-empty list", "messages")
     system: list[dict[str, Any]] = [{"text": system_prompt}] if system_prompt else []
     out: list[dict[str, Any]] = []
 
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-
-    for i, m in enumerate(messages):
-        p = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_request("a message must be an object", p)
+    for p, m in iter_messages(messages):
         role = m.get("role")
         # ``name`` (a participant name) has no Converse field: a documented drop.
         if role in ("system", "developer"):
-            text = _text_only(m.get("content"), p + ".content")
+            text = text_of(m.get("content"), p + ".content")
             if text and not out:
                 system.append({"text": text})
             elif text:
                 # Mid-conversation: Converse has one system, so the turn stays where it
                 # was, as a marked user block (docs/field-policy.md).
-                add("user", [{"text": system_turn_text(text)}])
+                add_turn(out, "user", [{"text": system_turn_text(text)}])
         elif role == "user":
             blocks = _user_blocks(m.get("content"), p + ".content")
             if not blocks:
                 raise bad_request("a user message needs some content", p + ".content")
-            add("user", blocks)
+            add_turn(out, "user", blocks)
         elif role == "assistant":
             blocks = _reasoning_blocks(m.get("thinking_blocks"), p + ".thinking_blocks")
             # reasoning_content alone carries no signature to verify: a documented drop.
-            text = _text_only(m.get("content"), p + ".content")
+            text = text_of(m.get("content"), p + ".content")
             if text:
                 blocks.append({"text": text})
             if m.get("tool_calls"):
                 blocks.extend(_tool_use_blocks(m["tool_calls"], p + ".tool_calls"))
             if not blocks:
                 raise bad_request("an assistant message needs content or tool_calls", p + ".content")
-            add("assistant", blocks)
+            add_turn(out, "assistant", blocks)
         elif role == "tool":
             if not m.get("tool_call_id"):
                 raise bad_request("a tool message needs tool_call_id", p + ".tool_call_id")
-            text = _text_only(m.get("content"), p + ".content")
-            add("user", [{"toolResult": {"toolUseId": m["tool_call_id"], "content": [{"text": text}]}}])
+            text = text_of(m.get("content"), p + ".content")
+            add_turn(out, "user", [{"toolResult": {"toolUseId": m["tool_call_id"], "content": [{"text": text}]}}])
         else:
             raise unsupported(p + ".role", f"role '{role}'")
     if not out:
@@ -293,30 +259,11 @@ def convert_tools(tools: Any, choice: Any, has_tool_blocks: bool) -> dict[str, A
 
 
 def reasoning_level(req: dict[str, Any], model: dict[str, Any]) -> str:
-    """The reasoning level for this request: off, minimal, low, medium or high.
-
-    The order the other upstreams use: a ``reasoning_level`` already resolved by the
-    core wins; else a fixed model ``reasoning`` (``off``/``low``/``medium``/``high``)
-    is the operator's choice and the client's ``reasoning_effort`` is ignored (a
-    documented drop); else (``auto``) the client's ``reasoning_effort`` decides; else
-    the ``-thinking`` name suffix means ``high``, as for the ``anthropic`` upstream.
-    """
-    level = req.get("reasoning_level")
-    if level is not None:
-        if level not in LEVELS:
-            raise bad_request(f"reasoning_level must be one of {list(LEVELS)}", "reasoning_level")
-        return str(level)
-    conf = model.get("reasoning") or "auto"
-    if conf != "auto":
-        return str(conf)
-    effort = req.get("reasoning_effort")
-    if effort is not None:
-        if effort not in EFFORTS:
-            raise bad_request(f"reasoning_effort must be one of {list(EFFORTS)}", "reasoning_effort")
-        return EFFORTS[effort]
-    if model.get("_thinking_alias"):
-        return "high"
-    return "off"
+    """The reasoning level for this request: off, minimal, low, medium or high, by
+    ``toolkit.resolve_reasoning``'s precedence (a fixed model level makes the client's
+    ``reasoning_effort`` a documented drop; xhigh and max get the high budget, the largest
+    there is here); nothing asked is off."""
+    return resolve_reasoning(req, model).level or "off"
 
 
 def claude_thinking(model: dict[str, Any]) -> bool:

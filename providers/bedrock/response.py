@@ -7,6 +7,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import StreamContext
+from ..toolkit import assistant_message, completion, tool_call
 
 # Converse stopReason -> pivot finish_reason.  The malformed_* reasons are errors.
 STOP_REASONS = {
@@ -78,24 +79,13 @@ def translate_converse(obj: Any, ctx: StreamContext) -> dict[str, Any]:
                 raise _bad("a reasoningContent block of an unknown kind")
         elif "toolUse" in block:
             tu = block["toolUse"] or {}
-            calls.append({"id": tu.get("toolUseId"), "type": "function",
-                          "function": {"name": tu.get("name"), "arguments": jsonutil.dumps(tu.get("input") or {})}})
+            calls.append(tool_call(tu.get("toolUseId"), tu.get("name"), jsonutil.dumps(tu.get("input") or {})))
         else:
             raise _bad(f"a content block of an unexpected kind ({', '.join(sorted(block))})")
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
-    if reasoning:
-        msg["reasoning_content"] = "".join(reasoning)
-    if thinking:
-        msg["thinking_blocks"] = thinking
-    if calls:
-        msg["tool_calls"] = calls
-    out: dict[str, Any] = {
-        "id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
-        "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(obj.get("stopReason"))}],
-    }
-    usage = convert_usage(obj.get("usage"))
-    if usage is not None:
-        out["usage"] = usage
+    msg = assistant_message("".join(texts) or None, reasoning="".join(reasoning), thinking_blocks=thinking,
+                            tool_calls=calls)
+    out = completion(ctx, [{"index": 0, "message": msg, "finish_reason": finish_reason(obj.get("stopReason"))}],
+                     convert_usage(obj.get("usage")))
     metrics = obj.get("metrics")
     if isinstance(metrics, dict) and "latencyMs" in metrics:
         ctx.upstream_latency_ms = metrics["latencyMs"]

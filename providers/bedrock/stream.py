@@ -8,6 +8,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import StreamContext, StreamTranslator, stream_cut
+from ..toolkit import delta_chunk, usage_chunk
 from .errors import error_for
 from .response import _bad, convert_usage, finish_reason
 
@@ -60,8 +61,7 @@ class BedrockStream(StreamTranslator):
         self.tools = 0
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
-                "model": self.ctx.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return delta_chunk(self.ctx, delta, finish)
 
     def _fail(self, err: ProxyError) -> ProxyError:
         self.phase = _Phase.FAILED
@@ -127,8 +127,7 @@ class BedrockStream(StreamTranslator):
             usage = convert_usage(data.get("usage"))
             if usage is None:
                 return []
-            return [{"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
-                     "model": self.ctx.model, "choices": [], "usage": usage}]
+            return [usage_chunk(self.ctx, usage)]
         raise _bad(f"a {etype!r} event in phase {phase.value}")
 
     def _start(self, idx: int, start: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,7 +18,8 @@ from urllib.parse import quote
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
-from ..base import bad_request, iter_text_parts, unsupported
+from ..base import bad_request, unsupported
+from ..toolkit import iter_messages, text_of
 
 # Translated into the Coze body (or its query string).
 TRANSLATED = frozenset({"model", "messages", "stream", "user", "metadata"})
@@ -71,19 +72,6 @@ def chat_url(base_url: str, conv: str | None) -> str:
     return url + "?conversation_id=" + quote(conv, safe="") if conv else url
 
 
-def _text(content: Any, path: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise unsupported(f"{path}[{j}].type", "only text here")
-        return "".join(iter_text_parts(content))
-    if content is None:
-        return ""
-    raise bad_request(f"'{path}' must be a string or a list of parts", path)
-
-
 def _user_content(content: Any, path: str) -> tuple[str, str]:
     """(content, content_type) of a user message."""
     if isinstance(content, str) or content is None:
@@ -111,17 +99,12 @@ def _user_content(content: Any, path: str) -> tuple[str, str]:
 
 
 def convert_messages(messages: Any, system_prompt: str | None) -> list[dict[str, Any]]:
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list", "messages")
     system: list[str] = [system_prompt] if system_prompt else []
     out: list[dict[str, Any]] = []
-    for i, m in enumerate(messages):
-        path = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_request(f"'{path}' must be an object", path)
+    for path, m in iter_messages(messages):
         role = m.get("role")
         if role in ("system", "developer"):
-            system.append(_text(m.get("content"), path + ".content"))
+            system.append(text_of(m.get("content"), path + ".content"))
         elif role == "user":
             content, ctype = _user_content(m.get("content"), path + ".content")
             out.append({"role": "user", "type": "question", "content": content, "content_type": ctype})
@@ -131,7 +114,7 @@ def convert_messages(messages: Any, system_prompt: str | None) -> list[dict[str,
                                   "a conversation cannot carry client tool calls")
             if m.get("audio"):
                 raise unsupported(path + ".audio", "Coze has no audio replay")
-            text = _text(m.get("content"), path + ".content")
+            text = text_of(m.get("content"), path + ".content")
             if text:
                 out.append({"role": "assistant", "type": "answer", "content": text, "content_type": "text"})
         elif role in ("tool", "function"):

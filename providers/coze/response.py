@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Exchange, StreamContext, UpstreamRequest
+from ..toolkit import assistant_message, upstream_json
+from ..toolkit import completion as chat_completion
 from .errors import code_of, coded_error
 from .request import CONVERSATION_ID
 
@@ -25,10 +26,7 @@ _POLLING = ("created", "in_progress")
 
 def envelope(body: bytes) -> Any:
     """``data`` of a Coze answer; ProxyError for an error code or a body that is not one."""
-    try:
-        obj = jsonutil.loads(body)
-    except ValueError:
-        raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent a body that is not JSON") from None
+    obj = upstream_json(body, "a body", obj=False)
     hit = code_of(obj)
     if hit is not None:
         raise coded_error(*hit)
@@ -64,15 +62,8 @@ def completion(messages: Any, chat: dict[str, Any], ctx: StreamContext) -> dict[
                 text.append(m["content"])
             if isinstance(m.get("reasoning_content"), str) and m["reasoning_content"]:
                 reasoning.append(m["reasoning_content"])
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
-    if reasoning:
-        msg["reasoning_content"] = "".join(reasoning)
-    out: dict[str, Any] = {"id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
-                           "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}]}
-    usage = usage_of(chat)
-    if usage is not None:
-        out["usage"] = usage
-    return out
+    msg = assistant_message("".join(text), reasoning="".join(reasoning))
+    return chat_completion(ctx, [{"index": 0, "message": msg, "finish_reason": "stop"}], usage_of(chat))
 
 
 class CozeExchange(Exchange):

@@ -31,6 +31,7 @@ from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.sse import MAX_EVENT_BYTES, SSEDecoder
 
 from ..base import Phase, StreamContext, StreamTranslator, stream_cut
+from ..toolkit import delta_chunk, usage_chunk
 from .errors import code_of, coded_error
 
 
@@ -90,11 +91,6 @@ class CozeStream(StreamTranslator):
         self.role_sent = False
         self.usage: dict[str, Any] | None = None
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        c = self.ctx
-        return {"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
     def _fail(self, err: ProxyError) -> ProxyError:
         self.phase = Phase.FAILED
         return err
@@ -132,7 +128,7 @@ class CozeStream(StreamTranslator):
             if self.phase is Phase.START:
                 self.phase = Phase.CONTENT
                 self.role_sent = True
-                return [self._chunk({"role": "assistant", "content": ""})]
+                return [delta_chunk(self.ctx, {"role": "assistant", "content": ""})]
             return []
         if name == "conversation.message.delta":
             if obj.get("type") != "answer" or obj.get("role", "assistant") != "assistant":
@@ -148,21 +144,19 @@ class CozeStream(StreamTranslator):
             if not self.role_sent:
                 self.role_sent = True
                 self.phase = Phase.CONTENT
-                out.append(self._chunk({"role": "assistant", "content": ""}))
-            out.append(self._chunk(delta))
+                out.append(delta_chunk(self.ctx, {"role": "assistant", "content": ""}))
+            out.append(delta_chunk(self.ctx, delta))
             return out
         if name == "conversation.chat.completed":
             self.phase = Phase.DONE
-            out = [] if self.role_sent else [self._chunk({"role": "assistant", "content": ""})]
-            out.append(self._chunk({}, "stop"))
+            out = [] if self.role_sent else [delta_chunk(self.ctx, {"role": "assistant", "content": ""})]
+            out.append(delta_chunk(self.ctx, {}, "stop"))
             u = obj.get("usage")
             if isinstance(u, dict):
                 inp, outp = int(u.get("input_count") or 0), int(u.get("output_count") or 0)
                 self.usage = {"prompt_tokens": inp, "completion_tokens": outp,
                               "total_tokens": int(u.get("token_count") or inp + outp)}
-                c = self.ctx
-                out.append({"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
-                            "choices": [], "usage": self.usage})
+                out.append(usage_chunk(self.ctx, self.usage))
             return out
         if name == "conversation.chat.failed":
             le = obj.get("last_error")

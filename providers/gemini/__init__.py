@@ -54,6 +54,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
+from ..toolkit import options_problems
 from .embeddings import EMBED_CHARS_PER_TOKEN, build_embeddings_body, embedding_inputs, translate_embeddings
 from .errors import classify_gemini_error, parse_duration, seconds_until_pacific_midnight
 from .request import (SKIP_SIGNATURE, build_generate_body, content_parts,
@@ -125,17 +126,11 @@ class GeminiProvider(Provider):
     stream_decoder = "sse"
 
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
-        # validation finds schemas in a checkout and in the installed layout alike.
-        from tornado_proxy.pipeline.validation import validator
-
-        check = validator("providers/gemini.options")
-        problems = []
-        entries = [(f"provider '{self.name}' options", self.conf.get("options") or {})]
-        entries += [(f"model '{m.get('id')}' options", m.get("options") or {}) for m in models]
-        for where, opts in entries:
-            for e in sorted(check.iter_errors(opts), key=lambda e: list(e.path)):
-                path = ".".join(str(p) for p in e.path)
-                problems.append(f"{where}{'.' + path if path else ''}: {e.message}")
+        problems = options_problems("providers/gemini.options", self.conf.get("options") or {},
+                                    f"provider '{self.name}' options")
+        for m in models:
+            problems += options_problems("providers/gemini.options", m.get("options") or {},
+                                         f"model '{m.get('id')}' options")
         return problems
 
     def options(self, model: dict[str, Any]) -> dict[str, Any]:

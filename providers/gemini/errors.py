@@ -58,6 +58,19 @@ def _error_object(body: bytes) -> dict[str, Any]:
     return {}
 
 
+# google.rpc.Code names (error.status) -> our kinds; any other falls back to the HTTP status.
+STATUS_KINDS = {
+    "UNAUTHENTICATED": ErrorKind.UPSTREAM_AUTH,
+    "PERMISSION_DENIED": ErrorKind.UPSTREAM_FORBIDDEN,
+    "FAILED_PRECONDITION": ErrorKind.UPSTREAM_FORBIDDEN,
+    "RESOURCE_EXHAUSTED": ErrorKind.UPSTREAM_RATE_LIMITED,
+    "UNAVAILABLE": ErrorKind.UPSTREAM_OVERLOADED,
+    "INVALID_ARGUMENT": ErrorKind.UPSTREAM_BAD_REQUEST,
+    "NOT_FOUND": ErrorKind.UPSTREAM_NOT_FOUND,
+    "INTERNAL": ErrorKind.UPSTREAM_ERROR,
+}
+
+
 def classify_gemini_error(status: int, headers: dict[str, str], body: bytes,
                           now: float | None = None) -> ProxyError:
     """A Gemini error (Google RPC status JSON) -> ProxyError.
@@ -93,22 +106,13 @@ def classify_gemini_error(status: int, headers: dict[str, str], body: bytes,
     if per_day and now is not None:
         retry_after = max(retry_after or 0.0, seconds_until_pacific_midnight(now))
     text = f"upstream returned {status}{' ' + gstatus if gstatus else ''}: {message}"
-    if reasons & {"API_KEY_INVALID", "API_KEY_EXPIRED"} or gstatus == "UNAUTHENTICATED":
+    kind_: ErrorKind | None
+    if reasons & {"API_KEY_INVALID", "API_KEY_EXPIRED"}:
         kind_ = ErrorKind.UPSTREAM_AUTH
-    elif gstatus == "PERMISSION_DENIED" or reasons & {"API_KEY_SERVICE_BLOCKED", "CONSUMER_SUSPENDED"}:
+    elif reasons & {"API_KEY_SERVICE_BLOCKED", "CONSUMER_SUSPENDED"} and gstatus != "UNAUTHENTICATED":
         kind_ = ErrorKind.UPSTREAM_FORBIDDEN
-    elif gstatus == "FAILED_PRECONDITION":
-        kind_ = ErrorKind.UPSTREAM_FORBIDDEN
-    elif gstatus == "RESOURCE_EXHAUSTED":
-        kind_ = ErrorKind.UPSTREAM_RATE_LIMITED
-    elif gstatus == "UNAVAILABLE":
-        kind_ = ErrorKind.UPSTREAM_OVERLOADED
-    elif gstatus == "INVALID_ARGUMENT":
-        kind_ = ErrorKind.UPSTREAM_BAD_REQUEST
-    elif gstatus == "NOT_FOUND":
-        kind_ = ErrorKind.UPSTREAM_NOT_FOUND
-    elif gstatus == "INTERNAL":
-        kind_ = ErrorKind.UPSTREAM_ERROR
     else:
+        kind_ = STATUS_KINDS.get(gstatus)
+    if kind_ is None:
         return from_status(status, text, retry_after=retry_after, headers=headers)
     return ProxyError(kind_, text, retry_after=retry_after, upstream_status=status, headers=headers)

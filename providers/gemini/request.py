@@ -15,7 +15,8 @@ from typing import Any
 from tornado_proxy import fieldpolicy, jsonutil
 
 from ..base import bad_request, system_turn_text, unsupported
-from ..toolkit import REASONING_BUDGETS, parse_data_uri
+from ..toolkit import REASONING_BUDGETS, add_turn, iter_messages, iter_parts, parse_data_uri, text_of
+from ..toolkit import resolve_reasoning as resolve_ask
 from .schema import clean_schema
 
 
@@ -39,9 +40,6 @@ _DROPPED_KEYS = frozenset({
 
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
-_EFFORTS = {"none": "off", "minimal": "minimal", "low": "low", "medium": "medium",
-            "high": "high", "xhigh": "high", "max": "high"}
-_LEVELS = ("off", "minimal", "low", "medium", "high")
 
 
 # ---------------------------------------------------------------------------
@@ -95,13 +93,8 @@ def content_parts(content: Any, param: str) -> list[dict[str, Any]]:
         return []
     if isinstance(content, str):
         return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request(f"'{param}' must be a string or a list of content parts", param)
     parts: list[dict[str, Any]] = []
-    for i, part in enumerate(content):
-        p = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise bad_request(f"'{p}' must be an object", p)
+    for p, part in iter_parts(content, param):
         kind = part.get("type")
         if kind == "text":
             text = part.get("text")
@@ -136,19 +129,8 @@ def content_parts(content: Any, param: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _text_of(content: Any, param: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
-                raise unsupported(f"{param}[{i}]", "only text parts are allowed here")
-            out.append(part.get("text") or part.get("refusal") or "")
-        return "".join(out)
-    raise bad_request(f"'{param}' must be a string or a list of text parts", param)
+# Text-only content here may hold an assistant's refusal parts too: Gemini gets them as text.
+_TEXT_KINDS = ("text", "refusal")
 
 
 def _tool_response(content: Any, param: str) -> dict[str, Any]:
@@ -157,7 +139,7 @@ def _tool_response(content: Any, param: str) -> dict[str, Any]:
     A JSON object is sent as is; anything else under ``output``, the key Gemini
     documents for a function's output.
     """
-    text = _text_of(content, param)
+    text = text_of(content, param, _TEXT_KINDS)
     try:
         value = jsonutil.loads(text)
     except (ValueError, jsonutil.JSONDecodeError):
@@ -176,8 +158,6 @@ def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict
     messages become one user turn of ``functionResponse`` parts in the order of
     the calls they answer.
     """
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list", "messages")
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     # tool_call_id -> (function name, position of the call in its assistant message)
@@ -185,25 +165,19 @@ def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict
     pending: list[tuple[int, dict[str, Any]]] = []  # functionResponse parts awaiting flush
 
     def push(role: str, parts: list[dict[str, Any]]) -> None:
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+        add_turn(contents, role, parts, "parts")
 
     def flush_tools() -> None:
         if pending:
             push("user", [part for _, part in sorted(pending, key=lambda x: x[0])])
             pending.clear()
 
-    for i, msg in enumerate(messages):
-        p = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise bad_request(f"'{p}' must be an object", p)
+    for p, msg in iter_messages(messages):
         role = msg.get("role")
         if role != "tool":
             flush_tools()
         if role in ("system", "developer"):
-            text = _text_of(msg.get("content"), f"{p}.content")
+            text = text_of(msg.get("content"), f"{p}.content", _TEXT_KINDS)
             if not contents:
                 system.extend({"text": t} for t in [text] if t)
             elif text:
@@ -219,7 +193,7 @@ def convert_messages(messages: Any, *, fill_signatures: bool) -> tuple[list[dict
             if msg.get("audio"):
                 raise unsupported(f"{p}.audio", "Gemini takes no audio references")
             parts = []
-            text = _text_of(msg.get("content"), f"{p}.content")
+            text = text_of(msg.get("content"), f"{p}.content", _TEXT_KINDS)
             if text:
                 parts.append({"text": text})
             tool_calls = msg.get("tool_calls") or []
@@ -350,14 +324,9 @@ def resolve_reasoning(req: dict[str, Any], model: dict[str, Any]) -> tuple[str |
     (``...-thinking`` turns thinking on at Gemini's dynamic default,
     ``...-nothinking`` off).
     """
-    resolved = req.get("reasoning_level")
-    if resolved is not None:
-        if resolved not in _LEVELS:
-            raise bad_request(f"'reasoning_level' must be one of {', '.join(_LEVELS)}", "reasoning_level")
-        return str(resolved), None
-    conf = model.get("reasoning") or "auto"
-    if conf != "auto":
-        return str(conf), None
+    ask = resolve_ask(req, model)
+    if ask.by in ("level", "model"):
+        return ask.level, None
     thinking = req.get("thinking")
     if thinking is not None:
         if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled", "adaptive"):
@@ -370,16 +339,13 @@ def resolve_reasoning(req: dict[str, Any], model: dict[str, Any]) -> tuple[str |
         if not isinstance(budget, int) or budget < 0:
             raise bad_request("'thinking.budget_tokens' must be a non-negative integer", "thinking.budget_tokens")
         return "budget", budget
-    effort = req.get("reasoning_effort")
-    if effort is not None:
-        if effort not in _EFFORTS:
-            raise bad_request(f"'reasoning_effort' must be one of {', '.join(_EFFORTS)}", "reasoning_effort")
-        return _EFFORTS[effort], None
+    if ask.by == "client":
+        return ask.level, None
     name = str(req.get("model") or "")
     upstream = str(model.get("upstream_model") or "")
     if name.endswith(("-nothinking", "-non-thinking")) and not upstream.endswith(("-nothinking", "-non-thinking")):
         return "off", None
-    if model.get("_thinking_alias") or (name.endswith("-thinking") and not upstream.endswith("-thinking")):
+    if ask.by == "alias" or (name.endswith("-thinking") and not upstream.endswith("-thinking")):
         return "dynamic", None
     return None, None
 

@@ -11,6 +11,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import StreamContext
+from ..toolkit import assistant_message, completion, tool_call
 from .errors import classify_gemini_error
 
 _FINISH_REASONS = {
@@ -125,11 +126,8 @@ def tool_call_id(ctx: StreamContext, candidate: int, index: int) -> str:
 
 def tool_call_from_part(part: dict[str, Any], ctx: StreamContext, candidate: int, index: int) -> dict[str, Any]:
     fc = part["functionCall"]
-    call: dict[str, Any] = {
-        "id": fc.get("id") or tool_call_id(ctx, candidate, index),
-        "type": "function",
-        "function": {"name": fc.get("name", ""), "arguments": jsonutil.dumps(fc.get("args") or {})},
-    }
+    call = tool_call(fc.get("id") or tool_call_id(ctx, candidate, index), fc.get("name", ""),
+                     jsonutil.dumps(fc.get("args") or {}))
     if part.get("thoughtSignature"):
         call["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
     return call
@@ -175,20 +173,12 @@ def translate_generate_response(obj: Any, ctx: StreamContext, show_links: bool) 
         if show_links:
             text.append(links_text(grounding_links(cand.get("groundingMetadata"))))
         content = "".join(text)
-        message: dict[str, Any] = {"role": "assistant", "content": content if content or not calls else None}
-        if reasoning:
-            message["reasoning_content"] = "".join(reasoning)
-        if calls:
-            message["tool_calls"] = calls
+        message = assistant_message(content if content or not calls else None, reasoning="".join(reasoning),
+                                    tool_calls=calls)
         reason = cand.get("finishReason")
         if not reason:
             raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "Gemini answer has a candidate without finishReason")
         choices.append({"index": c, "message": message, "finish_reason": map_finish_reason(reason, bool(calls))})
     if not choices:
         raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "Gemini answer has no candidates")
-    out: dict[str, Any] = {"id": ctx.id, "object": "chat.completion", "created": ctx.created,
-                           "model": ctx.model, "choices": choices}
-    usage = convert_usage(obj.get("usageMetadata"))
-    if usage is not None:
-        out["usage"] = usage
-    return out
+    return completion(ctx, choices, convert_usage(obj.get("usageMetadata")))

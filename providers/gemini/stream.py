@@ -7,6 +7,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Phase, StreamContext, StreamTranslator, stream_cut
+from ..toolkit import delta_chunk, usage_chunk
 from .response import (
     _check_prompt_block,
     _stream_error,
@@ -54,15 +55,11 @@ class GeminiStreamTranslator(StreamTranslator):
         self.cands: dict[int, _Candidate] = {}
         self.usage: dict[str, Any] | None = None
 
-    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
-                "model": self.ctx.model, "choices": choices}
-
     def _delta(self, cand: _Candidate, delta: dict[str, Any]) -> dict[str, Any]:
         if not cand.started:
             cand.started = True
             delta = {"role": "assistant", **delta}
-        return self._chunk([{"index": cand.index, "delta": delta, "finish_reason": None}])
+        return delta_chunk(self.ctx, delta, index=cand.index)
 
     def feed(self, event: Any) -> list[dict[str, Any]]:
         if self.phase is Phase.FAILED:
@@ -133,10 +130,9 @@ class GeminiStreamTranslator(StreamTranslator):
                 out.append(self._delta(cand, {"content": links_text(cand.links)}))
             delta: dict[str, Any] = {} if cand.started else {"role": "assistant", "content": ""}
             cand.started = True
-            out.append(self._chunk([{"index": c, "delta": delta,
-                                     "finish_reason": map_finish_reason(cand.finish or "", cand.calls > 0)}]))
+            out.append(delta_chunk(self.ctx, delta, map_finish_reason(cand.finish or "", cand.calls > 0), c))
         if self.usage is not None:
-            out.append({**self._chunk([]), "usage": self.usage})
+            out.append(usage_chunk(self.ctx, self.usage))
         return out
 
     def fail(self, err: ProxyError) -> list[dict[str, Any]]:

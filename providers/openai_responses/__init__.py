@@ -4,9 +4,9 @@ Pivot Chat Completions request -> ``POST {base_url}/responses`` (``request``); t
 Response object (``response``) or its event stream (``stream``) -> pivot; Responses
 error objects -> our kinds (``errors``).  The client half of the same API
 (``/v1/responses``) lives in ``tornado_proxy.apis.openai_responses`` and takes from here
-the names both halves share: the envelope prefix, the error codes, the schema checks and
-``thinking_block`` (what the two pass each other per request are ``StreamContext``'s
-Responses fields: ``client_request``, ``passthrough``, ``fail_seq``, ``result``).
+the names both halves share: the envelope prefix, the error codes and ``thinking_block``
+(what the two pass each other per request are ``StreamContext``'s Responses fields:
+``client_request``, ``passthrough``, ``fail_seq``, ``result``).
 
 Reasoning state (README, "Reasoning state"): a Responses ``reasoning`` output
 item becomes a pivot ``thinking_blocks`` entry ``{"type": "thinking",
@@ -25,19 +25,21 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, default_classify
+from ..toolkit import options_problems, upstream_json
 from .errors import error_from_responses, responses_error_code
 from .request import _options, messages_to_input, pivot_to_responses
 from .response import responses_to_pivot, thinking_block, usage_to_pivot
-from .schema import json_path, validator
 from .stream import ResponsesToPivot, StreamPhase
 
 __all__ = [
-    "ENVELOPE_PREFIX", "ResponsesProvider", "ResponsesToPivot", "StreamPhase", "error_from_responses", "json_path",
+    "ENVELOPE_PREFIX", "ResponsesProvider", "ResponsesToPivot", "StreamPhase", "error_from_responses",
     "messages_to_input", "pivot_to_responses", "responses_error_code", "responses_to_pivot", "thinking_block",
-    "usage_to_pivot", "validator",
+    "usage_to_pivot",
 ]
 
 JSON = dict[str, Any]
+
+SCHEMA_NAME = "providers/openai-responses.options"  # checked by toolkit.options_problems
 
 # Reasoning items we hand to Responses clients carry pivot thinking blocks (from
 # Anthropic, Gemini, Bedrock...) in this envelope: "tpr1." + base64url(JSON list).
@@ -50,13 +52,9 @@ class ResponsesProvider(Provider):
     default_base_url = "https://api.openai.com/v1"
 
     def validate(self, models: list[JSON]) -> list[str]:
-        problems = []
-        v = validator("providers/openai-responses.options.json")
-        for err in v.iter_errors(self.conf.get("options") or {}):
-            problems.append(f"{json_path('options', err.absolute_path)}: {err.message}")
+        problems = options_problems(SCHEMA_NAME, self.conf.get("options") or {}, "options")
         for m in models:
-            for err in v.iter_errors(m.get("options") or {}):
-                problems.append(f"model {m.get('id')!r}: {json_path('options', err.absolute_path)}: {err.message}")
+            problems += options_problems(SCHEMA_NAME, m.get("options") or {}, f"model {m.get('id')!r}: options")
         return problems
 
     def _headers(self, account: Account, model: JSON, stream: bool) -> dict[str, str]:
@@ -87,11 +85,7 @@ class ResponsesProvider(Provider):
                                jsonutil.dumpb(body), stream)
 
     def translate_response(self, body: bytes, ctx: StreamContext) -> JSON:
-        try:
-            resp = jsonutil.loads(body)
-        except ValueError:
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream answer is not JSON") from None
-        return responses_to_pivot(resp, ctx)
+        return responses_to_pivot(upstream_json(body, "a body", obj=False), ctx)
 
     def new_stream(self, ctx: StreamContext) -> StreamTranslator:
         return ResponsesToPivot(ctx)

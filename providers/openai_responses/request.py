@@ -11,23 +11,14 @@ from typing import Any
 from tornado_proxy import jsonutil
 
 from ..base import bad_request, unsupported
+from ..toolkit import iter_messages, iter_parts, resolve_reasoning, text_of
 
 JSON = dict[str, Any]
 
 
-# 1:1 fields: pivot name -> Responses name.
-_SAME_FIELDS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "parallel_tool_calls": "parallel_tool_calls",
-    "metadata": "metadata",
-    "user": "user",
-    "safety_identifier": "safety_identifier",
-    "prompt_cache_key": "prompt_cache_key",
-    "prompt_cache_retention": "prompt_cache_retention",
-    "service_tier": "service_tier",
-    "store": "store",
-}
+# Fields Responses takes under the same name and with the same meaning.
+_SAME_FIELDS = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "safety_identifier",
+                "prompt_cache_key", "prompt_cache_retention", "service_tier", "store")
 
 # Fields with no Responses equivalent that are harmless at their neutral value
 # (clients often send them explicitly); any other value is rejected.
@@ -47,40 +38,18 @@ _HANDLED = {
     "tools", "tool_choice", "response_format", "reasoning_effort", "reasoning_level", "verbosity",
 }
 
-_REASONING_LEVELS = ("low", "medium", "high")
-
 
 def _options(provider_conf: JSON, model: JSON) -> JSON:
     """Provider options overlaid with the model's: a model may override any of them."""
     return {**(provider_conf.get("options") or {}), **(model.get("options") or {})}
 
 
-def _text_of(content: Any, param: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise bad_request(f"{param}[{i}] must be a text part here", f"{param}[{i}]")
-            out.append(part["text"])
-        return "".join(out)
-    raise bad_request(f"{param} must be a string or a list of text parts", param)
-
-
 def _user_parts(content: Any, param: str) -> list[JSON]:
     """Chat user content -> Responses input content parts."""
     if isinstance(content, str):
         return [{"type": "input_text", "text": content}]
-    if not isinstance(content, list):
-        raise bad_request(f"{param} must be a string or a list of content parts", param)
     parts: list[JSON] = []
-    for i, part in enumerate(content):
-        p = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise bad_request(f"{p} must be an object", p)
+    for p, part in iter_parts(content, param):
         kind = part.get("type")
         if kind == "text":
             parts.append({"type": "input_text", "text": part.get("text", "")})
@@ -159,18 +128,13 @@ def messages_to_input(messages: Any, store: bool) -> tuple[list[str], list[JSON]
     Leading system/developer messages become ``instructions``; later ones stay in
     place as developer/system input messages, so their position is kept.
     """
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list", "messages")
     instructions: list[str] = []
     items: list[JSON] = []
     leading = True
-    for i, m in enumerate(messages):
-        p = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_request(f"{p} must be an object", p)
+    for p, m in iter_messages(messages):
         role = m.get("role")
         if role in ("system", "developer"):
-            text = _text_of(m.get("content"), f"{p}.content")
+            text = text_of(m.get("content"), f"{p}.content")
             if leading:
                 instructions.append(text)
             else:
@@ -183,7 +147,7 @@ def messages_to_input(messages: Any, store: bool) -> tuple[list[str], list[JSON]
         elif role == "assistant":
             items.extend(_reasoning_items(m.get("thinking_blocks"), f"{p}.thinking_blocks", store))
             content: list[JSON] = []
-            text = _text_of(m.get("content"), f"{p}.content")
+            text = text_of(m.get("content"), f"{p}.content")
             if text:
                 content.append({"type": "output_text", "text": text, "annotations": []})
             if isinstance(m.get("refusal"), str) and m["refusal"]:
@@ -279,24 +243,13 @@ def _reasoning(req: JSON, model: JSON, opts: JSON) -> tuple[JSON | None, bool]:
     stops us asking for encrypted reasoning: models that do not reason may reject
     the include.  ``off_effort`` (e.g. ``none``) is sent for off if configured.
     """
-    conf = model.get("reasoning") or "auto"
-    resolved = req.get("reasoning_level")
     effort = req.get("reasoning_effort")
     if effort is not None and not isinstance(effort, str):
         raise bad_request("'reasoning_effort' must be a string", "reasoning_effort")
-    if resolved is not None:
-        if resolved not in ("off", "minimal", "low", "medium", "high"):
-            raise bad_request("reasoning_level must be off, minimal, low, medium or high", "reasoning_level")
-        off = resolved == "off"
-        effort = None if off else resolved
-    else:
-        off = conf == "off"
-        if off:
-            effort = None
-        elif conf in _REASONING_LEVELS:
-            effort = conf  # an operator's fixed level wins, as for every other upstream
-        elif effort is None and model.get("_thinking_alias"):
-            effort = "high"
+    # The client's effort goes on as sent: OpenAI knows its own scale.
+    ask = resolve_reasoning(req, model, any_effort=True)
+    off = ask.by in ("level", "model") and ask.level == "off"
+    effort = None if off else ask.effort if ask.effort is not None else ask.level
     if off and opts.get("off_effort"):
         effort = opts["off_effort"]
     encrypted = bool(opts.get("encrypted_reasoning", True)) and not off and effort != "none"
@@ -333,9 +286,9 @@ def pivot_to_responses(req: JSON, model: JSON, provider_conf: JSON, stream: bool
     body: JSON = {"model": model.get("upstream_model") or req.get("model"), "input": items}
     if instructions:
         body["instructions"] = "\n\n".join(instructions)
-    for src, dst in _SAME_FIELDS.items():
-        if req.get(src) is not None:
-            body[dst] = req[src]
+    for name in _SAME_FIELDS:
+        if req.get(name) is not None:
+            body[name] = req[name]
     body["store"] = store
     max_out = req.get("max_completion_tokens")
     if max_out is None:

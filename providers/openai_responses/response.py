@@ -11,6 +11,7 @@ from typing import Any
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import StreamContext
+from ..toolkit import assistant_message, completion, tool_call
 from .errors import error_from_responses
 
 JSON = dict[str, Any]
@@ -75,21 +76,9 @@ def responses_to_pivot(resp: Any, ctx: StreamContext) -> JSON:
             reasoning.extend(_reasoning_texts(item))
             blocks.append(thinking_block(item))
         elif kind == "function_call":
-            calls.append({"id": item.get("call_id") or item.get("id"), "type": "function",
-                          "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}})
+            calls.append(tool_call(item.get("call_id") or item.get("id"), item.get("name"), item.get("arguments") or ""))
         # Hosted-tool items (web_search_call...) cannot appear: we never send hosted tools.
-    message: JSON = {"role": "assistant", "content": "".join(texts) if texts else None}
-    if refusals:
-        message["refusal"] = "".join(refusals)
-    if reasoning:
-        message["reasoning_content"] = "\n\n".join(reasoning)
-    if blocks:
-        message["thinking_blocks"] = blocks
-    if calls:
-        message["tool_calls"] = calls
-    out: JSON = {"id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
-                 "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(resp, bool(calls))}]}
-    usage = usage_to_pivot(resp.get("usage"))
-    if usage is not None:
-        out["usage"] = usage
-    return out
+    message = assistant_message("".join(texts) if texts else None, refusal="".join(refusals),
+                                reasoning="\n\n".join(reasoning), thinking_blocks=blocks, tool_calls=calls)
+    return completion(ctx, [{"index": 0, "message": message, "finish_reason": _finish_reason(resp, bool(calls))}],
+                      usage_to_pivot(resp.get("usage")))

@@ -4,10 +4,10 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
 from ..base import StreamContext, StreamTranslator, stream_cut
+from ..toolkit import delta_chunk, usage_chunk, upstream_json
 from .errors import error_from_responses
 from .response import _finish_reason, thinking_block, usage_to_pivot
 
@@ -48,8 +48,7 @@ class ResponsesToPivot(StreamTranslator):
 
     # -- chunk builders ----------------------------------------------------------
     def _chunk(self, delta: JSON, finish: str | None = None) -> JSON:
-        return {"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
-                "model": self.ctx.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return delta_chunk(self.ctx, delta, finish)
 
     def _reasoning_delta(self, key: tuple[int, str, int], text: str) -> list[JSON]:
         if not text:
@@ -67,12 +66,7 @@ class ResponsesToPivot(StreamTranslator):
         data = getattr(event, "data", None)
         if data is None or data == "" or data == "[DONE]":
             return []
-        try:
-            ev = jsonutil.loads(data)
-        except ValueError:
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent an event that is not JSON") from None
-        if not isinstance(ev, dict):
-            raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE, "upstream sent an event that is not an object")
+        ev = upstream_json(data, "an event")
         kind = ev.get("type") or getattr(event, "event", None)
         if kind == "error":
             self.phase = StreamPhase.FAILED
@@ -166,8 +160,7 @@ class ResponsesToPivot(StreamTranslator):
         out = [self._chunk({}, _finish_reason(resp, bool(self._tool_index)))]
         usage = usage_to_pivot(resp.get("usage"))
         if usage is not None:
-            out.append({"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
-                        "model": self.ctx.model, "choices": [], "usage": usage})
+            out.append(usage_chunk(self.ctx, usage))
         return out
 
     def finish(self) -> list[JSON]:

@@ -16,7 +16,7 @@ import base64
 import math
 from typing import Any, Iterable
 
-from providers.anthropic_messages import STOP_FROM_FINISH
+from providers.anthropic_messages import STOP_FROM_FINISH, blocks_to_message
 from providers.base import ClientFormat, Phase, StreamContext, StreamEncoder, bad_request, unsupported
 from providers.toolkit import REASONING_BUDGETS
 from tornado_proxy import fieldpolicy, jsonutil
@@ -175,7 +175,7 @@ def messages_to_pivot(body: JSON) -> JSON:
         if role == "user":
             messages.extend(_user_turn(content, path + ".content"))
         else:
-            messages.append(_assistant_turn(content, path + ".content"))
+            messages.append(blocks_to_message(content, path + ".content"))
     pivot["messages"] = messages
     if body.get("max_tokens") is not None:
         pivot["max_tokens"] = body["max_tokens"]
@@ -284,37 +284,6 @@ def _user_turn(content: list[Any], path: str) -> list[JSON]:
     if parts:
         out.append({"role": "user", "content": _collapse(parts)})
     return out
-
-
-def _assistant_turn(content: list[Any], path: str) -> JSON:
-    texts: list[str] = []
-    reasoning: list[str] = []
-    thinking_blocks: list[JSON] = []
-    tool_calls: list[JSON] = []
-    for j, b in enumerate(content):
-        bpath = f"{path}[{j}]"
-        btype = b.get("type") if isinstance(b, dict) else None
-        if btype == "text":
-            texts.append(b.get("text") or "")
-        elif btype == "tool_use":
-            tool_calls.append({"id": b.get("id"), "type": "function",
-                               "function": {"name": b.get("name"), "arguments": jsonutil.dumps(b.get("input") or {})}})
-        elif btype == "thinking":
-            reasoning.append(b.get("thinking") or "")
-            thinking_blocks.append({"type": "thinking", "thinking": b.get("thinking") or "",
-                                    "signature": b.get("signature") or ""})
-        elif btype == "redacted_thinking":
-            thinking_blocks.append({"type": "redacted_thinking", "data": b.get("data") or ""})
-        else:
-            raise unsupported(bpath + ".type", f"assistant block '{btype}' on this upstream")
-    msg: JSON = {"role": "assistant", "content": "".join(texts) if texts else None}
-    if reasoning:
-        msg["reasoning_content"] = "".join(reasoning)
-    if thinking_blocks:
-        msg["thinking_blocks"] = thinking_blocks
-    if tool_calls:
-        msg["tool_calls"] = tool_calls
-    return msg
 
 
 # ---------------------------------------------------------------------------
@@ -563,12 +532,14 @@ PER_MESSAGE_TOKENS = 4
 PER_TOOL_TOKENS = 8
 
 
-def _text_of(value: Any) -> Iterable[str]:
+def _counted_text(value: Any) -> Iterable[str]:
+    """Every text of a Messages body that the estimate counts: a walk over any block,
+    skipping ids, signatures and media (counted flat), unlike the pivot's ``text_of``."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, list):
         for item in value:
-            yield from _text_of(item)
+            yield from _counted_text(item)
     elif isinstance(value, dict):
         btype = value.get("type")
         if btype in ("image", "document") and isinstance(value.get("source"), dict) \
@@ -577,7 +548,7 @@ def _text_of(value: Any) -> Iterable[str]:
         for k, v in value.items():
             if k in ("role", "type", "cache_control", "signature", "id", "tool_use_id", "source"):
                 continue
-            yield from _text_of(v)
+            yield from _counted_text(v)
 
 
 def _count_media(value: Any) -> int:
@@ -596,7 +567,7 @@ def estimate_input_tokens(body: JSON) -> int:
     chars = 0
     media = 0
     for key in ("system", "messages"):
-        for text in _text_of(body.get(key)):
+        for text in _counted_text(body.get(key)):
             chars += len(text)
         media += _count_media(body.get(key))
     tools = body.get("tools") or []

@@ -401,12 +401,8 @@ class LLMHandler(BaseHandler):
         res = await self.gw.upstream.wait(t)
         self._transfer = None
         self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
-        if self._gone:
+        if not self._answered_2xx(provider, res):
             return
-        if res.error is not None:
-            raise res.error
-        if not (200 <= res.status < 300):
-            raise provider.classify_error(res.status, res.headers, res.body)
         lease.success(res.ttfb or 0.0, res.headers)
         if exchange is not None:
             await self._follow(provider, exchange, res, timeouts, proxy)
@@ -437,12 +433,19 @@ class LLMHandler(BaseHandler):
             self._transfer = t
             res = await self.gw.upstream.wait(t)
             self._transfer = None
-            if self._gone:
+            if not self._answered_2xx(provider, res):
                 return
-            if res.error is not None:
-                raise res.error
-            if not (200 <= res.status < 300):
-                raise provider.classify_error(res.status, res.headers, res.body)
+
+    def _answered_2xx(self, provider: Provider, res: Any) -> bool:
+        """Did the upstream answer 2xx?  False when the client has gone meanwhile (nothing
+        more to do); the transfer's failure or the upstream's error raised as ProxyError."""
+        if self._gone:
+            return False
+        if res.error is not None:
+            raise res.error
+        if not (200 <= res.status < 300):
+            raise provider.classify_error(res.status, res.headers, res.body)
+        return True
 
     def _answer(self, provider: Provider, res: Any, ctx: StreamContext, passthrough: bool,
                 pivot: dict[str, Any] | None = None) -> None:

@@ -5,7 +5,7 @@ Response object (``response``) or the Responses event stream (``stream``: ``even
 lines, ``sequence_number``), in the shapes openai-python's ``ResponseStreamState``
 accepts.  The upstream half of the same API (``openai-responses``) is
 ``providers.openai_responses``; the names both halves share (``ENVELOPE_PREFIX``, error
-codes, schema checks) live there.
+codes) live there; the request schema is checked by ``tornado_proxy.pipeline.validation``.
 
 Reasoning state (README, "Reasoning state"): pivot thinking blocks from any upstream
 reach a Responses client as the ``encrypted_content`` of a ``reasoning`` item, in our

@@ -13,9 +13,11 @@ import binascii
 from typing import Any
 
 from providers.base import bad_request, unsupported
-from providers.openai_responses import ENVELOPE_PREFIX, json_path, thinking_block, validator
+from providers.openai_responses import ENVELOPE_PREFIX, thinking_block
+from providers.toolkit import iter_parts, json_path
 from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
+from tornado_proxy.pipeline.validation import validator
 
 JSON = dict[str, Any]
 
@@ -48,13 +50,8 @@ _CLIENT_UNSUPPORTED = {
 def _pivot_user_content(content: Any, param: str) -> Any:
     if isinstance(content, str):
         return content
-    if not isinstance(content, list):
-        raise bad_request(f"{param} must be a string or a list of content parts", param)
     parts: list[JSON] = []
-    for i, part in enumerate(content):
-        p = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise bad_request(f"{p} must be an object", p)
+    for p, part in iter_parts(content, param):
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
             parts.append({"type": "text", "text": part.get("text") or ""})
