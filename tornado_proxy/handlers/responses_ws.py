@@ -32,6 +32,10 @@ What is the socket's own:
   client for ``server.websocket_idle_seconds`` is closed with 1001 (going away) and a
   reason.  Codex opens a new socket for its next turn.  (Tornado's ``ping_interval``
   is no idle limit: a live client answers pings for ever.)
+* The connection cap: the server side is told of the socket (``websocket_opened``), so
+  it counts against ``server.max_connections``; while no request is in flight it may
+  be shed to make room, like an idle keep-alive connection (``shed``: 1013, try again
+  later).  A socket answering a request is never shed.
 """
 from __future__ import annotations
 
@@ -115,8 +119,11 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         self._idle_limit = float(self.gw.config.server.get("websocket_idle_seconds") or 0)
         if self._idle_limit > 0:
             self._idle_timer = asyncio.get_running_loop().call_later(self._idle_limit, self._idle_check)
+        opened = getattr(self.request.connection, "websocket_opened", None)
+        if opened is not None:
+            opened(self)  # the server side counts it against max_connections, and may shed it
 
-    # -- idle: the limit ---------------------------------------------------------------------
+    # -- idle: the limit and the connection cap --------------------------------------------
     @property
     def busy(self) -> bool:
         """A request in flight (being answered or waiting its turn): never closed for idleness."""
@@ -142,6 +149,10 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
                 self.close_as("idle", 1001, f"no request for {self._idle_limit:g} s; reconnect to go on")
                 return
         self._idle_timer = asyncio.get_running_loop().call_later(max(wait, 0.01), self._idle_check)
+
+    def shed(self) -> None:
+        """Closed to make room at the connection limit (only ever while not busy)."""
+        self.close_as("shed", 1013, "the gateway is at its connection limit; reconnect")
 
     def close_as(self, reason: str, code: int, text: str) -> None:
         """Close with a close frame, counted in tornado_proxy_websocket_closes_total{reason}."""
@@ -186,6 +197,9 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        closed = getattr(self.request.connection, "websocket_closed", None)
+        if closed is not None:
+            closed(self)
 
     async def _serve_frames(self) -> None:
         assert self._queue is not None
@@ -200,6 +214,9 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             finally:
                 self._serving = False
                 self.idle_since = time.monotonic()
+            idle = getattr(self.request.connection, "websocket_idle", None)
+            if idle is not None:
+                idle()  # (the server side's own clock of the longest idle, for shedding)
             if self.gw.draining:
                 self.close_as("draining", 1001, "the gateway is shutting down")
                 return

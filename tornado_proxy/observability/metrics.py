@@ -78,8 +78,8 @@ class Metrics:
         fieldpolicy.set_sink(self.count_dropped)
         self.websocket_closes = Counter("tornado_proxy_websocket_closes_total",
                                         "WebSockets the gateway closed: idle past server.websocket_idle_seconds, "
-                                        "or at a drain", ["reason"], registry=r)
-        self._ws_closes = {why: self.websocket_closes.labels(why) for why in ("idle", "draining")}
+                                        "shed at the connection limit, or at a drain", ["reason"], registry=r)
+        self._ws_closes = {why: self.websocket_closes.labels(why) for why in ("idle", "shed", "draining")}
         self.draining = Gauge("tornado_proxy_draining", "1 while the server drains after SIGTERM", [],
                               registry=r, multiprocess_mode="max")
         self._req: dict[tuple[str, str, str, int, ErrorKind | None], list[Any]] = {}
