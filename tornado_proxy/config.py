@@ -52,6 +52,7 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "max_upstream_body_bytes": 64 * 1024 * 1024,  # a buffered upstream answer (and one SSE event)
     "max_upstream_error_bytes": 1024 * 1024,      # a buffered upstream error body
     "responses_websocket": True,     # GET /v1/responses upgraded (Codex's WebSocket transport); off: 426
+    "websocket_idle_seconds": 300.0,  # a WebSocket with no request in flight and no frame this long: closed; 0: never
 }
 
 TIMEOUT_DEFAULTS = {"connect": 10.0, "first_byte": 300.0, "idle": 300.0}

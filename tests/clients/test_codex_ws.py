@@ -101,3 +101,28 @@ def test_websocket_off_falls_back_to_http_at_once(stack: StartStack, codex: Code
     assert Codex.final_text(run) == "PONG-ALPHA"
     assert len(s.requests) == 1 and json.loads(s.requests[0].body)["stream"] is True
     assert took < 5.0, run.explain()   # not the retry ladder
+
+
+def test_an_idle_close_while_a_tool_runs_costs_codex_a_reconnect(stack: StartStack, codex: CodexFor,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # server.websocket_idle_seconds shorter than the tool's run: the gateway closes the
+    # socket (1001) while Codex waits for the command; Codex opens a new one for the
+    # tool's output, sending the whole conversation there, and the turn completes.
+    import tests.clients.scripted as scripted
+
+    shell = scripted.shell_call
+
+    def slow_shell(names: list[str]) -> tuple[str, dict[str, Any]]:
+        name, args = shell(names)
+        return name, ({"cmd": "sleep 1.5; " + args["cmd"]} if "cmd" in args else args)
+
+    monkeypatch.setattr(scripted, "shell_call", slow_shell)
+    s = ws_stack(stack, "openai")
+    s.gw.gw.config.server["websocket_idle_seconds"] = 0.5
+    evs = events(codex(s, websockets=True).exec("RUN-TOOL and tell me what it printed"))
+    assert items(evs, "agent_message")[-1]["text"] == f"TOOL-SAW: {TOOL_OUTPUT}"
+    [idle] = [ln for ln in s.gw.metrics_text().splitlines()
+              if ln.startswith('tornado_proxy_websocket_closes_total{reason="idle"}')]
+    assert float(idle.rsplit(" ", 1)[1]) >= 1  # (and maybe the second socket, if Codex was slow to exit)
+    first, follow = s.requests
+    assert "RUN-TOOL" in follow.body.decode() and TOOL_OUTPUT in follow.body.decode()

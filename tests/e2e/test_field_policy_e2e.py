@@ -118,3 +118,59 @@ def test_messages_errors_in_anthropics_words(harness: LoopThread, body: dict[str
         c.messages.create(model="m", max_tokens=10, **body)
     assert e.value.body == {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
     assert up.requests == []
+
+
+PATCH = "*** Begin Patch\n*** Update File: src/app.py\n@@\n-print(\"hi\")\n+print(\"héllo 😀\\t\")\n*** End Patch\n"
+APPLY_PATCH: Any = [{"type": "custom", "name": "apply_patch", "description": "Apply a patch",
+                     "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}]
+
+
+def anthropic_patch_stream(args: list[str]) -> Reply:
+    evs: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+            "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 0}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "toolu_1", "name": "apply_patch", "input": {}}}),
+        *[("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                   "delta": {"type": "input_json_delta", "partial_json": a}}) for a in args],
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                           "usage": {"output_tokens": 9}}),
+        ("message_stop", {"type": "message_stop"})]
+    data = b"".join(f"event: {k}\ndata: {json.dumps(v)}\n\n".encode() for k, v in evs)
+    return Reply.sse(data, delay=0.01)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_custom_tool_input_streams_as_deltas_to_the_sdk(harness: LoopThread, kind: str) -> None:
+    up = harness.upstream()
+    wrapped = json.dumps({"input": PATCH})
+    args = [wrapped[i:i + 9] for i in range(0, len(wrapped), 9)]
+    if kind == "openai":
+        provider = openai_provider(up, name="chat")
+        up.push(chat_stream({"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_9", "type": "function", "function": {"name": "apply_patch", "arguments": ""}}]},
+            *[{"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in args], finish="tool_calls"))
+    else:
+        provider = {"name": "chat", "type": "anthropic", "base_url": up.url, "accounts": [{"id": "a", "api_key": "k"}]}
+        up.push(anthropic_patch_stream(args))
+    gw = harness.gateway(simple_config([provider], [{"id": "m", "provider": "chat", "upstream_model": "x",
+                                                     "max_tokens": 1024}]))
+    c = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0, timeout=20)
+    with c.responses.stream(model="m", input="patch it", tools=APPLY_PATCH) as s:
+        evs = list(s)
+        final = s.get_final_response()
+    deltas = [e.delta for e in evs if e.type == "response.custom_tool_call_input.delta"]
+    [done] = [e for e in evs if e.type == "response.custom_tool_call_input.done"]
+    assert len(deltas) > 3  # streamed as the upstream's fragments came
+    assert "".join(deltas) == done.input == PATCH
+    [item] = final.output
+    assert item.type == "custom_tool_call" and item.input == PATCH and item.name == "apply_patch"
+    # and the raw stream (create(stream=True)) says the same
+    if kind == "openai":
+        up.push(chat_stream({"role": "assistant", "tool_calls": [
+            {"index": 0, "id": "call_9", "type": "function", "function": {"name": "apply_patch", "arguments": ""}}]},
+            *[{"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in args], finish="tool_calls"))
+        raw = list(c.responses.create(model="m", input="patch it", tools=APPLY_PATCH, stream=True))
+        assert "".join(e.delta for e in raw if e.type == "response.custom_tool_call_input.delta") == PATCH

@@ -228,3 +228,25 @@ def test_client_gone_mid_stream_aborts_the_upstream(harness: LoopThread) -> None
         time.sleep(0.05)
     assert up.closed_early == 1 and up.finished == 0
     assert gw.gw.active_requests == 0
+
+
+def test_a_custom_tool_call_streams_its_input_as_frames(harness: LoopThread) -> None:
+    # The socket sends the HTTP route's events as they are: a custom tool's input deltas too.
+    from tests.e2e.test_field_policy_e2e import APPLY_PATCH, PATCH, chat_stream
+
+    up = harness.upstream()
+    wrapped = json.dumps({"input": PATCH})
+    up.push(chat_stream({"role": "assistant", "tool_calls": [
+        {"index": 0, "id": "call_7", "type": "function", "function": {"name": "apply_patch", "arguments": ""}}]},
+        *[{"tool_calls": [{"index": 0, "function": {"arguments": wrapped[i:i + 8]}}]}
+          for i in range(0, len(wrapped), 8)], finish="tool_calls"))
+    cfg = gateway_config("openai", up.url)
+    cfg["server"] = {"access_keys": [KEY]}
+    gw = harness.gateway(cfg)
+    with ws(gw) as c:
+        c.send(json.dumps({"type": "response.create", "model": "m", "input": "patch", "tools": APPLY_PATCH}))
+        events = answer(c)
+    deltas = [e["delta"] for e in events if e["type"] == "response.custom_tool_call_input.delta"]
+    [done] = [e for e in events if e["type"] == "response.custom_tool_call_input.done"]
+    assert len(deltas) > 3 and "".join(deltas) == done["input"] == PATCH
+    assert events[-1]["response"]["output"][0]["input"] == PATCH

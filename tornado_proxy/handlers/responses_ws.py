@@ -28,6 +28,14 @@ What is the socket's own:
   event the route's own ``error`` and ``response.failed`` events go out as frames.
 * ``server.responses_websocket: false`` turns the transport off: an upgrade then gets
   426, which makes Codex use HTTP at once (any other status costs it retries).
+* An idle limit: a socket with no request in flight that has had no frame from the
+  client for ``server.websocket_idle_seconds`` is closed with 1001 (going away) and a
+  reason.  Codex opens a new socket for its next turn.  (Tornado's ``ping_interval``
+  is no idle limit: a live client answers pings for ever.)
+* The connection cap: the server side is told of the socket (``websocket_opened``), so
+  it counts against ``server.max_connections``; while no request is in flight it may
+  be shed to make room, like an idle keep-alive connection (``shed``: 1013, try again
+  later).  A socket answering a request is never shed.
 """
 from __future__ import annotations
 
@@ -72,6 +80,10 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         self._frame_conn: FrameConnection | None = None
         self.last_id: str | None = None
         self.last_items: list[Any] = []   # the last request's whole input, then its output
+        self._serving = False
+        self.idle_since = 0.0             # time.monotonic() of the last frame in or answer's end
+        self._idle_limit = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- the upgrade -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -103,9 +115,56 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     def open(self, *args: Any) -> None:
         self._queue = asyncio.Queue(MAX_QUEUED)
         self._worker = asyncio.ensure_future(self._serve_frames())
+        self.idle_since = time.monotonic()
+        self._idle_limit = float(self.gw.config.server.get("websocket_idle_seconds") or 0)
+        if self._idle_limit > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(self._idle_limit, self._idle_check)
+        opened = getattr(self.request.connection, "websocket_opened", None)
+        if opened is not None:
+            opened(self)  # the server side counts it against max_connections, and may shed it
+
+    # -- idle: the limit and the connection cap --------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """A request in flight (being answered or waiting its turn): never closed for idleness."""
+        return self._serving or (self._queue is not None and not self._queue.empty())
+
+    def on_ping(self, data: bytes) -> None:
+        self.idle_since = time.monotonic()
+
+    def on_pong(self, data: bytes) -> None:
+        self.idle_since = time.monotonic()
+
+    def _idle_check(self) -> None:
+        """Once per idle limit at most (not re-armed per frame): close the socket if it
+        has been idle that long, else look again when it would have been."""
+        self._idle_timer = None
+        if self.ws_connection is None:
+            return
+        now = time.monotonic()
+        wait = self._idle_limit
+        if not self.busy:
+            wait = self.idle_since + self._idle_limit - now
+            if wait <= 0:
+                self.close_as("idle", 1001, f"no request for {self._idle_limit:g} s; reconnect to go on")
+                return
+        self._idle_timer = asyncio.get_running_loop().call_later(max(wait, 0.01), self._idle_check)
+
+    def shed(self) -> None:
+        """Closed to make room at the connection limit (only ever while not busy)."""
+        self.close_as("shed", 1013, "the gateway is at its connection limit; reconnect")
+
+    def close_as(self, reason: str, code: int, text: str) -> None:
+        """Close with a close frame, counted in tornado_proxy_websocket_closes_total{reason}."""
+        if self.ws_connection is None:
+            return
+        self.gw.metrics.count_websocket_close(reason)
+        log.debug("closing a Responses WebSocket (%s): %d %s", reason, code, text)
+        self.close(code, text)
 
     # -- frames in ---------------------------------------------------------------------
     def on_message(self, message: str | bytes) -> None:
+        self.idle_since = time.monotonic()
         if isinstance(message, bytes):
             self.send_error_frame(400, ProxyError(ErrorKind.INVALID_REQUEST,
                                                   "binary frames are not part of this protocol; send JSON text"))
@@ -135,18 +194,31 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if self._worker is not None:
             self._worker.cancel()
             self._worker = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        closed = getattr(self.request.connection, "websocket_closed", None)
+        if closed is not None:
+            closed(self)
 
     async def _serve_frames(self) -> None:
         assert self._queue is not None
         while True:
             frame = await self._queue.get()
+            self._serving = True
             try:
                 await self.serve_frame(frame)
             except Exception:
                 log.exception("serving a response.create frame failed")
                 self.send_error_frame(500, ProxyError(ErrorKind.INTERNAL, "internal error in the gateway; see its log"))
+            finally:
+                self._serving = False
+                self.idle_since = time.monotonic()
+            idle = getattr(self.request.connection, "websocket_idle", None)
+            if idle is not None:
+                idle()  # (the server side's own clock of the longest idle, for shedding)
             if self.gw.draining:
-                self.close(1001, "the gateway is shutting down")
+                self.close_as("draining", 1001, "the gateway is shutting down")
                 return
 
     # -- one request -------------------------------------------------------------------

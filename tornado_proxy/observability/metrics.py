@@ -76,6 +76,10 @@ class Metrics:
             for name in fieldpolicy.droppable(route):
                 self._dropped[(route, name)] = self.dropped_fields.labels(route, name)
         fieldpolicy.set_sink(self.count_dropped)
+        self.websocket_closes = Counter("tornado_proxy_websocket_closes_total",
+                                        "WebSockets the gateway closed: idle past server.websocket_idle_seconds, "
+                                        "shed at the connection limit, or at a drain", ["reason"], registry=r)
+        self._ws_closes = {why: self.websocket_closes.labels(why) for why in ("idle", "shed", "draining")}
         self.draining = Gauge("tornado_proxy_draining", "1 while the server drains after SIGTERM", [],
                               registry=r, multiprocess_mode="max")
         self._req: dict[tuple[str, str, str, int, ErrorKind | None], list[Any]] = {}
@@ -89,6 +93,11 @@ class Metrics:
 
     def count_dropped(self, route: str, name: str) -> None:
         c = self._dropped.get((route, name))
+        if c is not None:
+            c.inc()
+
+    def count_websocket_close(self, reason: str) -> None:
+        c = self._ws_closes.get(reason)
         if c is not None:
             c.inc()
 

@@ -28,7 +28,8 @@ What it does, per connection:
   and a close, a connection that was only waiting is closed;
 - a connection cap (``max_connections``) and accepting under fd pressure: at the cap,
   or when ``accept`` fails for want of file descriptors, the longest-idle keep-alive
-  connections are closed to make room; with none to close, the new connection gets a
+  connections are closed to make room (WebSockets with no request in flight too, with
+  a 1013 close frame); with none to close, the new connection gets a
   503 and is closed rather than left in the backlog (see ``HTTP1Server._accept``);
 - ``X-Forwarded-For``/``X-Real-Ip``/``X-Forwarded-Proto`` from a load balancer, as
   Tornado's ``xheaders=True``;
@@ -186,7 +187,7 @@ class HTTP1Server:
         (and then for a batch, so that a flood of new connections does not pay it each)."""
         idle = heapq.nsmallest(n, (c for c in self.connections if c.waiting()), key=_waiting_since)
         for c in idle:
-            c.close()
+            c.shed()
         self.shed += len(idle)
         if idle:
             log.debug("connection limit: closed %d idle connection(s)", len(idle))
@@ -310,7 +311,7 @@ class HTTP1Server:
 
 
 def _waiting_since(c: HTTP1Connection) -> tuple[int, int]:
-    return c.waiting_since, c.seq
+    return c.idle_since(), c.seq
 
 
 def _open_reserve() -> int:

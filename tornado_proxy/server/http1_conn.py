@@ -39,6 +39,16 @@ class _Server(Protocol):
     accepted: int
 
 
+class _Socket(Protocol):
+    """What a connection uses of the WebSocket handler that took it over after a 101
+    (``handlers.responses_ws.ResponsesSocketHandler``)."""
+
+    @property
+    def busy(self) -> bool: ...  # a request in flight: never shed
+
+    def shed(self) -> None: ...  # close with a close frame, to make room
+
+
 class HTTP1Connection(asyncio.Protocol):
     """One client connection: the parser's callbacks and Tornado's ``HTTPConnection``."""
 
@@ -67,6 +77,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.upgraded = False
         self._upgrade_rest = b""
         self.stream: UpgradedStream | None = None
+        self.ws: _Socket | None = None          # the WebSocket handler, once it is open
 
     # -- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -441,6 +452,21 @@ class HTTP1Connection(asyncio.Protocol):
             self.stream.lost()
         return self.stream
 
+    # -- a WebSocket's part in the connection cap (the handler calls these) --------------
+    def websocket_opened(self, ws: _Socket) -> None:
+        """The handler took the connection over: it stays one of the server's connections
+        (counted against ``max_connections``) and may be shed while ``ws.busy`` is false."""
+        self.ws = ws
+        self.waiting_since = self.server.tick
+
+    def websocket_idle(self) -> None:
+        """The socket's answer ended: its idle time counts from now."""
+        self.waiting_since = self.server.tick
+
+    def websocket_closed(self, ws: _Socket) -> None:
+        if self.ws is ws:
+            self.ws = None
+
     def _frame(self, r: _Request, chunk: bytes) -> bytes:
         if r.remaining is not None:
             r.remaining -= len(chunk)
@@ -474,8 +500,27 @@ class HTTP1Connection(asyncio.Protocol):
 
     def waiting(self) -> bool:
         """Between requests: nothing read of the next one, nothing being answered (a
-        connection that may be closed without losing anything)."""
+        connection that may be closed without losing anything); for a WebSocket, no
+        request in flight on it."""
+        if self.ws is not None:
+            return not self.closed and not self.ws.busy
         return self.current is None and self.incoming is None and not self.closed
+
+    def idle_since(self) -> int:
+        """The server tick the connection's wait began (a WebSocket's: its last frame in,
+        or its last answer's end)."""
+        return max(self.waiting_since, self.last_read) if self.ws is not None else self.waiting_since
+
+    def shed(self) -> None:
+        """Closed to make room: a WebSocket's close frame (1013) goes out first, then the
+        connection closes (after what is buffered), without waiting for the client's."""
+        ws = self.ws
+        if ws is not None and not self.closed:
+            try:
+                ws.shed()
+            except Exception:
+                log.exception("closing a WebSocket to make room failed")
+        self.close()
 
     def close(self) -> None:
         if not self.closed:

@@ -17,7 +17,10 @@ What each limit becomes here (docs/architecture.md lists the differences):
   from the end of the head rather than from the last byte); a late request is closed
   without a 408;
 - ``max_connections``: at the cap a new connection gets our 503 and is closed (there is
-  no shedding of idle keep-alive connections to make room);
+  no shedding of idle keep-alive connections to make room).  An upgraded WebSocket,
+  which Tornado lets go of (``detach``), is counted here (``websocket_opened``); at the
+  cap the longest-idle WebSockets with no request in flight are shed (a 1013 close
+  frame) to make room, as on our own server;
 - ``X-Forwarded-*`` only from ``trusted_proxies`` (Tornado's ``xheaders`` would believe
   anyone): applied per request by :class:`_Forwarded`, with the same rules;
 - flow control: the handlers' stream path asks ``connection.writable`` and
@@ -29,6 +32,8 @@ What each limit becomes here (docs/architecture.md lists the differences):
 from __future__ import annotations
 
 import asyncio
+import heapq
+import logging
 import socket
 from typing import Any, Callable
 
@@ -40,6 +45,8 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado_proxy.server.http1 import _BUSY
 from tornado_proxy.server.http1_parse import MAX_HEADER_BYTES
 from tornado_proxy.server.http1_request import TrustedProxies, _Context, forwarded_context
+
+log = logging.getLogger("tornado_proxy.http")
 
 
 class _Connection(HTTP1Connection):
@@ -82,6 +89,13 @@ class _Connection(HTTP1Connection):
         done, self.tp_done = self.tp_done, None
         if done is not None:
             done()
+
+    # A WebSocket handler on this (detached) connection: counted by the server until it closes.
+    def websocket_opened(self, ws: Any) -> None:
+        self.tp_server.sockets.add(ws)
+
+    def websocket_closed(self, ws: Any) -> None:
+        self.tp_server.sockets.discard(ws)
 
 
 class _Forwarded(httputil.HTTPMessageDelegate):
@@ -130,11 +144,16 @@ class _Server(HTTPServer):
         self.trusts = trusts or TrustedProxies(())
         self.open: set[Any] = set()   # HTTP1ServerConnections
         self.busy: set[Any] = set()   # ... with a request read and not yet answered
+        self.sockets: set[Any] = set()  # open WebSocket handlers (their connections left `open`)
         self.draining = False
         self.turned_away = 0
+        self.shed = 0
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
-        if len(self.open) >= self.max_connections or self.draining:
+        at_cap = len(self.open) + len(self.sockets) >= self.max_connections
+        if at_cap and not self.draining and self._shed_sockets(max(1, self.max_connections // 64)):
+            at_cap = False
+        if at_cap or self.draining:
             self.turned_away += 1
             try:
                 stream.write(_BUSY)
@@ -143,6 +162,18 @@ class _Server(HTTPServer):
             stream.close()
             return
         super().handle_stream(stream, address)
+
+    def _shed_sockets(self, n: int) -> int:
+        """Close up to ``n`` WebSockets with no request in flight, longest-idle first
+        (each leaves the count at once; its close handshake may take a few seconds)."""
+        idle = heapq.nsmallest(n, (ws for ws in self.sockets if not ws.busy), key=lambda ws: ws.idle_since)
+        for ws in idle:
+            self.sockets.discard(ws)
+            ws.shed()
+        self.shed += len(idle)
+        if idle:
+            log.debug("connection limit: closed %d idle WebSocket(s)", len(idle))
+        return len(idle)
 
     def on_close(self, server_conn: Any) -> None:
         super().on_close(server_conn)

@@ -3,6 +3,8 @@ in the shapes openai-python's ``ResponseStreamState`` accepts."""
 from __future__ import annotations
 
 import enum
+import logging
+import re
 from typing import Any
 
 from providers.base import StreamContext, StreamEncoder, fold_chunks
@@ -23,6 +25,7 @@ from .response import (
 )
 
 JSON = dict[str, Any]
+log = logging.getLogger("tornado_proxy.responses")
 
 
 class EncoderPhase(enum.Enum):
@@ -38,7 +41,7 @@ class EncoderPhase(enum.Enum):
 class _Item:
     """An output item being streamed."""
 
-    __slots__ = ("kind", "index", "id", "text", "blocks", "parts", "call", "part_open", "summary_open")
+    __slots__ = ("kind", "index", "id", "text", "blocks", "parts", "call", "part_open", "summary_open", "input")
 
     def __init__(self, kind: str, index: int, item_id: str) -> None:
         self.kind = kind            # "reasoning" | "message" | "function_call"
@@ -50,6 +53,7 @@ class _Item:
         self.call: JSON = {}
         self.part_open: str | None = None  # "output_text" | "refusal"
         self.summary_open = False
+        self.input: CustomInput | None = None  # a custom tool's call: its input, decoded as it comes
 
 
 class ResponsesEncoder(StreamEncoder):
@@ -139,6 +143,7 @@ class ResponsesEncoder(StreamEncoder):
             args = item.call["function"]["arguments"]
             done = _call_item(item.id, item.call, names=self.names)
             if done["type"] == "custom_tool_call":
+                self._custom_rest(item, done["input"])
                 self._emit("response.custom_tool_call_input.done", {
                     "item_id": item.id, "output_index": item.index, "input": done["input"]})
             else:
@@ -184,18 +189,39 @@ class ResponsesEncoder(StreamEncoder):
             item.call = {"id": tc.get("id"), "type": "function",
                          "function": {"name": fn.get("name"), "arguments": ""}}
             self.calls[idx] = item
-            self._emit("response.output_item.added", {"output_index": item.index, "item": _call_item(
-                item.id, item.call, "in_progress", self.names)})
+            added = _call_item(item.id, item.call, "in_progress", self.names)
+            if added["type"] == "custom_tool_call":
+                item.input = CustomInput()
+            self._emit("response.output_item.added", {"output_index": item.index, "item": added})
         elif self.output[item.index] is not None:
             raise ProxyError(ErrorKind.UPSTREAM_BAD_RESPONSE,
                              f"tool call {idx} continued after other output started")
         args = fn.get("arguments")
         if args:
             item.call["function"]["arguments"] += args
-            # A custom tool's input is the string inside the arguments: sent whole when done.
-            if self.names.get(item.call["function"]["name"] or "", ("", "", "function"))[2] != "custom":
+            if item.input is None:
                 self._emit("response.function_call_arguments.delta", {
                     "item_id": item.id, "output_index": item.index, "delta": args})
+            else:
+                # A custom tool's input is the string inside the arguments ({"input": "..."}):
+                # its text goes out as soon as it is decoded.
+                text = item.input.feed(args)
+                if text:
+                    self._emit("response.custom_tool_call_input.delta", {
+                        "item_id": item.id, "output_index": item.index, "delta": text})
+
+    def _custom_rest(self, item: _Item, final: str) -> None:
+        """Before ``.done``: what the deltas have not said of the input (all of it when the
+        arguments did not start as ``{"input": "``, so that the deltas add up to it)."""
+        sent = item.input.text() if item.input is not None else ""
+        if final.startswith(sent):
+            if len(final) > len(sent):
+                self._emit("response.custom_tool_call_input.delta", {
+                    "item_id": item.id, "output_index": item.index, "delta": final[len(sent):]})
+        else:
+            # The arguments were not JSON in the end (cut short, say): .done has the input
+            # the whole arguments give, which the deltas sent do not add up to.
+            log.debug("custom tool call %s: the streamed input is not a prefix of the final one", item.id)
 
     # -- the StreamEncoder interface ---------------------------------------------------
     def feed(self, chunk: JSON) -> bytes:
@@ -271,3 +297,118 @@ class ResponsesEncoder(StreamEncoder):
                                error={"code": code, "message": err.message})
         self._emit("response.failed", {"response": resp})
         return self._flush()
+
+
+# -- a custom tool's input, from the JSON-wrapped argument fragments --------------------
+_INPUT_HEAD = re.compile(r'\s*\{\s*"input"\s*:\s*"')
+_INPUT_HEAD_BARE = '{"input":"'
+_SPECIAL = re.compile(r'["\\]')
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+class CustomInput:
+    """Decodes, fragment by fragment, the string value of ``{"input": "..."}`` (how a
+    custom tool's call comes back from an upstream that only has functions): each
+    ``feed`` returns the text newly decoded.  Text is given out only once it is
+    certain: an escape split between fragments (``\\``, ``\\u00e9``, a surrogate pair)
+    waits for its end.  Arguments that do not open with the ``input`` key, or an
+    escape JSON does not have, stop the decoding: the rest of the input then goes out
+    whole when the call is done (``ResponsesEncoder._custom_rest``)."""
+
+    __slots__ = ("_buf", "_state", "_out")
+
+    HEAD, VALUE, END = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._buf = ""
+        self._state = self.HEAD
+        self._out: list[str] = []
+
+    def text(self) -> str:
+        """All the text given out so far."""
+        if len(self._out) > 1:
+            self._out = ["".join(self._out)]
+        return self._out[0] if self._out else ""
+
+    def feed(self, fragment: str) -> str:
+        if self._state == self.END:
+            return ""
+        buf = self._buf + fragment
+        if self._state == self.HEAD:
+            m = _INPUT_HEAD.match(buf)
+            if m is None:
+                bare = "".join(buf.split())
+                if len(bare) >= len(_INPUT_HEAD_BARE) or not _INPUT_HEAD_BARE.startswith(bare):
+                    self._stop()
+                else:
+                    self._buf = buf
+                return ""
+            buf = buf[m.end():]
+            self._state = self.VALUE
+        out, rest = self._decode(buf)
+        self._buf = rest
+        if out:
+            self._out.append(out)
+        return out
+
+    def _stop(self) -> None:
+        self._state = self.END
+        self._buf = ""
+
+    def _decode(self, buf: str) -> tuple[str, str]:
+        """The text decoded from ``buf`` and what is left of it (an escape not yet whole)."""
+        out: list[str] = []
+        i, n = 0, len(buf)
+        while i < n:
+            m = _SPECIAL.search(buf, i)
+            if m is None:
+                out.append(buf[i:])
+                return "".join(out), ""
+            j = m.start()
+            out.append(buf[i:j])
+            if buf[j] == '"':  # the end of the value: nothing after it is input
+                self._stop()
+                return "".join(out), ""
+            if j + 1 >= n:
+                return "".join(out), buf[j:]
+            c = buf[j + 1]
+            if c in _ESCAPES:
+                out.append(_ESCAPES[c])
+                i = j + 2
+                continue
+            if c != "u":
+                self._stop()
+                return "".join(out), ""
+            if j + 6 > n:
+                if not _HEX.issuperset(buf[j + 2:]):
+                    self._stop()
+                    return "".join(out), ""
+                return "".join(out), buf[j:]
+            code = _hex4(buf, j + 2)
+            if code < 0:
+                self._stop()
+                return "".join(out), ""
+            if 0xD800 <= code < 0xDC00:  # a high surrogate: its low half may follow
+                low = buf[j + 6:j + 12]
+                if len(low) < 6 and _may_be_low(low):
+                    return "".join(out), buf[j:]
+                low_code = _hex4(buf, j + 8) if low.startswith("\\u") else -1
+                if 0xDC00 <= low_code < 0xE000:
+                    out.append(chr(0x10000 + ((code - 0xD800) << 10) + (low_code - 0xDC00)))
+                    i = j + 12
+                    continue
+            out.append(chr(code))  # (a lone surrogate is kept, as the final parse keeps it)
+            i = j + 6
+        return "".join(out), ""
+
+
+def _hex4(s: str, at: int) -> int:
+    h = s[at:at + 4]
+    return int(h, 16) if len(h) == 4 and _HEX.issuperset(h) else -1
+
+
+def _may_be_low(s: str) -> bool:
+    """Whether ``s`` (shorter than 6) may be the start of ``\\uDC00``..``\\uDFFF``."""
+    pattern = ("\\", "u", "dD", "cdefCDEF", "0123456789abcdefABCDEF", "0123456789abcdefABCDEF")
+    return all(ch in pattern[k] for k, ch in enumerate(s))
