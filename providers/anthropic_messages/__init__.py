@@ -19,6 +19,7 @@ from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.pipeline.validation import load_schema
 
+from .. import ratelimits
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
 from .errors import ERROR_KINDS, classify, upstream_error_event
 from .request import (ANTHROPIC_VERSION, BETA_INTERLEAVED, BETA_OAUTH, BETA_STRUCTURED, COUNT_TOKENS_FIELDS,
@@ -45,6 +46,8 @@ class AnthropicProvider(Provider):
     type_name = "anthropic"
     native_format = "anthropic"
     default_base_url = "https://api.anthropic.com"
+    # API keys' counted limits, and the unified windows of subscription (OAuth) accounts
+    rate_limit_headers = ratelimits.ANTHROPIC
     stream_decoder = "sse"
 
     def __init__(self, conf: dict[str, Any]) -> None:

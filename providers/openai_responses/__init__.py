@@ -23,6 +23,7 @@ from typing import Any
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
+from .. import ratelimits
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, default_classify
 from .errors import error_from_responses, responses_error_code
 from .request import _options, messages_to_input, pivot_to_responses
@@ -60,6 +61,8 @@ class ResponsesProvider(Provider):
     type_name = "openai-responses"
     native_format = "responses"
     default_base_url = "https://api.openai.com/v1"
+    # OpenAI's API limits, and the windows of ChatGPT-plan (Codex) accounts
+    rate_limit_headers = ratelimits.OPENAI + ratelimits.CODEX
 
     def validate(self, models: list[JSON]) -> list[str]:
         problems = []
