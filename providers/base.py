@@ -62,6 +62,7 @@ from tornado_proxy.pipeline.text_lane import PLAIN_JSON_STRING as PLAIN_JSON_STR
 
 from . import headers as headers_mod
 from .headers import RequestInfo as RequestInfo  # (re-exported)
+from .ratelimits import NONE as NO_RATE_LIMITS, RateLimitHeaders
 
 
 @dataclass(slots=True)
@@ -333,6 +334,11 @@ class Provider(ABC):
         if isinstance(u, dict) and ("prompt_tokens" in u or "completion_tokens" in u):
             return u
         return None
+
+    #: The rate-limit headers this upstream sends (``providers/ratelimits.py``), which the
+    #: scheduler reads for an account's headroom and for when a spent limit refills.
+    #: Empty by default (none the gateway reads); an instance may set its own from its config.
+    rate_limit_headers: RateLimitHeaders = NO_RATE_LIMITS
 
 
 class LocalProvider(Provider):

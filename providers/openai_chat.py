@@ -16,6 +16,7 @@ from typing import Any
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
+from . import ratelimits
 from .base import (Account, Phase, Provider, StreamContext, StreamTranslator, UpstreamRequest,
                    error_message_from_body, stream_cut)
 from .toolkit import upstream_json
@@ -57,6 +58,7 @@ class OpenAIChatProvider(Provider):
     type_name = "openai"
     native_format = "openai"
     default_base_url = "https://api.openai.com/v1"
+    rate_limit_headers = ratelimits.OPENAI
 
     def __init__(self, conf: dict[str, Any]) -> None:
         super().__init__(conf)

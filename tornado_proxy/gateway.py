@@ -43,7 +43,8 @@ class Gateway:
 
         # shared with the other workers and replicas (docs/state.md); started by start()
         self.state = make_store(config)
-        self.scheduler = Scheduler.from_config(config, store=self.state)
+        self.scheduler = Scheduler.from_config(
+            config, store=self.state, rate_limits={n: p.rate_limit_headers for n, p in self.providers.items()})
         upstream_class = Upstream
         if s["upstream_client"] == "tornado":
             from tornado_proxy.pipeline.tornado_upstream import TornadoUpstream

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ProxyError
 
+from .. import ratelimits
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
 from ..toolkit import options_problems, upstream_json
 from .errors import ERROR_KINDS, classify, upstream_error_event
@@ -45,6 +46,8 @@ class AnthropicProvider(Provider):
     type_name = "anthropic"
     native_format = "anthropic"
     default_base_url = "https://api.anthropic.com"
+    # API keys' counted limits, and the unified windows of subscription (OAuth) accounts
+    rate_limit_headers = ratelimits.ANTHROPIC
     stream_decoder = "sse"
 
     def __init__(self, conf: dict[str, Any]) -> None:

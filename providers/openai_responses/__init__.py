@@ -24,6 +24,7 @@ from typing import Any
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
+from .. import ratelimits
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, default_classify
 from ..toolkit import options_problems, upstream_json
 from .errors import error_from_responses, responses_error_code
@@ -50,6 +51,8 @@ class ResponsesProvider(Provider):
     type_name = "openai-responses"
     native_format = "responses"
     default_base_url = "https://api.openai.com/v1"
+    # OpenAI's API limits, and the windows of ChatGPT-plan (Codex) accounts
+    rate_limit_headers = ratelimits.OPENAI + ratelimits.CODEX
 
     def validate(self, models: list[JSON]) -> list[str]:
         problems = options_problems(SCHEMA_NAME, self.conf.get("options") or {}, "options")

@@ -10,6 +10,7 @@ those, for a reviewer who wants to see them.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -169,3 +170,33 @@ def test_client_formats_live_in_the_client_api_layer() -> None:
     assert {"OpenAIChatFormat", "AnthropicMessagesFormat", "ResponsesFormat", "GeminiNativeFormat"} <= set(found)
     outside = {c: m for c, m in found.items() if not m.startswith("tornado_proxy.apis.")}
     assert not outside, outside
+
+
+# A vendor's rate-limit header names (its families: Anthropic's, OpenAI's, Codex's).
+_VENDOR_HEADER = re.compile(r"anthropic-ratelimit|x-ratelimit|x-codex-|ratelimit-unified", re.IGNORECASE)
+
+
+def _string_literals(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """(line, text) of every string constant but docstrings (f-string parts included)."""
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            yield node.lineno, node.value
+
+
+def test_the_accounts_core_names_no_vendor_rate_limit_header() -> None:
+    # Which headers carry an upstream's quota is the provider's to declare
+    # (Provider.rate_limit_headers, providers/ratelimits.py); the scheduler reads the spec.
+    found = [f"{path.relative_to(ROOT).as_posix()}:{line}: {text!r}"
+             for path in sorted((ROOT / "tornado_proxy" / "accounts").glob("*.py"))
+             for line, text in _string_literals(ast.parse(path.read_text(encoding="utf-8")))
+             if _VENDOR_HEADER.search(text)]
+    assert not found, "vendor rate-limit header names in tornado_proxy/accounts:\n" + "\n".join(found)
+
+
+def test_the_vendor_header_check_sees_literals_but_not_docstrings() -> None:
+    tree = ast.parse('"""x-ratelimit-* docs"""\nA = "anthropic-ratelimit-unified-"\nB = f"x-codex-{w}-used"\n')
+    assert [text for _, text in _string_literals(tree) if _VENDOR_HEADER.search(text)] == [
+        "anthropic-ratelimit-unified-", "x-codex-"]

@@ -37,9 +37,10 @@ class Clock:
         self.wall += s
 
 
-def make(accounts, scheduler=None, clock=None, proxy=None):
+def make(accounts, scheduler=None, clock=None, proxy=None, upstream="openai"):
+    """A scheduler with one provider "p" of type ``upstream`` (whose rate-limit headers it reads)."""
     clock = clock or Clock()
-    conf = {"name": "p", "type": "openai", "accounts": accounts, "scheduler": scheduler or {}}
+    conf = {"name": "p", "type": upstream, "accounts": accounts, "scheduler": scheduler or {}}
     if proxy:
         conf["proxy"] = proxy
     return Scheduler([conf], clock=clock, wall_clock=clock.now_wall), clock
@@ -139,7 +140,9 @@ GEMINI_DAILY = ("You exceeded your current quota. Quota exceeded for metric: "
     ("429, nothing said: backoff", 429, {}, None, "slow down", 1.0),
 ])
 def test_cooldown_follows_the_upstream(name, status, headers, retry_after, message, expected):
-    sched, clock = make(keys("a", "b"))
+    # each vendor's headers on an upstream of its type: a provider reads its own family
+    upstream = next((t for t in ("anthropic", "gemini") if name.startswith(t)), "openai")
+    sched, clock = make(keys("a", "b"), upstream=upstream)
     fail(sched, "a", from_status(status, message, headers=headers, retry_after=retry_after))
     snap = state(sched, "a")
     assert snap["state"] == "cooling"
@@ -484,7 +487,7 @@ def test_proxy_modes():
 
 # -- reporting ---------------------------------------------------------------------------------------
 def test_snapshot_never_shows_a_secret():
-    sched, _ = make(keys("a", "b"))
+    sched, _ = make(keys("a", "b"), upstream="anthropic")
     fail(sched, "a", from_status(401, "key test-key-a-0123456789 is wrong"))
     lease = sched.acquire("p", headers={"x-auth-id": "b"})
     lease.success(0.25, {"anthropic-ratelimit-requests-remaining": "49"})

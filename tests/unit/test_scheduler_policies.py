@@ -10,7 +10,9 @@ import collections
 import pytest
 
 from tests.unit.test_scheduler import WALL0, err429, fail, keys, make, pick, state
+from providers.ratelimits import ANTHROPIC, CODEX as CODEX_SPEC, OPENAI as OPENAI_SPEC, RateLimitHeaders
 from tornado_proxy.accounts import ratelimit
+from tornado_proxy.accounts.scheduler import Scheduler
 from tornado_proxy.errors import ErrorKind, ProxyError, from_status
 from tornado_proxy.state.store import merge
 
@@ -155,7 +157,7 @@ def test_a_pool_cooling_after_rate_limits_is_a_429_with_the_earliest_reset():
 
 
 def test_a_lone_rate_limited_account_says_so():
-    sched, clock = make(keys("a"))
+    sched, clock = make(keys("a"), upstream="anthropic")
     fail(sched, "a", from_status(429, "slow down", headers={
         "anthropic-ratelimit-tokens-remaining": "0", "anthropic-ratelimit-tokens-reset": "2024-06-01T19:00:45Z"}))
     with pytest.raises(ProxyError) as e:
@@ -304,26 +306,39 @@ ANTHROPIC_KEY = {"anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimi
                  "anthropic-ratelimit-input-tokens-reset": "2024-06-01T19:00:06Z"}
 
 
-@pytest.mark.parametrize("name,headers,used,headroom,valid_for,spent", [
-    ("anthropic unified, allowed", UNIFIED_OK, {"unified_5h": 0.0426, "unified_7d": 0.3068}, 0.6932, 86400, None),
-    ("anthropic unified, 5h rejected", UNIFIED_REJECTED, {"unified_5h": 1.0, "unified_7d": 0.5}, 0.0, 7200, 7200),
-    ("codex", CODEX, {"codex_primary": 0.825, "codex_secondary": 0.09}, 0.175, 600, None),
-    ("codex, relative reset, spent", CODEX_OLD, {"codex_primary": 1.0}, 0.0, 1800, 1800),
-    ("openai counted limits", OPENAI, {"requests": 0.002, "tokens": 0.6}, 0.4, 24, None),
-    ("anthropic api key", ANTHROPIC_KEY, {"requests": 0.02, "input_tokens": 0.1}, 0.9, 6, None),
-])
-def test_quota_headers(name, headers, used, headroom, valid_for, spent):
-    q = ratelimit.read(headers, lambda: WALL0)
+QUOTA_CASES = [
+    ("anthropic unified, allowed", ANTHROPIC, UNIFIED_OK, {"unified_5h": 0.0426, "unified_7d": 0.3068}, 0.6932,
+     86400, None),
+    ("anthropic unified, 5h rejected", ANTHROPIC, UNIFIED_REJECTED, {"unified_5h": 1.0, "unified_7d": 0.5}, 0.0,
+     7200, 7200),
+    ("codex", CODEX_SPEC, CODEX, {"codex_primary": 0.825, "codex_secondary": 0.09}, 0.175, 600, None),
+    ("codex, relative reset, spent", CODEX_SPEC, CODEX_OLD, {"codex_primary": 1.0}, 0.0, 1800, 1800),
+    ("openai counted limits", OPENAI_SPEC, OPENAI, {"requests": 0.002, "tokens": 0.6}, 0.4, 24, None),
+    ("anthropic api key", ANTHROPIC, ANTHROPIC_KEY, {"requests": 0.02, "input_tokens": 0.1}, 0.9, 6, None),
+]
+EVERY_FAMILY = OPENAI_SPEC + ANTHROPIC + CODEX_SPEC
+
+
+@pytest.mark.parametrize("name,spec,headers,used,headroom,valid_for,spent", QUOTA_CASES)
+@pytest.mark.parametrize("specs", ["the vendor's", "every family"])
+def test_quota_headers(name, spec, headers, used, headroom, valid_for, spent, specs):
+    q = ratelimit.read(headers, lambda: WALL0, spec if specs == "the vendor's" else EVERY_FAMILY)
     assert {w: round(u, 4) for w, u in q.used.items()} == used
     assert q.headroom == pytest.approx(headroom, abs=1e-4)
     assert q.valid_for == pytest.approx(valid_for)
     assert q.spent == (pytest.approx(spent) if spent is not None else None)
 
 
+@pytest.mark.parametrize("name,spec,headers", [(c[0], c[1], c[2]) for c in QUOTA_CASES])
+def test_a_spec_reads_only_its_own_families(name, spec, headers):
+    others = [s for s in (OPENAI_SPEC, ANTHROPIC, CODEX_SPEC) if s != spec]
+    assert all(ratelimit.read(headers, lambda: WALL0, other) is None for other in others)
+
+
 def test_no_quota_headers_no_clock():
     def wall():
         raise AssertionError("the clock is read only for a reset time")
-    assert ratelimit.read({"content-type": "application/json", "x-request-id": "r1"}, wall) is None
+    assert ratelimit.read({"content-type": "application/json", "x-request-id": "r1"}, wall, EVERY_FAMILY) is None
 
 
 def answer(sched, account_id, headers):
@@ -333,7 +348,7 @@ def answer(sched, account_id, headers):
 
 
 def test_accounts_with_headroom_are_preferred_without_starving_the_others():
-    sched, clock = make(keys("full", "roomy"))
+    sched, clock = make(keys("full", "roomy"), upstream="openai-responses")
     answer(sched, "full", {**CODEX, "x-codex-primary-used-percent": "90"})     # 10 % left
     answer(sched, "roomy", {**CODEX, "x-codex-primary-used-percent": "10"})    # 90 % left
     counts = {"full": 0, "roomy": 0}
@@ -346,7 +361,7 @@ def test_accounts_with_headroom_are_preferred_without_starving_the_others():
 
 
 def test_headroom_is_forgotten_when_its_window_refills():
-    sched, clock = make(keys("a", "b"))
+    sched, clock = make(keys("a", "b"), upstream="openai-responses")
     answer(sched, "a", {"x-codex-primary-used-percent": "95", "x-codex-primary-reset-after-seconds": "60"})
     answer(sched, "b", {})
     assert state(sched, "a")["headroom"] == pytest.approx(0.05)
@@ -356,20 +371,48 @@ def test_headroom_is_forgotten_when_its_window_refills():
     assert collections.Counter(pick(sched) for _ in range(10)) == {"a": 5, "b": 5}
 
 
-@pytest.mark.parametrize("name,headers,cooldown", [
-    ("unified window rejected on a 2xx", UNIFIED_REJECTED, 7200),
-    ("codex window at 100 % on a 2xx", CODEX_OLD, 1800),
+@pytest.mark.parametrize("name,upstream,headers,cooldown", [
+    ("unified window rejected on a 2xx", "anthropic", UNIFIED_REJECTED, 7200),
+    ("codex window at 100 % on a 2xx", "openai-responses", CODEX_OLD, 1800),
 ])
-def test_a_spent_window_cools_the_account_until_it_refills(name, headers, cooldown):
-    sched, clock = make(keys("a", "b"))
+def test_a_spent_window_cools_the_account_until_it_refills(name, upstream, headers, cooldown):
+    sched, clock = make(keys("a", "b"), upstream=upstream)
     answer(sched, "a", headers)
     snap = state(sched, "a")
     assert (snap["state"], snap["cooldown_kind"]) == ("cooling", "rate")
     assert snap["cooldown_s"] == pytest.approx(cooldown)
 
 
-def test_a_429_with_unified_headers_cools_until_the_window_resets():
+def test_each_upstream_reads_its_own_rate_limit_headers():
+    # Codex windows mean nothing on an OpenAI chat upstream (it never sends them)...
     sched, clock = make(keys("a", "b"))
+    answer(sched, "a", CODEX_OLD)
+    assert (state(sched, "a")["state"], state(sched, "a")["headroom"]) == ("active", None)
+    # ...unless its Provider object says it sends them (the gateway passes every provider's spec)
+    sched = Scheduler([{"name": "p", "type": "openai", "accounts": keys("a", "b")}], clock=clock,
+                      wall_clock=clock.now_wall, rate_limits={"p": OPENAI_SPEC + CODEX_SPEC})
+    answer(sched, "a", CODEX_OLD)
+    assert (state(sched, "a")["state"], state(sched, "a")["cooldown_s"]) == ("cooling", pytest.approx(1800))
+    assert state(sched, "a")["quota_used"] == {"codex_primary": 1.0}
+
+
+def test_the_gateway_hands_the_scheduler_each_providers_spec():
+    from tornado_proxy.config import build
+    from tornado_proxy.gateway import Gateway
+
+    conf = {"providers": [{"name": p, "type": p, "accounts": keys("a" + p), "base_url": "http://127.0.0.1:9"}
+                          for p in ("openai", "anthropic", "openai-responses", "gemini")],
+            "models": [{"id": "m", "provider": "openai"}]}
+    gw = Gateway(build(conf, "test", {}))
+    assert {n: pool.limits for n, pool in gw.scheduler._pools.items()} == {
+        n: p.rate_limit_headers for n, p in gw.providers.items()}
+    assert gw.scheduler._pools["openai-responses"].limits == OPENAI_SPEC + CODEX_SPEC
+    assert gw.scheduler._pools["gemini"].limits == RateLimitHeaders()  # Google sends none
+    gw.close()
+
+
+def test_a_429_with_unified_headers_cools_until_the_window_resets():
+    sched, clock = make(keys("a", "b"), upstream="anthropic")
     fail(sched, "a", from_status(429, "rate limited", headers=UNIFIED_REJECTED))
     snap = state(sched, "a")
     assert snap["cooldown_s"] == pytest.approx(7200) and snap["cooldown_reason"].startswith("quota reset")

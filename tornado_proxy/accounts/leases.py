@@ -9,6 +9,7 @@ import hashlib
 from typing import Any, Callable, Mapping, Protocol
 
 from providers.base import Account
+from providers.ratelimits import NONE as NO_RATE_LIMITS, RateLimitHeaders
 
 from tornado_proxy.accounts.policy import Policy
 from tornado_proxy.errors import ProxyError
@@ -132,11 +133,15 @@ class Lease:
 class Pool:
     """One provider's accounts and rotation state."""
 
-    __slots__ = ("name", "policy", "states", "by_id", "tiers", "rr", "proxy_rr", "default_proxy", "shared_from")
+    __slots__ = ("name", "policy", "limits", "states", "by_id", "tiers", "rr", "proxy_rr", "default_proxy",
+                 "shared_from")
 
-    def __init__(self, name: str, policy: Policy, default_proxy: str | None) -> None:
+    def __init__(self, name: str, policy: Policy, default_proxy: str | None,
+                 limits: RateLimitHeaders = NO_RATE_LIMITS) -> None:
         self.name = name
         self.policy = policy
+        # the rate-limit headers this provider's upstream sends (its Provider declares them)
+        self.limits = limits
         # With ``accounts_from`` this is the other pool's list itself (not a copy), so an
         # account added or removed there is added or removed here.
         self.states: list[AccountState] = []

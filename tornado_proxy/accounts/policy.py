@@ -10,8 +10,10 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from tornado_proxy.accounts import oauth, ratelimit
+from providers.ratelimits import RateLimitHeaders
 from providers.toolkit import parse_retry_after
+
+from tornado_proxy.accounts import oauth, ratelimit
 from tornado_proxy.accounts.ratelimit import is_daily_quota, reset_from_headers, until_midnight
 from tornado_proxy.errors import ProxyError
 from tornado_proxy.state.accounts_state import AccountState
@@ -103,8 +105,10 @@ def parse_policy(conf: Mapping[str, Any] | None) -> Policy:
     return pol
 
 
-def cooldown_for(err: ProxyError, wall_now: float, pol: Policy, backoff_level: int) -> tuple[float, str]:
-    """How long to cool an account down after a 429/529, and why (for the admin API)."""
+def cooldown_for(err: ProxyError, wall_now: float, pol: Policy, backoff_level: int,
+                 limits: RateLimitHeaders) -> tuple[float, str]:
+    """How long to cool an account down after a 429/529, and why (for the admin API).
+    ``limits``: the rate-limit headers of the upstream that answered."""
     if is_daily_quota(err):
         return max(until_midnight(wall_now, pol.daily_reset_tz), err.retry_after or 0.0), "daily quota"
     if err.retry_after is not None:
@@ -114,10 +118,10 @@ def cooldown_for(err: ProxyError, wall_now: float, pol: Policy, backoff_level: i
         ra = parse_retry_after(h, wall_now)
         if ra is not None:
             return ra, "retry-after"
-        q = ratelimit.read(h, lambda: wall_now)
+        q = ratelimit.read(h, lambda: wall_now, limits)
         if q is not None and q.spent is not None:
             return q.spent, "quota reset"
-        reset = reset_from_headers(h, wall_now)
+        reset = reset_from_headers(h, wall_now, limits)
         if reset is not None:
             return reset, "ratelimit reset"
     return backoff(pol, backoff_level), "backoff"

@@ -1,23 +1,11 @@
 """Passive quota headers: how much of an account's upstream quota is left, read off the
 answers the upstream sends anyway.  Nothing here polls a usage endpoint.
 
-Three header families, one table each (the window labels are fixed: they become the
-``window`` label of ``tornado_proxy_account_quota_used_ratio``):
-
-* Anthropic's unified limits, sent to subscription (OAuth) accounts such as Claude
-  Code's: ``anthropic-ratelimit-unified-<w>-utilization`` (the spent fraction,
-  0..1), ``-<w>-reset`` (epoch seconds) and ``-<w>-status`` (``allowed``,
-  ``allowed_warning``, ``rejected``) per window ``5h``, ``7d``, ``7d_opus``,
-  ``7d_sonnet``; ``anthropic-ratelimit-unified-status`` / ``-reset`` for the
-  window that binds (its ``-representative-claim``).
-* Codex-style usage (ChatGPT-plan Codex accounts; openai/codex
-  ``codex-rs/codex-api/src/rate_limits.rs``): ``x-codex-<w>-used-percent``
-  (0..100), ``-<w>-reset-at`` (epoch seconds; older servers send
-  ``-<w>-reset-after-seconds``) and ``-<w>-window-minutes`` for ``primary`` (the
-  5-hour window) and ``secondary`` (the weekly one).
-* Counted limits, OpenAI's ``x-ratelimit-{remaining,limit,reset}-{requests,tokens}``
-  and Anthropic's API-key ``anthropic-ratelimit-{requests,tokens,input-tokens,
-  output-tokens}-{remaining,limit,reset}``: spent = 1 - remaining / limit.
+Which headers say so is the upstream's knowledge: each provider declares its families
+as a ``providers.ratelimits.RateLimitHeaders`` spec (``Provider.rate_limit_headers``),
+and everything here reads the spec it is given.  Two kinds: windows whose spent share a
+header gives (with a reset time and maybe a ``rejected`` status), and counted limits
+(spent = 1 - remaining / limit).
 
 An account's *headroom* is what its tightest window has left (the limits are all
 enforced at once), valid until that window resets.
@@ -33,26 +21,9 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from tornado_proxy.errors import ProxyError
+from providers.ratelimits import RateLimitHeaders
 
-_U = "anthropic-ratelimit-unified-"
-# label, header infix
-UNIFIED = (("unified_5h", "5h"), ("unified_7d", "7d"), ("unified_7d_opus", "7d_opus"),
-           ("unified_7d_sonnet", "7d_sonnet"))
-CODEX = (("codex_primary", "primary"), ("codex_secondary", "secondary"))
-# label, remaining header, limit header, reset header
-COUNTED = (
-    ("requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-requests", "x-ratelimit-reset-requests"),
-    ("tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-limit-tokens", "x-ratelimit-reset-tokens"),
-    ("requests", "anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-limit",
-     "anthropic-ratelimit-requests-reset"),
-    ("tokens", "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-limit",
-     "anthropic-ratelimit-tokens-reset"),
-    ("input_tokens", "anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-limit",
-     "anthropic-ratelimit-input-tokens-reset"),
-    ("output_tokens", "anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-limit",
-     "anthropic-ratelimit-output-tokens-reset"),
-)
+from tornado_proxy.errors import ProxyError
 
 
 @dataclass
@@ -134,16 +105,17 @@ def parse_reset(value: str, wall_now: float) -> float | None:
     d = parse_duration(v)
     if d is None:
         return None
-    if d > 1e12:            # epoch milliseconds (OpenRouter-style x-ratelimit-reset)
+    if d > 1e12:            # epoch milliseconds (OpenRouter's reset header)
         return max(0.0, d / 1000.0 - wall_now)
     if d > 1e9:             # epoch seconds
         return max(0.0, d - wall_now)
     return max(0.0, d)
 
 
-def read(headers: Mapping[str, str], wall: Callable[[], float]) -> Quota | None:
-    """The quota an answer's headers report, or None when they report none.  ``wall`` is
-    called only when there is a reset time to read: most answers carry no such header."""
+def read(headers: Mapping[str, str], wall: Callable[[], float], spec: RateLimitHeaders) -> Quota | None:
+    """The quota an answer's headers report by ``spec``, or None when they report none.
+    ``wall`` is called only when there is a reset time to read: most answers carry no
+    such header."""
     h = headers
     q: Quota | None = None
     now: float | None = None
@@ -156,40 +128,34 @@ def read(headers: Mapping[str, str], wall: Callable[[], float]) -> Quota | None:
             now = wall()
         return parse_reset(v, now)
 
-    if _U + "status" in h or _U + "5h-utilization" in h or _U + "7d-utilization" in h:
-        q = Quota()
-        for label, w in UNIFIED:
-            u = _num(h.get(f"{_U}{w}-utilization"))
-            rejected = h.get(f"{_U}{w}-status") == "rejected"
+    for fam in spec.used:
+        for name in fam.present:
+            if name in h:
+                break
+        else:
+            continue  # (a loop, not any(): no generator per answer)
+        q = q or Quota()
+        for w in fam.windows:
+            u = _num(h.get(w.used))
+            rejected = w.status is not None and h.get(w.status) == fam.rejected
             if u is None and not rejected:
                 continue
-            used = 1.0 if rejected else min(1.0, max(0.0, u or 0.0))
-            q.used[label] = used
-            r = at(h.get(f"{_U}{w}-reset"))
+            used = 1.0 if rejected else min(1.0, max(0.0, (u or 0.0) / w.scale))
+            q.used[w.label] = used
+            r = None
+            for name in w.resets:
+                r = at(h.get(name))
+                if r is not None:
+                    break
             if r is not None:
-                q.resets[label] = r
+                q.resets[w.label] = r
             if used >= 1.0 and r is not None:
                 q.spent = r if q.spent is None else max(q.spent, r)
-        if h.get(_U + "status") == "rejected":
-            r = at(h.get(_U + "reset"))
+        if fam.status is not None and h.get(fam.status) == fam.rejected:
+            r = at(h.get(fam.reset)) if fam.reset is not None else None
             if r is not None:
                 q.spent = r if q.spent is None else max(q.spent, r)
-    if "x-codex-primary-used-percent" in h or "x-codex-secondary-used-percent" in h:
-        q = q or Quota()
-        for label, w in CODEX:
-            p = _num(h.get(f"x-codex-{w}-used-percent"))
-            if p is None:
-                continue
-            used = min(1.0, max(0.0, p / 100.0))
-            q.used[label] = used
-            r = at(h.get(f"x-codex-{w}-reset-at"))
-            if r is None:
-                r = at(h.get(f"x-codex-{w}-reset-after-seconds"))
-            if r is not None:
-                q.resets[label] = r
-            if used >= 1.0 and r is not None:
-                q.spent = r if q.spent is None else max(q.spent, r)
-    for label, rem_h, lim_h, reset_h in COUNTED:
+    for label, rem_h, lim_h, reset_h in spec.sized:
         rem = h.get(rem_h)
         if rem is None:
             continue
@@ -205,33 +171,6 @@ def read(headers: Mapping[str, str], wall: Callable[[], float]) -> Quota | None:
     return q
 
 
-# (remaining header, reset header) pairs, OpenAI-style then Anthropic-style.  The
-# remaining header tells which limit ran out; its reset header says when it refills.
-RESET_PAIRS = (
-    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
-    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
-    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
-    ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
-    ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"),
-    ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"),
-    ("x-ratelimit-remaining", "x-ratelimit-reset"),
-)
-# Remaining-quota headers shown per account (admin API, metrics): label -> header names.
-QUOTA_HEADERS = (
-    ("requests", ("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining")),
-    ("tokens", ("x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining")),
-    ("input_tokens", ("anthropic-ratelimit-input-tokens-remaining",)),
-    ("output_tokens", ("anthropic-ratelimit-output-tokens-remaining",)),
-)
-# The same limits' sizes, so the status page can show headroom as a share of the limit.
-QUOTA_LIMIT_HEADERS = (
-    ("requests", ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit")),
-    ("tokens", ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit")),
-    ("input_tokens", ("anthropic-ratelimit-input-tokens-limit",)),
-    ("output_tokens", ("anthropic-ratelimit-output-tokens-limit",)),
-)
-
-
 def exhausted(remaining: str | None) -> bool:
     if remaining is None:
         return False
@@ -241,16 +180,16 @@ def exhausted(remaining: str | None) -> bool:
         return False
 
 
-def reset_from_headers(headers: Mapping[str, str], wall_now: float,
+def reset_from_headers(headers: Mapping[str, str], wall_now: float, spec: RateLimitHeaders,
                        only_exhausted: bool = False) -> float | None:
-    """When the limit that ran out refills, from x-ratelimit-* / anthropic-ratelimit-* headers.
+    """When the limit that ran out refills, from the counted limits' reset headers of ``spec``.
 
     The limit whose remaining count is 0 is the one that matters; if no remaining
     header says so, the latest reset is taken (we cannot tell which limit hit).
     """
     spent: float | None = None
     latest: float | None = None
-    for rem_h, reset_h in RESET_PAIRS:
+    for rem_h, reset_h in spec.reset_pairs:
         raw = headers.get(reset_h)
         if raw is None:
             continue

@@ -56,6 +56,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from providers.base import Account
+from providers.ratelimits import NONE as NO_RATE_LIMITS, RateLimitHeaders
 
 from tornado_proxy.accounts import ratelimit, terms
 from tornado_proxy.accounts.file import AccountsFile, clip
@@ -63,7 +64,7 @@ from tornado_proxy.accounts.leases import (Lease, Pool, available, client_creden
                                            session_key)
 from tornado_proxy.accounts.policy import (DEFAULT_POLICY, Policy, backoff, cooldown_for, parse_policy, reprobe_wait,
                                            rescore)
-from tornado_proxy.accounts.ratelimit import RESET_PAIRS, exhausted, reset_from_headers
+from tornado_proxy.accounts.ratelimit import exhausted, reset_from_headers
 from tornado_proxy.accounts.sync import AccountsSync, credential_kind
 from tornado_proxy.accounts.tokens import TokenRefresh
 from tornado_proxy.accounts.views import AdminViews
@@ -85,11 +86,24 @@ _OUTCOME = {Action.NONE: "client_error", Action.COOLDOWN: "rate_limited", Action
 _REVOKED_WORDS = ("revoked", "deactivated", "suspended", "disabled", "invalid_grant")
 
 
+def _limits_of(conf: Mapping[str, Any], given: Mapping[str, RateLimitHeaders] | None) -> RateLimitHeaders:
+    """The rate-limit headers a provider entry's upstream sends: as its Provider object
+    declares them (``given``, by provider name, from the gateway), else as its type's
+    class does (a scheduler built from config entries alone, as the tests build one)."""
+    if given is not None and conf["name"] in given:
+        return given[conf["name"]]
+    from providers import PROVIDER_TYPES  # (lazy: the registry loads every upstream module)
+
+    cls = dict(PROVIDER_TYPES).get(conf.get("type") or "")
+    return cls.rate_limit_headers if cls is not None else NO_RATE_LIMITS
+
+
 class Scheduler(AccountsSync, TokenRefresh, AdminViews):
     def __init__(self, providers_conf: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic, *,
                  wall_clock: Callable[[], float] = time.time, accounts_file: str | None = None,
                  store: StateStore | None = None, poll_interval: float = 1.0,
-                 access_keys: Iterable[str | bytes] = ()) -> None:
+                 access_keys: Iterable[str | bytes] = (),
+                 rate_limits: Mapping[str, RateLimitHeaders] | None = None) -> None:
         self.clock = clock
         # The gateway's own access keys are never forwarded upstream as a client credential.
         self._access_keys = frozenset(k.encode("utf-8") if isinstance(k, str) else k for k in access_keys)
@@ -106,7 +120,7 @@ class Scheduler(AccountsSync, TokenRefresh, AdminViews):
         self._anthropic = {p["name"]: p for p in providers_conf if terms.aims_at_anthropic(p)}
         for p in providers_conf:
             name = p["name"]
-            pool = Pool(name, parse_policy(p.get("scheduler")), p.get("proxy"))
+            pool = Pool(name, parse_policy(p.get("scheduler")), p.get("proxy"), _limits_of(p, rate_limits))
             self._pools[name] = pool
             for i, a in enumerate(p.get("accounts") or []):
                 entry = dict(a)
@@ -324,15 +338,18 @@ class Scheduler(AccountsSync, TokenRefresh, AdminViews):
             st.backoff_level = 0
         if headers:
             st.last_headers = dict(headers) if not isinstance(headers, dict) else headers
+            # what the upstream that answered sends (a shared account's owner may be another)
+            served = self._pools.get(lease.provider)
+            limits = served.limits if served is not None else NO_RATE_LIMITS
             # The answer says a limit is spent: cool down now rather than earn a 429.
-            for rem_h, _ in RESET_PAIRS:
+            for rem_h, _ in limits.reset_pairs:
                 r = headers.get(rem_h)
                 if r is not None and r[:1] == "0" and exhausted(r):
-                    delay = reset_from_headers(headers, self.wall_clock(), only_exhausted=True)
+                    delay = reset_from_headers(headers, self.wall_clock(), limits, only_exhausted=True)
                     if delay is not None and delay > 0 and st.status is ACTIVE:
                         self._cool(st, pol, now, delay, "quota spent", "rate")
                     break
-            q = ratelimit.read(headers, self.wall_clock)  # a fixed set of look-ups
+            q = ratelimit.read(headers, self.wall_clock, limits)  # a fixed set of look-ups
             if q is not None:
                 st.quota_used = q.used
                 st.headroom = q.headroom
@@ -406,7 +423,9 @@ class Scheduler(AccountsSync, TokenRefresh, AdminViews):
             self._set_disabled(st, st.disabled_reason, persist=False, at=st.disabled_at, by=st.disabled_by)
             return
         if action is Action.COOLDOWN:
-            delay, why = cooldown_for(err, wall, pol, st.backoff_level)
+            served = self._pools.get(lease.provider)
+            delay, why = cooldown_for(err, wall, pol, st.backoff_level,
+                                      served.limits if served is not None else NO_RATE_LIMITS)
             # a 429 is the upstream's word; an overload (529, 503) is a health judgement
             kind = "rate" if err.kind is ErrorKind.UPSTREAM_RATE_LIMITED else "health"
             self._cool(st, pol, now, delay, f"{why}: {err.kind.value}", kind)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from providers.ratelimits import NONE as NO_RATE_LIMITS
+
 from tornado_proxy.accounts.file import AccountsFile, mask
 from tornado_proxy.accounts.leases import OUTCOMES, Pool
-from tornado_proxy.accounts.ratelimit import QUOTA_HEADERS, QUOTA_LIMIT_HEADERS, quota_numbers
+from tornado_proxy.accounts.ratelimit import quota_numbers
 from tornado_proxy.state.accounts_state import AccountState, StateStore, Status
 
 COOLING, PROBING, DISABLED = Status.COOLING, Status.PROBING, Status.DISABLED
@@ -82,6 +84,8 @@ class AdminViews:
         if status is COOLING and now >= st.cooling_until:
             status = PROBING
         h = st.last_headers
+        owner = self._pools.get(st.provider)
+        limits = owner.limits if owner is not None else NO_RATE_LIMITS
         fresh = now < st.headroom_until
         secret = st.account.api_key
         return {
@@ -113,10 +117,10 @@ class AdminViews:
             "tokens": {"prompt": st.prompt_tokens, "completion": st.completion_tokens},
             "refresh": {"ok": st.refresh_ok, "failed": st.refresh_failed},
             "token_expires_in_s": (round(st.expires_at - wall, 1) if st.expires_at is not None else None),
-            "quota_remaining": quota_numbers(h, QUOTA_HEADERS),
+            "quota_remaining": quota_numbers(h, limits.quota_remaining),
             "quota_used": {w: round(u, 4) for w, u in st.quota_used.items()} if fresh else {},
             "headroom": round(st.headroom, 4) if fresh and st.headroom is not None else None,
-            "quota_limit": quota_numbers(h, QUOTA_LIMIT_HEADERS),
+            "quota_limit": quota_numbers(h, limits.quota_limit),
             "proxy": _mask_proxy(st.proxy),
         }
 
