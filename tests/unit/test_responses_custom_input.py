@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from providers.base import StreamContext, fold_chunks
-from providers.openai_responses import CTX_REQUEST
 from tornado_proxy.apis.openai_responses import ResponsesFormat
 from tornado_proxy.apis.openai_responses.stream import CustomInput
 from tornado_proxy.pipeline.sse import SSEDecoder
@@ -91,7 +90,7 @@ REQ = {"model": "claude-x", "input": "hi", "tools": TOOLS}
 
 
 def ctx() -> StreamContext:
-    return StreamContext(id="resp_0123abcd", created=1700000000, model="claude-x", extra={CTX_REQUEST: REQ})
+    return StreamContext(id="resp_0123abcd", created=1700000000, model="claude-x", client_request=REQ)
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
