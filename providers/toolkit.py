@@ -16,7 +16,8 @@
   ``upstream_json``: an upstream's JSON or an ``UPSTREAM_BAD_RESPONSE``.
 * ``assistant_message``, ``tool_call``, ``completion``, ``chunk``, ``delta_chunk``,
   ``usage_chunk``: the pivot's answer and chunk shapes, built in one place
-  (``base.text_chunk`` is the text lane's twin of ``delta_chunk``).
+  (``base.text_chunk`` is the text lane's twin of ``delta_chunk``); ``usage_in``: where
+  an answer or a stream event keeps its usage (``Provider.usage_of``).
 * ``options_problems``, ``json_path``: a provider's ``options`` checked against its JSON
   Schema (read by ``tornado_proxy.pipeline.validation.load_schema``).
 
@@ -269,6 +270,18 @@ def chunk(ctx: StreamContext, choices: list[JSON]) -> JSON:
 def delta_chunk(ctx: StreamContext, delta: JSON, finish: str | None = None, index: int = 0) -> JSON:
     """The pivot chunk of one choice's ``delta`` (and its ``finish_reason``)."""
     return chunk(ctx, [{"index": index, "delta": delta, "finish_reason": finish}])
+
+
+def usage_in(obj: Any, outer: str) -> JSON | None:
+    """The ``usage`` object of an answer or stream event: its own, or its ``outer``
+    member's (Anthropic's message_start ``message``, a Responses event's ``response``)."""
+    if not isinstance(obj, dict):
+        return None
+    u = obj.get("usage")
+    if not isinstance(u, dict):
+        inner = obj.get(outer)
+        u = inner.get("usage") if isinstance(inner, dict) else None
+    return u if isinstance(u, dict) else None
 
 
 def usage_chunk(ctx: StreamContext, usage: JSON) -> JSON:

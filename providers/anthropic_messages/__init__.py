@@ -20,7 +20,7 @@ from tornado_proxy.errors import ProxyError
 
 from .. import ratelimits
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
-from ..toolkit import options_problems, upstream_json
+from ..toolkit import options_problems, upstream_json, usage_in
 from .errors import ERROR_KINDS, classify, upstream_error_event
 from .request import (ANTHROPIC_VERSION, BETA_INTERLEAVED, BETA_OAUTH, BETA_STRUCTURED, COUNT_TOKENS_FIELDS,
                       DEFAULT_MAX_TOKENS, EFFORT_TO_ADAPTIVE, EFFORT_TO_LEVEL,
@@ -130,12 +130,7 @@ class AnthropicProvider(Provider):
 
     def usage_of(self, obj: Any) -> dict[str, Any] | None:
         # A Message's ``usage``, message_start's ``message.usage``, message_delta's ``usage``.
-        if not isinstance(obj, dict):
-            return None
-        u = obj.get("usage")
-        if not isinstance(u, dict):
-            msg = obj.get("message")
-            u = msg.get("usage") if isinstance(msg, dict) else None
-        if isinstance(u, dict) and ("input_tokens" in u or "output_tokens" in u):
+        u = usage_in(obj, "message")
+        if u is not None and ("input_tokens" in u or "output_tokens" in u):
             return usage_to_pivot(u)
         return None

@@ -26,7 +26,7 @@ from tornado_proxy.errors import ErrorKind, ProxyError
 
 from .. import ratelimits
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest, default_classify
-from ..toolkit import options_problems, upstream_json
+from ..toolkit import options_problems, upstream_json, usage_in
 from .errors import error_from_responses, responses_error_code
 from .request import _options, messages_to_input, pivot_to_responses
 from .response import responses_to_pivot, thinking_block, usage_to_pivot
@@ -133,10 +133,4 @@ class ResponsesProvider(Provider):
 
     def usage_of(self, obj: Any) -> dict[str, Any] | None:
         # A Response's ``usage``, or the one of a stream event's ``response``.
-        if not isinstance(obj, dict):
-            return None
-        u = obj.get("usage")
-        if not isinstance(u, dict):
-            resp = obj.get("response")
-            u = resp.get("usage") if isinstance(resp, dict) else None
-        return usage_to_pivot(u) if isinstance(u, dict) else None
+        return usage_to_pivot(usage_in(obj, "response"))

@@ -15,6 +15,7 @@ come from ``tests/fixtures/<provider>/``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import threading
@@ -200,7 +201,8 @@ class LoopThread:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         async def wrap() -> Any:
-            return fn(*args)
+            r = fn(*args)
+            return await r if inspect.isawaitable(r) else r
 
         return self.run(wrap())
 
@@ -237,6 +239,7 @@ class LoopThread:
         server = self.run(start())
         self._cleanups.append(server.http.stop)
         self._cleanups.append(server.gw.close)
+        self._cleanups.append(server.gw.close_state)  # (first: cleanups run in reverse, as Server stops)
         return GatewayHandle(self, server)
 
     def cleanup(self) -> None:
