@@ -74,10 +74,13 @@ class CountedLimit:
 
 @dataclass(frozen=True)
 class RateLimitHeaders:
-    """An upstream's rate-limit headers (empty: it sends none the gateway reads)."""
+    """An upstream's rate-limit headers (empty: it sends none the gateway reads), and
+    where its per-day quotas reset (``daily_reset_tz``; None: the vendor does not say,
+    and the gateway takes UTC midnight unless ``scheduler.daily_reset_tz`` is set)."""
 
     used: tuple[UsedFamily, ...] = ()
     counted: tuple[CountedLimit, ...] = ()
+    daily_reset_tz: str | None = None
     # Derived once (the reader's tables):
     reset_pairs: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
     # (label, remaining header, limit header, reset header) of the limits with a size
@@ -99,10 +102,15 @@ class RateLimitHeaders:
         object.__setattr__(self, "quota_limit", tuple(limit.items()))
 
     def __add__(self, other: "RateLimitHeaders") -> "RateLimitHeaders":
-        return RateLimitHeaders(self.used + other.used, self.counted + other.counted)
+        return RateLimitHeaders(self.used + other.used, self.counted + other.counted,
+                                self.daily_reset_tz or other.daily_reset_tz)
 
 
 NONE = RateLimitHeaders()
+
+# Google's per-day quotas (the Gemini API's ``...PerDay...`` quota ids) reset at midnight
+# Pacific time; it sends no rate-limit headers.
+GEMINI = RateLimitHeaders(daily_reset_tz="America/Los_Angeles")
 
 _U = "anthropic-ratelimit-unified-"
 _UNIFIED = UsedFamily(

@@ -53,6 +53,7 @@ from typing import Any
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
+from .. import ratelimits
 from ..base import Account, Provider, StreamContext, StreamTranslator, UpstreamRequest
 from ..toolkit import options_problems
 from .embeddings import EMBED_CHARS_PER_TOKEN, build_embeddings_body, embedding_inputs, translate_embeddings
@@ -124,6 +125,7 @@ class GeminiProvider(Provider):
     native_format = "gemini"
     default_base_url = DEFAULT_BASE_URL
     stream_decoder = "sse"
+    rate_limit_headers = ratelimits.GEMINI  # none sent; its per-day quotas reset at midnight Pacific
 
     def validate(self, models: list[dict[str, Any]]) -> list[str]:
         problems = options_problems("providers/gemini.options", self.conf.get("options") or {},

@@ -155,6 +155,21 @@ def test_cooldown_follows_the_upstream(name, status, headers, retry_after, messa
     assert "a" in {pick(sched) for _ in range(3)}
 
 
+@pytest.mark.parametrize("upstream,scheduler,expected", [
+    ("gemini", {}, 12 * 3600.0),                                      # Google's: midnight Pacific
+    ("openai", {}, 5 * 3600.0),                                       # a vendor that does not say: UTC
+    ("anthropic", {}, 5 * 3600.0),
+    ("openai", {"daily_reset_tz": "Asia/Shanghai"}, 21 * 3600.0),     # the operator's zone, for every upstream
+    ("gemini", {"daily_reset_tz": "UTC"}, 5 * 3600.0),
+])
+def test_a_per_day_quota_resets_where_its_upstream_says(upstream, scheduler, expected):
+    """The zone of a per-day quota's midnight is the upstream's own knowledge
+    (``RateLimitHeaders.daily_reset_tz``), not the core's; the operator may set one."""
+    sched, clock = make(keys("a", "b"), scheduler, upstream=upstream)
+    fail(sched, "a", err429(message="You exceeded your daily quota: requests per day"))
+    assert state(sched, "a")["cooldown_s"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_exponential_backoff_until_a_success():
     sched, clock = make(keys("a"), {"backoff_base": 1, "backoff_max": 10})
     seen = []

@@ -407,7 +407,8 @@ def test_the_gateway_hands_the_scheduler_each_providers_spec():
     assert {n: pool.limits for n, pool in gw.scheduler._pools.items()} == {
         n: p.rate_limit_headers for n, p in gw.providers.items()}
     assert gw.scheduler._pools["openai-responses"].limits == OPENAI_SPEC + CODEX_SPEC
-    assert gw.scheduler._pools["gemini"].limits == RateLimitHeaders()  # Google sends none
+    # Google sends none; its per-day quotas reset at midnight Pacific
+    assert gw.scheduler._pools["gemini"].limits == RateLimitHeaders(daily_reset_tz="America/Los_Angeles")
     gw.close()
 
 

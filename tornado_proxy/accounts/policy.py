@@ -36,7 +36,9 @@ class Policy:
     backoff_base: float = 1.0           # cooldown when the upstream says nothing: base x 2^n
     backoff_max: float = 600.0
     cooldown_max: float = 90000.0       # a day and a bit: per-day quotas
-    daily_reset_tz: str = "America/Los_Angeles"  # where per-day quotas reset at midnight (Google's)
+    # Where per-day quotas reset at midnight, for every upstream; None: each upstream's
+    # own (``RateLimitHeaders.daily_reset_tz``: Gemini's is Pacific time), else UTC.
+    daily_reset_tz: str | None = None
     half_life: float = 120.0            # memory of the success rate, seconds
     latency_ref: float = 2.0            # seconds; the latency that halves an account's share
     pin_header: str = "x-auth-id"
@@ -99,7 +101,8 @@ def parse_policy(conf: Mapping[str, Any] | None) -> Policy:
         raise ValueError(f"scheduler.strategy must be 'weighted' or 'round_robin', not {pol.strategy!r}")
     if pol.proxy_mode not in ("round_robin", "hash"):
         raise ValueError(f"scheduler.proxy_mode must be 'round_robin' or 'hash', not {pol.proxy_mode!r}")
-    zoneinfo.ZoneInfo(pol.daily_reset_tz)  # fails at start, not at the first quota error
+    if pol.daily_reset_tz is not None:
+        zoneinfo.ZoneInfo(pol.daily_reset_tz)  # fails at start, not at the first quota error
     if c:
         raise ValueError(f"scheduler: unknown option {sorted(c)[0]!r}")
     return pol
@@ -110,7 +113,8 @@ def cooldown_for(err: ProxyError, wall_now: float, pol: Policy, backoff_level: i
     """How long to cool an account down after a 429/529, and why (for the admin API).
     ``limits``: the rate-limit headers of the upstream that answered."""
     if is_daily_quota(err):
-        return max(until_midnight(wall_now, pol.daily_reset_tz), err.retry_after or 0.0), "daily quota"
+        tz = pol.daily_reset_tz or limits.daily_reset_tz or "UTC"
+        return max(until_midnight(wall_now, tz), err.retry_after or 0.0), "daily quota"
     if err.retry_after is not None:
         return err.retry_after, "retry-after"
     h = err.headers
