@@ -24,9 +24,14 @@ _loads = orjson.loads
 
 def dumpb(obj: Any) -> bytes:
     try:
-        return _dumps(obj, option=_OPTS)
+        out = _dumps(obj, option=_OPTS)
     except TypeError:  # an integer beyond 64 bits, or a type neither library writes
         return ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False).encode("utf-8")
+    # orjson hands back its whole write buffer (4 KiB at least, growing in steps: a
+    # 3 KB document holds 32 KiB) with only the length shortened.  What we write is often
+    # kept (a stream's upstream body for the whole stream, the model name a pass-through
+    # rewrites, stored responses): a copy holds just the bytes, for a memcpy.
+    return bytes(memoryview(out))
 
 
 def dumps(obj: Any) -> str:
