@@ -71,3 +71,41 @@ def test_a_cr_inside_the_data_line_is_read_as_sse_reads_it() -> None:
     for stream in (b'data: {"a":\r1}\n\n', b'data: {"x":1}\n\ndata: {"a":\r1}\n\n'):
         with pytest.raises(BadEvent):
             EventChecker().feed(stream)
+
+
+CHUNK = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+
+
+@pytest.mark.parametrize("read,errors", [
+    (CHUNK * 3, 0),
+    (CHUNK * 2 + b"data: [DONE]\n\n", 0),
+    (CHUNK + b'data: {"error":{"message":"boom"}}\n\n' + CHUNK, 1),
+    (b'data: {"type":"error","error":{"type":"overloaded_error"}}\n\n' * 2, 2),
+])
+def test_a_read_of_several_data_events_is_checked_event_by_event(read: bytes, errors: int) -> None:
+    chk = EventChecker()
+    assert chk.feed(read) == read
+    assert chk.error_events == errors
+    if errors:
+        assert chk.first_error.startswith(b'{"') and b"error" in chk.first_error
+
+
+@pytest.mark.parametrize("bad", [
+    b'data: {"a":\n1}\n\n',                     # an LF between tokens: SSE ends the line there
+    b'data: {"a":1}\n\ndata: {"b":\n2}\n\n',
+    b'data: {"a":1}\n\ndata: {"b": tru\n\n',
+    b'data: {"a":1}\n\ndata: [DONE]\n\ndata: {"b": 2\n\n',
+    b'data: [1\n\ndata: 2],3\n\n',               # not JSON apart, though "[1,2],3" would be
+])
+def test_a_bad_event_among_several_in_one_read_is_refused(bad: bytes) -> None:
+    chk = EventChecker()
+    with pytest.raises(BadEvent):
+        chk.feed(CHUNK + bad)
+
+
+@pytest.mark.parametrize("bad", [b'data: [1\n\n', b'data: "abc\n\n', b'data: 12x\n\n', b'event: x\ndata: [true,\n\n'])
+def test_data_that_is_not_an_object_is_still_read_whole(bad: bytes) -> None:
+    # (the probe stops at a first byte that is not "{": the rest must still be JSON)
+    with pytest.raises(BadEvent):
+        EventChecker().feed(bad)
+    assert EventChecker().feed(b'data: [1,2]\n\ndata: 5\n\n') == b'data: [1,2]\n\ndata: 5\n\n'

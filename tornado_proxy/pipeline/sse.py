@@ -288,6 +288,13 @@ class EventChecker:
                 if p.error is not _UNSET or p.type in _ERROR_TYPES:
                     self._error(data[6:-2])
                 return data
+        elif not self._pending and data[:6] == b"data: " and data[-2:] == b"\n\n" and data.find(13) < 0:
+            # A read of several such events (a busy upstream's): split at each
+            # "\n\ndata: "; when those and the last blank line are all its LFs, every
+            # event is one data line and the payloads are all there is to check.
+            payloads = data[6:-2].split(b"\n\ndata: ")
+            if data.count(10) == 2 * len(payloads) and self._probe_all(payloads):
+                return data
         buf = self._pending + data if self._pending else data
         tail = buf[-4:]
         if tail[2:] != b"\n\n" and tail != b"\r\n\r\n":  # (else the usual read: it ends an event)
@@ -307,6 +314,23 @@ class EventChecker:
             bad.good = buf[:bad.at]
             raise
         return buf
+
+    def _probe_all(self, payloads: list[bytes]) -> bool:
+        """Each payload JSON (the last may be ``[DONE]``): True, and its error events
+        counted; False (nothing counted): the general path reads the events."""
+        errors: list[bytes] = []
+        for p in payloads:
+            try:
+                r = _probe(p)
+            except msgspec.DecodeError:
+                if p is payloads[-1] and p == b"[DONE]":
+                    continue
+                return False
+            if r.error is not _UNSET or r.type in _ERROR_TYPES:
+                errors.append(p)
+        for p in errors:
+            self._error(p)
+        return True
 
     def finish(self) -> bytes:
         """The end of the stream: a last event without its blank line, checked."""
@@ -369,6 +393,12 @@ class EventChecker:
         try:
             probe = _probe(payload)
         except msgspec.ValidationError:
+            # Not an object: the probe stops at the first byte, so the rest is still
+            # to be read (``[1`` would pass otherwise).
+            try:
+                _valid(payload)
+            except msgspec.DecodeError:
+                self._slow(event, start)  # not JSON strictly read: the decoder decides
             return  # JSON, but not an object: nothing to count
         except msgspec.DecodeError:
             # Not JSON by the strict reading (or NaN, a lone surrogate): the decoder and
@@ -411,4 +441,5 @@ class _Probe(msgspec.Struct):
 
 
 _probe = msgspec.json.Decoder(_Probe).decode
+_valid = msgspec.json.Decoder(msgspec.Raw).decode  # any JSON value, checked whole, nothing built
 _UNSET = msgspec.UNSET
