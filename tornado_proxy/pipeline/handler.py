@@ -527,8 +527,11 @@ class LLMHandler(BaseHandler):
         name = ctx.model
         if not name:
             return None
-        model = self.gw.router.resolve(name)
-        if model is not None and model[0].get("upstream_model") == name:
+        entry = ctx.model_entry  # (what the route resolved: every route sets it)
+        if entry is None:
+            hit = self.gw.router.resolve(name)
+            entry = hit[0] if hit is not None else None
+        if entry is not None and entry.get("upstream_model") == name:
             return None  # asked for by its upstream name: nothing to rewrite
         return ModelRewrite(MODEL_KEYS.get(self.client_format.name, b'"model"'), name)
 

@@ -3,6 +3,7 @@ asked for, put back in place of the upstream's, and the usage read back from its
 end for metrics (in the upstream's own terms, by ``Provider.usage_of``)."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from tornado_proxy import jsonutil
@@ -64,7 +65,7 @@ class ModelRewrite:
 
     def __init__(self, key: bytes, client_name: str) -> None:
         self.key = key
-        self.new = jsonutil.dumpb(client_name)   # the JSON string, quotes included
+        self.new = _json_string(client_name)     # the JSON string, quotes included
         self.old = b""                           # key, separator and the upstream's JSON string
         self.found = b""                         # what replaces ``old``
         self.off = False                         # the upstream said the client's name (or an odd one)
@@ -95,3 +96,9 @@ class ModelRewrite:
         self.old = key + sep + value
         self.found = key + sep + self.new
         return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_string(name: str) -> bytes:
+    """A model name as a JSON string (a handful of names, written once each)."""
+    return jsonutil.dumpb(name)
