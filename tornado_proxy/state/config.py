@@ -57,6 +57,9 @@ def default_path(config: Any) -> str:
     return os.path.join(base, "tornado-proxy", "state.db")
 
 
+LOCAL_TIMEOUT = 5.0  # the local store's default ``state.timeout``: its SQLite busy_timeout
+
+
 def make_store(config: Any) -> StateStore:
     conf = getattr(config, "state", None) or {}
     kind = conf.get("store", "local")
@@ -64,7 +67,11 @@ def make_store(config: Any) -> StateStore:
         return MemoryStateStore()
     from tornado_proxy.state.store import SharedStateStore
 
-    sync, timeout = float(conf.get("sync_interval", 0.25)), float(conf.get("timeout", 1.0))
+    # A local store's operation waits on SQLite's lock while another process of this
+    # machine writes (busy_timeout 5 s): on a loaded machine that is slow, not down.
+    # Redis is across the network: down after 1 s.
+    sync = float(conf.get("sync_interval", 0.25))
+    timeout = float(conf.get("timeout", 1.0 if kind == "redis" else LOCAL_TIMEOUT))
     if kind == "redis":
         from tornado_proxy.observability import redact
         from tornado_proxy.state.redis_store import RedisBackend
