@@ -22,20 +22,23 @@ _dumps = orjson.dumps
 _loads = orjson.loads
 
 
-def dumpb(obj: Any) -> bytes:
+def _write(obj: Any) -> bytes:
     try:
-        out = _dumps(obj, option=_OPTS)
+        return _dumps(obj, option=_OPTS)
     except TypeError:  # an integer beyond 64 bits, or a type neither library writes
         return ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False).encode("utf-8")
+
+
+def dumpb(obj: Any) -> bytes:
     # orjson hands back its whole write buffer (4 KiB at least, growing in steps: a
     # 3 KB document holds 32 KiB) with only the length shortened.  What we write is often
     # kept (a stream's upstream body for the whole stream, the model name a pass-through
     # rewrites, stored responses): a copy holds just the bytes, for a memcpy.
-    return bytes(memoryview(out))
+    return bytes(memoryview(_write(obj)))
 
 
 def dumps(obj: Any) -> str:
-    return dumpb(obj).decode("utf-8")
+    return _write(obj).decode("utf-8")  # (the str is a copy already)
 
 
 def loads(data: str | bytes) -> Any:

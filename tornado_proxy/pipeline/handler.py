@@ -101,7 +101,6 @@ class LLMHandler(BaseHandler):
         # A pass-through stream's error event, read by the upstream's own translator:
         # the client has the event as it came; the account and the metrics hear of it.
         self._pt_error: ProxyError | None = None
-        self._pt_seen = 0  # the checker's error events looked at so far
         self._pt_args: tuple[Provider, StreamContext] | None = None
         self._t0 = 0.0
         self._ttfb: float | None = None
@@ -265,10 +264,7 @@ class LLMHandler(BaseHandler):
         # one id names the request on both sides (every route reaches an upstream here).
         self.request_id = ctx.id
         self.set_header("X-Request-Id", ctx.id)
-        model = ctx.model_entry
-        if model is None:  # (routes that resolved the model themselves)
-            hit = self.gw.router.resolve(self.model_id) if self.model_id else None
-            model = hit[0] if hit is not None else {}
+        model = ctx.model_entry or {}  # (every route hands over the entry it resolved)
         for attempt in range(max(1, policy.max_tries)):
             try:
                 lease = sched.acquire(provider.name, headers=self.request.headers, exclude=tried,
@@ -322,7 +318,7 @@ class LLMHandler(BaseHandler):
                 self._rewrite = self._model_rewrite(ctx)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
                 self._checker = EventChecker(self.gw.upstream.max_body_bytes)
-                self._pt_error, self._pt_seen, self._pt_args = None, 0, (provider, ctx)
+                self._pt_error, self._pt_args = None, (provider, ctx)
             else:
                 self._translator = translator = provider.new_stream(ctx)
                 self._encoder = encoder = fmt.new_encoder(ctx)
@@ -528,9 +524,6 @@ class LLMHandler(BaseHandler):
         if not name:
             return None
         entry = ctx.model_entry  # (what the route resolved: every route sets it)
-        if entry is None:
-            hit = self.gw.router.resolve(name)
-            entry = hit[0] if hit is not None else None
         if entry is not None and entry.get("upstream_model") == name:
             return None  # asked for by its upstream name: nothing to rewrite
         return ModelRewrite(MODEL_KEYS.get(self.client_format.name, b'"model"'), name)
@@ -546,19 +539,18 @@ class LLMHandler(BaseHandler):
             if bad.good and self._first_sent:  # the good events before it still go out
                 self._relay(bad.good)
             raise self._malformed(bad) from None
-        if chk.error_events != self._pt_seen:
+        if chk.error_events and self._pt_error is None:
             self._error_event(chk)
         if data:
             self._relay(data)
         return True
 
     def _error_event(self, chk: EventChecker) -> None:
-        self._pt_seen = chk.error_events
-        if self._pt_error is None:
-            err = self._event_error(chk.first_error)
-            if not self._first_sent:
-                raise err  # as on a translated stream: fail over, or answer the error
-            self._pt_error = err
+        """The stream's first error event (the later ones change nothing)."""
+        err = self._event_error(chk.first_error)
+        if not self._first_sent:
+            raise err  # as on a translated stream: fail over, or answer the error
+        self._pt_error = err
 
     def _event_error(self, payload: bytes) -> ProxyError:
         """What an error event of a passed-through stream means, in the upstream's own
@@ -577,18 +569,12 @@ class LLMHandler(BaseHandler):
         return ProxyError(ErrorKind.UPSTREAM_ERROR, "upstream error mid-stream")
 
     def _passthrough_failed(self, provider: Provider, lease: Any) -> None:
-        """A passed-through stream that carried an error event: the client read it as
-        the upstream sent it (nothing is added); the account, the metrics and the log
-        count it as a stream that failed after the first byte."""
+        """A passed-through stream that carried an error event: a stream that failed
+        after the first byte, whose error frame the client already has (``_fail_stream``)."""
         err = self._pt_error
         assert err is not None
         _scrub(err, lease.account)
-        lease.failure(err)
-        self.error_kind = err.kind
-        self.gw.metrics.upstream_errors.labels(provider.name, err.kind.value).inc()
-        log.info("%s: provider '%s', account '%s': stream failed after the first byte: %s: %s",
-                 self.route_name, provider.name, lease.account.id, err.kind.value, err.message)
-        self.finish()
+        self._midstream_failure(provider, lease, err, against_account=True)
 
     def _relay(self, data: bytes) -> None:
         # Keep the last reads, 4 KiB at least (one object): the end marker and the
@@ -629,7 +615,7 @@ class LLMHandler(BaseHandler):
             rest = chk.finish()
         except BadEvent as bad:
             raise self._malformed(bad) from None
-        if chk.error_events != self._pt_seen:
+        if chk.error_events and self._pt_error is None:
             self._error_event(chk)
         if rest:
             self._relay(rest)
@@ -692,8 +678,12 @@ class LLMHandler(BaseHandler):
         self._fail_stream(err)
 
     def _fail_stream(self, err: ProxyError) -> None:
-        """After the first byte: the error becomes a frame in the client's format."""
+        """After the first byte: the error becomes a frame in the client's format (none
+        when it is a passed-through stream's own error event: the client read that)."""
         self.error_kind = err.kind
+        if err is self._pt_error:
+            self.finish()
+            return
         err.message = redact.text(err.message)
         extra = b""
         if self._translator is not None:
