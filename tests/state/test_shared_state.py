@@ -136,6 +136,10 @@ class Topology:
         self.gateways.append(g)
         return g
 
+    def logs(self) -> str:
+        """Every gateway's stderr, for an assertion's message."""
+        return "\n".join(f"--- {g.url}\n{g.stderr()}" for g in self.gateways)
+
     @property
     def urls(self) -> list[str]:
         gs = self.gateways
@@ -163,7 +167,7 @@ def eventually(check: Any, limit: float = 5.0) -> Any:
 
 
 # -- the checks ---------------------------------------------------------------------------
-def responses_chain(urls: list[str], up: FakeUpstream, turns: int = 10) -> None:
+def responses_chain(urls: list[str], up: FakeUpstream, topo: "Topology", turns: int = 10) -> None:
     """Each turn goes to the other process; every turn's upstream request carries the
     whole conversation, so each process found the previous turn made by the other."""
     prev = None
@@ -173,7 +177,7 @@ def responses_chain(urls: list[str], up: FakeUpstream, turns: int = 10) -> None:
         if prev is not None:
             body["previous_response_id"] = prev
         status, raw, _ = call(url + "/v1/responses", "POST", body)
-        assert status == 200, raw
+        assert status == 200, (raw, topo.logs())
         if body["stream"]:
             done = [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
             assert done[-1]["type"] == "response.completed"
@@ -186,7 +190,7 @@ def responses_chain(urls: list[str], up: FakeUpstream, turns: int = 10) -> None:
     # made on one, read on the other (every time: several connections for the workers)
     for _ in range(6):
         status, raw, _ = call(urls[1] + f"/v1/responses/{prev}")
-        assert status == 200 and json.loads(raw)["id"] == prev
+        assert status == 200 and json.loads(raw)["id"] == prev, (raw, topo.logs())
 
 
 def test_processes_act_as_one_gateway(harness: LoopThread, tmp_path: Path, store: dict[str, Any], shape: str,
@@ -198,7 +202,7 @@ def test_processes_act_as_one_gateway(harness: LoopThread, tmp_path: Path, store
     urls = topo.urls
 
     # 1. a Responses chain alternating between processes, and GET of one made elsewhere
-    responses_chain(urls, up)
+    responses_chain(urls, up, topo)
 
     # 2. a 429 learned by one process is honoured by all: a2 is asked once, then never
     special[KEYS["a2"]] = lambda: Reply.json({"error": {"message": "Rate limit reached"}}, 429, {"retry-after": "120"})
@@ -352,7 +356,7 @@ def test_state_survives_a_restart(harness: LoopThread, tmp_path: Path, store: di
     g2 = topo.start(workers=2)
     assert admin(g2.url, "GET", "/admin/accounts/a1")["account"]["state"] == "disabled"
     status, raw, _ = call(g2.url + f"/v1/responses/{rid}")
-    assert status == 200 and json.loads(raw)["id"] == rid
+    assert status == 200 and json.loads(raw)["id"] == rid, (raw, topo.logs())
     assert metric(g2.url, success("a2")) == before  # counters go on from where they were
     n0 = len(up.requests)
     for _ in range(6):

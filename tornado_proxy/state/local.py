@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import fcntl
 import os
 import sqlite3
 import time
@@ -59,15 +61,25 @@ class LocalBackend(Backend):
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                 check_same_thread=False)
+            # One opener at a time: switching a new file to WAL answers "database is
+            # locked" at once (no busy wait) when another process opens it meanwhile,
+            # which is exactly what the workers of one gateway do at startup.
+            lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                os.chmod(self.path, 0o600)  # it holds account state and conversations
-            except OSError:
-                pass
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                     check_same_thread=False)
+                try:
+                    with contextlib.suppress(OSError):
+                        os.chmod(self.path, 0o600)  # it holds account state and conversations
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    db.executescript(SCHEMA)
+                except BaseException:
+                    db.close()
+                    raise
+            finally:
+                os.close(lock)  # (closing releases the lock)
             self._db = db
         return self._db
 

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable, Mapping
 
 from tornado_proxy import jsonutil
@@ -142,6 +143,9 @@ class SharedStateStore(MemoryStateStore):
         # Told (up, failed) at each connect and each failure; the app points it at its
         # metrics (Metrics.watch_state_store), kept per process and combined over workers.
         self.on_health: Callable[[bool, bool], None] | None = None
+        # Called (no arguments) each time the store is reached again: writes kept
+        # back while it was away go out then (SharedResponses).
+        self.on_up: list[Callable[[], None]] = []
         self._seq = 0
         self._mine: dict[str, int] = {}                  # key -> our last published seq
         self._out_accounts: dict[str, dict[str, Any]] = {}
@@ -184,6 +188,8 @@ class SharedStateStore(MemoryStateStore):
         self.up = True
         if self.on_health is not None:
             self.on_health(True, False)
+        for hook in self.on_up:
+            hook()
 
     def _down(self, e: BaseException) -> None:
         if self._closed:
@@ -497,11 +503,19 @@ class SharedResponses:
     A hit in memory costs nothing; a miss (a response created by another worker or
     replica) is one store read, bounded by the store's timeout, and an unreachable
     store is a miss.  Items are written through (``persist``) before the answer's
-    last event is sent, so a follow-up anywhere finds them."""
+    last event is sent, so a follow-up anywhere finds them.  One made while the
+    store is away (or whose write failed) is kept back, within the local store's
+    caps, and written when the store is reached again: an outage delays sharing,
+    it does not lose the conversation."""
 
     def __init__(self, local: ResponseStore, state: SharedStateStore | None) -> None:
         self.local = local
         self.state = state
+        # id -> (blob, monotonic time it was made): written at the next reconnect
+        self._held: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._held_bytes = 0
+        if state is not None:
+            state.on_up.append(self._release)
 
     @property
     def enabled(self) -> bool:
@@ -536,23 +550,58 @@ class SharedResponses:
         if not self.local.put(entry):
             return None
         st = self.state
-        if st is None or not st.up:
+        if st is None:
             return None
         blob = jsonutil.dumpb({"id": entry.id, "messages": entry.messages, "response": entry.response,
                                "input_items": entry.input_items})
+        if not st.up:
+            self._hold(entry.id, blob, st.clock())
+            return None
+        return asyncio.ensure_future(self._write(st, entry.id, blob, st.clock()))
+
+    async def _write(self, st: SharedStateStore, rid: str, blob: bytes, made: float) -> None:
         loc = self.local
+        ttl = loc.ttl - (st.clock() - made)
+        if ttl <= 0:
+            return
+        if not st.up:  # (went away while earlier ones were written)
+            self._hold(rid, blob, made)
+            return
+        try:
+            await asyncio.wait_for(st.backend.resp_put(rid, blob, ttl, loc.max_entries, loc.max_bytes),
+                                   st.timeout)
+        except Exception as e:
+            st._down(e)
+            self._hold(rid, blob, made)
 
-        async def write() -> None:
-            try:
-                await asyncio.wait_for(st.backend.resp_put(entry.id, blob, loc.ttl, loc.max_entries,
-                                                           loc.max_bytes), st.timeout)
-            except Exception as e:
-                st._down(e)
+    def _hold(self, rid: str, blob: bytes, made: float) -> None:
+        old = self._held.pop(rid, None)
+        if old is not None:
+            self._held_bytes -= len(old[0])
+        self._held[rid] = (blob, made)
+        self._held_bytes += len(blob)
+        loc = self.local
+        while self._held and (len(self._held) > loc.max_entries or self._held_bytes > loc.max_bytes):
+            _, (b, _) = self._held.popitem(last=False)  # the oldest go first, as in the store
+            self._held_bytes -= len(b)
 
-        return asyncio.ensure_future(write())
+    def _release(self) -> None:
+        st = self.state
+        if not self._held or st is None:
+            return
+        held, self._held, self._held_bytes = self._held, OrderedDict(), 0
+
+        async def write_all() -> None:
+            for rid, (blob, made) in held.items():
+                await self._write(st, rid, blob, made)
+
+        asyncio.ensure_future(write_all())
 
     async def delete(self, response_id: str) -> bool:
         gone = self.local.delete(response_id)
+        held = self._held.pop(response_id, None)
+        if held is not None:
+            self._held_bytes -= len(held[0])
         st = self.state
         if st is not None and st.up:
             try:
