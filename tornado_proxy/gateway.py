@@ -58,6 +58,9 @@ class Gateway:
         self.metrics.watch_state_store(self.state)
         self.draining = False
         self.active_requests = 0
+        # The open Responses WebSockets (handlers/responses_ws.py): at a drain the idle
+        # ones are closed at once, the busy ones after their answer.
+        self.websockets: set[Any] = set()
         self.started = time.time()
         from tornado_proxy.state.responses import ResponseStore
         from tornado_proxy.state.store import SharedResponses, SharedStateStore

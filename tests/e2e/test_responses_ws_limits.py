@@ -193,3 +193,41 @@ def test_idle_websockets_and_keep_alive_connections_are_shed_longest_idle_first(
     assert got["head"].startswith(b"HTTP/1.1 200 ") and got["first"] == 200 and got["gone"]
     assert got["still"][-1]["type"] == "response.completed" and got["done"][-1]["type"] == "response.completed"
     assert closes(gw, "shed") == 0
+
+
+def test_a_drain_closes_idle_websockets_at_once_and_busy_ones_after_their_answer(harness: LoopThread) -> None:
+    # an HTTP stream in flight keeps the drain going ~3 s; the WebSocket answer takes ~1.5 s
+    gw = start(harness, slow_stream(10, 0.3), slow_stream(5, 0.3), drain_seconds=10)
+
+    async def main() -> dict[str, Any]:
+        idle = await connect(gw)
+        idle.write_message(json.dumps(PREWARM))
+        await answer(idle)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", gw.port), 5)
+        body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # the HTTP stream has begun
+        busy = await connect(gw)
+        busy.write_message(json.dumps(CREATE))
+        first = json.loads(await asyncio.wait_for(busy.read_message(), 5))
+        drain = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(gw.server.drain(), harness.loop))
+        t0 = time.monotonic()
+        idle_closed = await closed_within(idle, 2)
+        idle_took = time.monotonic() - t0
+        events = [first] + await answer(busy)
+        busy_closed = await closed_within(busy, 2)
+        rest = await asyncio.wait_for(reader.read(), 10)  # the HTTP stream ends whole
+        writer.close()
+        await asyncio.wait_for(drain, 10)
+        return {"idle": idle_closed, "idle_took": idle_took, "events": events, "busy": busy_closed, "rest": rest}
+
+    got = run(main)
+    code, reason = got["idle"]
+    assert code == 1001 and reason and "shutting down" in reason
+    assert got["idle_took"] < 1  # not at the drain's end, ~3 s later
+    assert got["events"][-1]["type"] == "response.completed"
+    assert "".join(e["delta"] for e in got["events"] if e["type"] == "response.output_text.delta") == "0 1 2 3 4 "
+    assert got["busy"][0] == 1001
+    assert b"[DONE]" in got["rest"]
+    assert closes(gw, "draining") == 2

@@ -57,6 +57,8 @@ from tornado_proxy.pipeline.sse import SSEDecoder
 
 log = logging.getLogger("tornado_proxy.responses_ws")
 
+DRAINING = "the gateway is shutting down; reconnect"
+
 # Headers of the upgrade request that are the socket's, not the requests'.
 _HOP = frozenset({"Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version",
                   "Sec-Websocket-Extensions", "Sec-Websocket-Protocol", "Content-Length", "Content-Type",
@@ -122,6 +124,9 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         opened = getattr(self.request.connection, "websocket_opened", None)
         if opened is not None:
             opened(self)  # the server side counts it against max_connections, and may shed it
+        self.gw.websockets.add(self)
+        if self.gw.draining:  # (upgraded just as the drain began)
+            self.close_as("draining", 1001, DRAINING)
 
     # -- idle: the limit and the connection cap --------------------------------------------
     @property
@@ -197,6 +202,7 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        self.gw.websockets.discard(self)
         closed = getattr(self.request.connection, "websocket_closed", None)
         if closed is not None:
             closed(self)
@@ -218,8 +224,17 @@ class ResponsesSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             if idle is not None:
                 idle()  # (the server side's own clock of the longest idle, for shedding)
             if self.gw.draining:
-                self.close_as("draining", 1001, "the gateway is shutting down")
+                while not self._queue.empty():  # (frames sent behind it: said, not dropped)
+                    self._queue.get_nowait()
+                    self.send_error_frame(503, ProxyError(ErrorKind.DRAINING, DRAINING))
+                self.close_as("draining", 1001, DRAINING)
                 return
+
+    def drain(self) -> None:
+        """The gateway drains: closed now when nothing is in flight, else after its answer
+        (``_serve_frames``), so the client reconnects to a replica that stays."""
+        if not self.busy:
+            self.close_as("draining", 1001, DRAINING)
 
     # -- one request -------------------------------------------------------------------
     async def serve_frame(self, frame: dict[str, Any]) -> None:

@@ -113,6 +113,8 @@ class Server:
         self.gw.draining = True
         self.gw.metrics.draining.set(1)
         self.http.start_drain()  # stop accepting, close idle keep-alive connections
+        for ws in list(self.gw.websockets):
+            ws.drain()  # idle Responses WebSockets too (busy ones close after their answer)
         loop = IOLoop.current()
         deadline = loop.time() + float(self.config.server["drain_seconds"])
         log.info("draining: %d request(s) in flight, up to %ss", self.gw.active_requests,
