@@ -67,12 +67,37 @@ def test_one_character_at_a_time_streams_as_it_goes() -> None:
 
 
 @pytest.mark.parametrize("args", [
-    '{"other": 1, "input": "x"}',   # not the input key first: nothing decoded
-    '["input"]', 'null', 'input', '{"input": 5}',
+    '["input"]', 'null', 'input', '{"input": 5}', '{"other": 1}', '{"other": 1, "input": [1]}',
+    '{"other" 1, "input": "x"}', '{"a": tru, "input": "x"}',
 ])
 def test_arguments_of_another_shape_decode_nothing(args: str) -> None:
-    got, _ = feed_all([args[:3], args[3:]])
-    assert got == ""
+    for at in range(len(args) + 1):
+        got, _ = feed_all([args[:at], args[at:]])
+        assert got == "", at
+
+
+@pytest.mark.parametrize("head", [
+    '{"note": "x", ', '{ "n" : 12.5e3 , "ok": true, "nothing": null,', '{"deep": {"a": [1, {"b": "}\\""}]}, ',
+    '{"n\\u0061me": "apply_patch", ',
+])
+def test_members_before_the_input_are_skipped_and_the_input_still_streams(head: str) -> None:
+    args = head + '"input": ' + json.dumps(PATCH) + "}"
+    assert json.loads(args)["input"] == PATCH
+    for at in range(len(args) + 1):
+        dec = CustomInput()
+        first = dec.feed(args[:at])
+        assert PATCH.startswith(first), (at, first)
+        assert first + dec.feed(args[at:]) == PATCH
+    got, outs = feed_all(list(args))  # a character at a time: it streams once the key is reached
+    assert got == PATCH and sum(1 for o in outs if o) > 10
+
+
+def test_members_before_the_input_are_read_only_so_far() -> None:
+    from tornado_proxy.apis.openai_responses.custom_input import HEAD_LIMIT
+
+    args = '{"pad": "' + "x" * HEAD_LIMIT + '", "input": "late"}'
+    got, _ = feed_all([args[:HEAD_LIMIT + 20], args[HEAD_LIMIT + 20:]])
+    assert got == ""  # (the input then goes out whole at the end of the call)
 
 
 def test_a_bad_escape_stops_the_decoding_and_the_end_quote_ends_it() -> None:
@@ -159,21 +184,24 @@ def test_openai_python_takes_the_custom_tool_events() -> None:
 
 @pytest.mark.parametrize("args", [
     ['{"input":"whole at once"}'],                       # (Gemini: the arguments in one piece)
-    ['{"note": "x", ', '"input": "key not first"}'],     # nothing decodable early: one delta at the end
+    ['{"note": "x", ', '"input": "key not', ' first"}'],  # streamed once the key comes
+    ['{"pad": "' + "y" * 5000 + '", ', '"input": "far"}'],  # too far in: one delta at the end
 ])
 def test_the_deltas_add_up_to_the_input_whatever_the_arguments_look_like(args: list[str]) -> None:
     evs = events([*call_chunks(args), chunk({}, "tool_calls")])
     deltas = [e["delta"] for e in evs if e["type"] == "response.custom_tool_call_input.delta"]
     [done] = [e for e in evs if e["type"] == "response.custom_tool_call_input.done"]
     assert "".join(deltas) == done["input"] == json.loads("".join(args))["input"]
-    assert len(deltas) == 1
+    assert len(deltas) == (2 if args[0].startswith('{"note"') else 1)
 
 
 def test_arguments_cut_short_end_the_call_without_an_error() -> None:
-    # finish_reason "length" mid-arguments: what was decoded went out, .done has what
-    # the arguments give (they are not JSON: an empty input), and the response is incomplete.
+    # finish_reason "length" mid-arguments: what was decoded went out, .done and the
+    # item have the part of the input the arguments hold (the deltas add up to it), and
+    # the response is incomplete.
     evs = events([*call_chunks(['{"input": "*** Begin', " Patch\\n*** Add"]), chunk({}, "length")])
     deltas = [e["delta"] for e in evs if e["type"] == "response.custom_tool_call_input.delta"]
     assert "".join(deltas) == "*** Begin Patch\n*** Add"
     [done] = [e for e in evs if e["type"] == "response.custom_tool_call_input.done"]
-    assert done["input"] == "" and evs[-1]["type"] == "response.incomplete"
+    assert done["input"] == "*** Begin Patch\n*** Add" and evs[-1]["type"] == "response.incomplete"
+    assert evs[-1]["response"]["output"][0]["input"] == done["input"]

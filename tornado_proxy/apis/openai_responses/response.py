@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from providers.base import StreamContext
-from tornado_proxy import jsonutil
 
-from .request import CUSTOM_INPUT, encode_envelope, tool_names
+from .custom_input import input_of
+from .request import encode_envelope, tool_names
 
 JSON = dict[str, Any]
 
@@ -90,13 +90,8 @@ def _call_item(item_id: str, call: JSON, status: str = "completed",
     args = fn.get("arguments") or ""
     ns, name, kind = (names or {}).get(fn.get("name") or "", (None, fn.get("name"), "function"))
     if kind == "custom":
-        try:
-            value = jsonutil.loads(args) if status == "completed" else {}
-        except ValueError:
-            value = {}
-        inp = value.get(CUSTOM_INPUT) if isinstance(value, dict) else None
-        item: JSON = {"id": item_id, "type": "custom_tool_call", "status": status,
-                      "call_id": call.get("id"), "name": name, "input": inp if isinstance(inp, str) else ""}
+        item: JSON = {"id": item_id, "type": "custom_tool_call", "status": status, "call_id": call.get("id"),
+                      "name": name, "input": input_of(args) if status == "completed" else ""}
     else:
         item = {"id": item_id, "type": "function_call", "status": status, "arguments": args,
                 "call_id": call.get("id"), "name": name}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 from typing import Any
 
 from providers.base import StreamContext, StreamEncoder, fold_chunks
@@ -12,6 +11,7 @@ from providers.openai_responses import responses_error_code
 from tornado_proxy import jsonutil
 from tornado_proxy.errors import ErrorKind, ProxyError
 
+from .custom_input import CustomInput
 from .request import tool_names
 from .response import (
     _call_item,
@@ -297,118 +297,3 @@ class ResponsesEncoder(StreamEncoder):
                                error={"code": code, "message": err.message})
         self._emit("response.failed", {"response": resp})
         return self._flush()
-
-
-# -- a custom tool's input, from the JSON-wrapped argument fragments --------------------
-_INPUT_HEAD = re.compile(r'\s*\{\s*"input"\s*:\s*"')
-_INPUT_HEAD_BARE = '{"input":"'
-_SPECIAL = re.compile(r'["\\]')
-_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-
-class CustomInput:
-    """Decodes, fragment by fragment, the string value of ``{"input": "..."}`` (how a
-    custom tool's call comes back from an upstream that only has functions): each
-    ``feed`` returns the text newly decoded.  Text is given out only once it is
-    certain: an escape split between fragments (``\\``, ``\\u00e9``, a surrogate pair)
-    waits for its end.  Arguments that do not open with the ``input`` key, or an
-    escape JSON does not have, stop the decoding: the rest of the input then goes out
-    whole when the call is done (``ResponsesEncoder._custom_rest``)."""
-
-    __slots__ = ("_buf", "_state", "_out")
-
-    HEAD, VALUE, END = 0, 1, 2
-
-    def __init__(self) -> None:
-        self._buf = ""
-        self._state = self.HEAD
-        self._out: list[str] = []
-
-    def text(self) -> str:
-        """All the text given out so far."""
-        if len(self._out) > 1:
-            self._out = ["".join(self._out)]
-        return self._out[0] if self._out else ""
-
-    def feed(self, fragment: str) -> str:
-        if self._state == self.END:
-            return ""
-        buf = self._buf + fragment
-        if self._state == self.HEAD:
-            m = _INPUT_HEAD.match(buf)
-            if m is None:
-                bare = "".join(buf.split())
-                if len(bare) >= len(_INPUT_HEAD_BARE) or not _INPUT_HEAD_BARE.startswith(bare):
-                    self._stop()
-                else:
-                    self._buf = buf
-                return ""
-            buf = buf[m.end():]
-            self._state = self.VALUE
-        out, rest = self._decode(buf)
-        self._buf = rest
-        if out:
-            self._out.append(out)
-        return out
-
-    def _stop(self) -> None:
-        self._state = self.END
-        self._buf = ""
-
-    def _decode(self, buf: str) -> tuple[str, str]:
-        """The text decoded from ``buf`` and what is left of it (an escape not yet whole)."""
-        out: list[str] = []
-        i, n = 0, len(buf)
-        while i < n:
-            m = _SPECIAL.search(buf, i)
-            if m is None:
-                out.append(buf[i:])
-                return "".join(out), ""
-            j = m.start()
-            out.append(buf[i:j])
-            if buf[j] == '"':  # the end of the value: nothing after it is input
-                self._stop()
-                return "".join(out), ""
-            if j + 1 >= n:
-                return "".join(out), buf[j:]
-            c = buf[j + 1]
-            if c in _ESCAPES:
-                out.append(_ESCAPES[c])
-                i = j + 2
-                continue
-            if c != "u":
-                self._stop()
-                return "".join(out), ""
-            if j + 6 > n:
-                if not _HEX.issuperset(buf[j + 2:]):
-                    self._stop()
-                    return "".join(out), ""
-                return "".join(out), buf[j:]
-            code = _hex4(buf, j + 2)
-            if code < 0:
-                self._stop()
-                return "".join(out), ""
-            if 0xD800 <= code < 0xDC00:  # a high surrogate: its low half may follow
-                low = buf[j + 6:j + 12]
-                if len(low) < 6 and _may_be_low(low):
-                    return "".join(out), buf[j:]
-                low_code = _hex4(buf, j + 8) if low.startswith("\\u") else -1
-                if 0xDC00 <= low_code < 0xE000:
-                    out.append(chr(0x10000 + ((code - 0xD800) << 10) + (low_code - 0xDC00)))
-                    i = j + 12
-                    continue
-            out.append(chr(code))  # (a lone surrogate is kept, as the final parse keeps it)
-            i = j + 6
-        return "".join(out), ""
-
-
-def _hex4(s: str, at: int) -> int:
-    h = s[at:at + 4]
-    return int(h, 16) if len(h) == 4 and _HEX.issuperset(h) else -1
-
-
-def _may_be_low(s: str) -> bool:
-    """Whether ``s`` (shorter than 6) may be the start of ``\\uDC00``..``\\uDFFF``."""
-    pattern = ("\\", "u", "dD", "cdefCDEF", "0123456789abcdefABCDEF", "0123456789abcdefABCDEF")
-    return all(ch in pattern[k] for k, ch in enumerate(s))
