@@ -514,6 +514,7 @@ class SharedResponses:
         # id -> (blob, monotonic time it was made): written at the next reconnect
         self._held: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._held_bytes = 0
+        self._releasing: set[asyncio.Future[None]] = set()
         if state is not None:
             state.on_up.append(self._release)
 
@@ -595,7 +596,9 @@ class SharedResponses:
             for rid, (blob, made) in held.items():
                 await self._write(st, rid, blob, made)
 
-        asyncio.ensure_future(write_all())
+        task = asyncio.ensure_future(write_all())
+        self._releasing.add(task)  # (a task nothing refers to may be collected mid-way)
+        task.add_done_callback(self._releasing.discard)
 
     async def delete(self, response_id: str) -> bool:
         gone = self.local.delete(response_id)
