@@ -58,6 +58,12 @@ async def answer(c: WebSocketClientConnection, limit: float = 10) -> list[dict[s
             return out
 
 
+async def ask(c: WebSocketClientConnection, frame: dict[str, Any]) -> list[dict[str, Any]]:
+    """One request on the socket, answered: its events."""
+    c.write_message(json.dumps(frame))
+    return await answer(c)
+
+
 async def closed_within(c: WebSocketClientConnection, limit: float) -> tuple[int | None, str | None]:
     """Read until the server closes (no frame expected first); its close code and reason."""
     msg = await asyncio.wait_for(c.read_message(), limit)
@@ -109,13 +115,11 @@ def test_a_websocket_answering_past_the_idle_limit_stays_open(harness: LoopThrea
         events = await answer(c)
         took = time.monotonic() - t0
         # still open: the next request is answered
-        c.write_message(json.dumps(PREWARM))
-        again = await answer(c)
+        again = await ask(c, PREWARM)
         # a client sending frames more often than the limit is not idle either
         for _ in range(4):
             await asyncio.sleep(0.4)
-            c.write_message(json.dumps(PREWARM))
-            again += await answer(c)
+            again += await ask(c, PREWARM)
         t1 = time.monotonic()
         # then, idle: closed about a limit after the last frame
         got = await closed_within(c, 6)
@@ -134,8 +138,7 @@ def test_at_the_connection_limit_an_idle_websocket_is_shed_a_busy_one_never(harn
 
     async def main() -> dict[str, Any]:
         a = await connect(gw)
-        a.write_message(json.dumps(PREWARM))
-        await answer(a)                      # a: open, nothing in flight
+        await ask(a, PREWARM)                # a: open, nothing in flight
         b = await connect(gw)
         b.write_message(json.dumps(CREATE))
         b_events = [json.loads(await asyncio.wait_for(b.read_message(), 5))]  # b: answering
@@ -174,8 +177,7 @@ def test_idle_websockets_and_keep_alive_connections_are_shed_longest_idle_first(
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         await asyncio.sleep(1.2)              # (more than one sweep tick)
-        a.write_message(json.dumps(PREWARM))  # ...but active after the keep-alive one was
-        await answer(a)
+        await ask(a, PREWARM)                 # ...but active after the keep-alive one was
         b = await connect(gw)
         b.write_message(json.dumps(CREATE))
         await asyncio.wait_for(b.read_message(), 5)
@@ -184,8 +186,7 @@ def test_idle_websockets_and_keep_alive_connections_are_shed_longest_idle_first(
         await asyncio.wait_for(reader.read(65536), 5)  # (the rest of its answer, if any)
         gone = await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
-        a.write_message(json.dumps(PREWARM))  # a is still there
-        still = await answer(a)
+        still = await ask(a, PREWARM)         # a is still there
         done = await answer(b)
         return {"head": head, "first": first, "gone": gone, "still": still, "done": done}
 
@@ -201,8 +202,7 @@ def test_a_drain_closes_idle_websockets_at_once_and_busy_ones_after_their_answer
 
     async def main() -> dict[str, Any]:
         idle = await connect(gw)
-        idle.write_message(json.dumps(PREWARM))
-        await answer(idle)
+        await ask(idle, PREWARM)
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", gw.port), 5)
         body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
         writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"

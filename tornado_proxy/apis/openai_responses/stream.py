@@ -212,15 +212,15 @@ class ResponsesEncoder(StreamEncoder):
 
     def _custom_rest(self, item: _Item, final: str) -> None:
         """Before ``.done``: what the deltas have not said of the input (all of it when the
-        arguments did not start as ``{"input": "``, so that the deltas add up to it)."""
+        decoder did not find ``input`` in time, so that the deltas add up to it)."""
         sent = item.input.text() if item.input is not None else ""
         if final.startswith(sent):
             if len(final) > len(sent):
                 self._emit("response.custom_tool_call_input.delta", {
                     "item_id": item.id, "output_index": item.index, "delta": final[len(sent):]})
         else:
-            # The arguments were not JSON in the end (cut short, say): .done has the input
-            # the whole arguments give, which the deltas sent do not add up to.
+            # The whole arguments say another input than the one streamed (a second
+            # "input" member, which JSON readers take last): .done has theirs.
             log.debug("custom tool call %s: the streamed input is not a prefix of the final one", item.id)
 
     # -- the StreamEncoder interface ---------------------------------------------------
