@@ -156,6 +156,29 @@ def test_streaming_transfer_hands_bytes_to_on_data() -> None:
     run(body)
 
 
+def test_a_held_stream_keeps_its_parsed_headers_not_the_raw_lines() -> None:
+    """Once the status is read, the raw header lines go (a stream held for minutes keeps
+    only the parsed dict); the result still has the status and the headers."""
+    async def body(fake: FakeUpstream, up: Upstream) -> None:
+        seen: list[tuple[int, dict[str, str]]] = []
+        box: list[Any] = []
+
+        def on_data(b: bytes) -> bool:
+            t = box[0]
+            seen.append((len(t.head), dict(t.headers)))
+            return True
+
+        t = up.start(post(fake.url("/sse"), stream=True), on_data=on_data)
+        box.append(t)
+        r = await up.wait(t)
+        assert r.error is None and r.status == 200
+        assert seen and all(n == 0 for n, _ in seen)
+        assert seen[0][1]["content-type"] == "text/event-stream"
+        assert r.headers["content-type"] == "text/event-stream"
+
+    run(body)
+
+
 def test_abort_running_transfer_frees_its_handle() -> None:
     async def body(fake: FakeUpstream, up: Upstream) -> None:
         got: list[bytes] = []

@@ -549,7 +549,10 @@ class Transfer:
             name, sep, value = line.partition(b":")
             if sep:
                 self.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-        self._parsed = len(head)
+        # The lines read go: a stream held for minutes keeps only the parsed dict
+        # (libcurl appends any later line, a trailer, to the same list).
+        head.clear()
+        self._parsed = 0
         return self._header_status
 
     def too_large(self) -> ProxyError:
