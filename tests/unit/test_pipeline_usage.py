@@ -44,3 +44,26 @@ CASES = [
 @pytest.mark.parametrize("name,provider,tail,expected", CASES, ids=[c[0] for c in CASES])
 def test_usage_from_tail(name: str, provider: str, tail: bytes, expected: dict[str, Any] | None) -> None:
     assert usage_from_tail(tail, PROVIDERS[provider].usage_of) == expected
+
+
+def test_a_stream_of_small_reads_keeps_only_its_last_4_kib() -> None:
+    """What a held pass-through stream keeps of what it relayed: the last TAIL_BYTES
+    (never less, the last read whole) however many small reads came, so a slow stream
+    does not hold up to twice that for minutes."""
+    from types import SimpleNamespace
+
+    from tornado_proxy.pipeline.handler import LLMHandler
+    from tornado_proxy.pipeline.passthrough import TAIL_BYTES
+
+    sent: list[bytes] = []
+    h = SimpleNamespace(_tails=[], _tails_len=0, _rewrite=None, _send=sent.append)
+    reads = [b'data: {"choices":[{"delta":{"content":"w%03d"}}]}\n\n' % i + b" " * 200 for i in range(100)]
+    for i, data in enumerate(reads):
+        LLMHandler._relay(h, data)  # type: ignore[arg-type]
+        held = sum(len(t) for t in h._tails)
+        assert held == h._tails_len
+        assert held <= TAIL_BYTES + len(data), f"read {i}: {held} bytes held"
+        if sum(len(r) for r in reads[:i + 1]) >= TAIL_BYTES:
+            assert held >= TAIL_BYTES
+    assert sent == reads
+    assert LLMHandler._tail(h) == b"".join(reads)[-TAIL_BYTES:]  # type: ignore[arg-type]
