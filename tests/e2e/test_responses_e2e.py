@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -168,6 +169,35 @@ def test_responses_passthrough_whole_and_stream(harness: LoopThread) -> None:
         final = s.get_final_response()
     assert final.output_text == "17 × 24 = **408**."
     assert events[0] == "response.created" and events[-1] == "response.completed"
+
+
+@pytest.mark.parametrize("split", [None, 1000])
+def test_responses_passthrough_stream_usage_behind_a_long_completed_event(harness: LoopThread,
+                                                                          split: int | None) -> None:
+    """response.completed repeats the whole answer before its usage: the tokens it
+    reports reach the metrics however long the event is (a Codex turn's is tens of KiB)."""
+    long_text = "word " * 4000
+    lines = []
+    for line in fixture_bytes("responses/text.sse").split(b"\n"):
+        if line.startswith(b"data:") and b'"response.completed"' in line:
+            ev = json.loads(line[5:])
+            ev["response"]["instructions"] = long_text
+            line = b"data: " + json.dumps(ev).encode()
+        lines.append(line)
+    up = harness.upstream().push(Reply.sse(b"\n".join(lines), split=split))
+    gw = harness.gateway(config(responses_upstream(up)))
+    with client(gw).responses.stream(model="gpt-5", input="hi") as s:
+        final = s.get_final_response()
+    assert final.instructions == long_text and final.usage is not None
+    want = [f'tornado_proxy_tokens_total{{direction="in",model="gpt-5",provider="oai-resp"}} '
+            f'{float(final.usage.input_tokens)}',
+            f'tornado_proxy_tokens_total{{direction="out",model="gpt-5",provider="oai-resp"}} '
+            f'{float(final.usage.output_tokens)}']
+    deadline = time.monotonic() + 5  # (recorded as the upstream transfer ends, a moment after the client's last read)
+    while not all(w in gw.metrics_text() for w in want) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    text = gw.metrics_text()
+    assert all(w in text for w in want), [line for line in text.splitlines() if "tokens_total{" in line]
 
 
 def test_responses_passthrough_resources_are_forwarded(harness: LoopThread) -> None:

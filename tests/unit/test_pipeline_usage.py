@@ -47,9 +47,9 @@ def test_usage_from_tail(name: str, provider: str, tail: bytes, expected: dict[s
 
 
 def test_a_stream_of_small_reads_keeps_only_its_last_4_kib() -> None:
-    """What a held pass-through stream keeps of what it relayed: the last TAIL_BYTES
-    (never less, the last read whole) however many small reads came, so a slow stream
-    does not hold up to twice that for minutes."""
+    """What a held pass-through stream keeps of what it relayed: whole reads covering the
+    last TAIL_BYTES (never less, the last read whole) however many small reads came, so a
+    slow stream does not hold up to twice that for minutes."""
     from types import SimpleNamespace
 
     from tornado_proxy.pipeline.handler import LLMHandler
@@ -66,4 +66,7 @@ def test_a_stream_of_small_reads_keeps_only_its_last_4_kib() -> None:
         if sum(len(r) for r in reads[:i + 1]) >= TAIL_BYTES:
             assert held >= TAIL_BYTES
     assert sent == reads
-    assert LLMHandler._tail(h) == b"".join(reads)[-TAIL_BYTES:]  # type: ignore[arg-type]
+    tail = LLMHandler._tail(h)  # type: ignore[arg-type]
+    whole = b"".join(reads)
+    assert whole.endswith(tail) and len(tail) >= TAIL_BYTES
+    assert tail.startswith(b"data: ")  # whole reads (whole events): the first line is not cut

@@ -600,9 +600,11 @@ class LLMHandler(BaseHandler):
         self._send(data)
 
     def _tail(self) -> bytes:
-        """The last ``TAIL_BYTES`` passed through (all of them when fewer)."""
-        tail = b"".join(self._tails)
-        return tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
+        """The last reads passed through: ``TAIL_BYTES`` at least (all of them when fewer),
+        starting at an event (the checker hands over whole events), so the last event is
+        whole however long: a Responses stream's ``response.completed`` repeats the whole
+        answer (and its instructions) before its usage, often far more than 4 KiB."""
+        return b"".join(self._tails)
 
     def _relay_rest(self) -> None:
         """The end of a passed-through stream: its last event, if no blank line followed it."""

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from tornado_proxy import jsonutil
 
-TAIL_BYTES = 4096  # what a passed-through stream keeps of its end: its last object
+TAIL_BYTES = 4096  # what a passed-through stream keeps of its end, at least (whole events: its last one whole)
 
 
 def usage_from_tail(tail: bytes, usage_of: Callable[[Any], dict[str, Any] | None]) -> dict[str, Any] | None:
