@@ -496,7 +496,7 @@ class Transfer:
     __slots__ = ("req", "curl", "status", "headers", "on_data", "body", "streaming",
                  "started", "first_tick", "last_tick", "abort_kind", "abort_err", "first_byte",
                  "idle", "client", "client_proxy", "_header_status", "future", "started_at", "connect_ms",
-                 "pending", "paused", "on_done", "head", "_parsed", "room")
+                 "pending", "paused", "on_done", "head", "room")
 
     def __init__(self, client: "Upstream", req: UpstreamRequest, on_data: Callable[[bytes], bool] | None,
                  first_byte: float, idle: float) -> None:
@@ -506,8 +506,7 @@ class Transfer:
         self.status = 0
         self._header_status = 0
         self.headers: dict[str, str] = {}
-        self.head: list[bytes] = []  # raw header lines as libcurl hands them over
-        self._parsed = 0             # how many of them parse_head has read
+        self.head: list[bytes] = []  # raw header lines as libcurl hands them over, until read
         self.on_data = on_data
         self.body: list[bytes] = []
         self.room = 0                   # bytes the buffered body may still take (set at the first byte)
@@ -536,8 +535,7 @@ class Transfer:
         (100 Continue, a proxy's CONNECT answer and redirects come with blocks of their
         own; a new block starts over) and its headers.  Returns the status (0: none yet)."""
         head = self.head
-        for i in range(self._parsed, len(head)):
-            line = head[i]
+        for line in head:
             if line[:5] == b"HTTP/":
                 parts = line.split(b" ", 2)
                 try:
@@ -552,7 +550,6 @@ class Transfer:
         # The lines read go: a stream held for minutes keeps only the parsed dict
         # (libcurl appends any later line, a trailer, to the same list).
         head.clear()
-        self._parsed = 0
         return self._header_status
 
     def too_large(self) -> ProxyError:
@@ -707,7 +704,7 @@ class Upstream:
         """The Result of a completed transfer (what ``wait`` returns), for ``on_done``."""
         ttfb = float(st) if st else self._aio.time() - t.started_at
         # (also any header lines after the body: trailers)
-        status = t.parse_head() if t._parsed != len(t.head) else t._header_status
+        status = t.parse_head() if t.head else t._header_status
         status = t.status or status
         body = t.body
         return Result(status, t.headers, body[0] if len(body) == 1 else b"".join(body), self._error(t, errno), ttfb)
