@@ -155,6 +155,10 @@ class SharedStateStore(MemoryStateStore):
         self._totals: dict[str, dict[str, float]] = {}   # the store's counters, last read
         self._remote_probe: dict[str, float] = {}
         self._pending_counters: dict[str, dict[str, float]] = {}
+        # counts on their way to the store: in neither the totals nor the pending ones
+        # until the write returns, yet a scrape in between must still count them
+        self._writing: dict[str, dict[str, float]] = {}
+        self._flush_lock = asyncio.Lock()   # one write at a time; a scrape reads between them
         self._preload: dict[str, dict[str, Any]] = {}    # records loaded before the scheduler made them
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -259,6 +263,10 @@ class SharedStateStore(MemoryStateStore):
                         st.probe_inflight = False
 
     async def _flush(self) -> None:
+        async with self._flush_lock:
+            await self._flush_now()
+
+    async def _flush_now(self) -> None:
         accounts, self._out_accounts = self._out_accounts, {}
         pins_d, self._out_pins = self._out_pins, {}
         counters = self._pending_counters
@@ -268,9 +276,11 @@ class SharedStateStore(MemoryStateStore):
         wall = self.wall_clock()
         now = self.clock()
         pins = [(p, s, a, wall + (u - now)) for (p, s), (a, u) in pins_d.items()]
+        self._writing = counters
         try:
             kept = await self.backend.write(accounts, pins, counters)
         except BaseException:
+            self._writing = {}
             # keep it for the next try; what was queued meanwhile is newer
             for k, v in accounts.items():
                 self._out_accounts.setdefault(k, v)
@@ -283,6 +293,7 @@ class SharedStateStore(MemoryStateStore):
                 for f, v3 in fields.items():
                     mine[f] = mine.get(f, 0.0) + v3
             raise
+        self._writing = {}
         for key, fields in counters.items():
             tot = self._totals.setdefault(key, {})
             for f, v3 in fields.items():
@@ -399,19 +410,23 @@ class SharedStateStore(MemoryStateStore):
             return
         try:
             self._queue_counters()
-            await asyncio.wait_for(self._flush(), self.timeout)
-            self._totals = await asyncio.wait_for(self.backend.counters(), self.timeout)
+            async with self._flush_lock:  # after a write in flight: the store then has it
+                await asyncio.wait_for(self._flush_now(), self.timeout)
+                self._totals = await asyncio.wait_for(self.backend.counters(), self.timeout)
         except Exception as e:
             self._down(e)
 
     def counter_totals(self) -> dict[str, dict[str, float]]:
-        """The store's totals as last read, plus what this process counted and has not
-        written yet (nothing, right after :meth:`refresh_counters`)."""
+        """The store's totals as last read, plus what this process counted and the store
+        has not confirmed yet (being written, or not yet sent: nothing, right after
+        :meth:`refresh_counters`).  A count is never missing from a scrape while it is
+        on its way, or the counter would dip."""
         out = {k: dict(v) for k, v in self._totals.items()}
-        for key, fields in self._pending_counters.items():
-            mine = out.setdefault(key, {})
-            for f, v in fields.items():
-                mine[f] = mine.get(f, 0.0) + v
+        for counts in (self._writing, self._pending_counters):
+            for key, fields in counts.items():
+                mine = out.setdefault(key, {})
+                for f, v in fields.items():
+                    mine[f] = mine.get(f, 0.0) + v
         for key, st in self._records.items():
             done = self._flushed.get(key) or {}
             mine = out.setdefault(key, {})
