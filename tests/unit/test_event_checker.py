@@ -109,3 +109,34 @@ def test_data_that_is_not_an_object_is_still_read_whole(bad: bytes) -> None:
     with pytest.raises(BadEvent):
         EventChecker().feed(bad)
     assert EventChecker().feed(b'data: [1,2]\n\ndata: 5\n\n') == b'data: [1,2]\n\ndata: 5\n\n'
+
+
+@pytest.mark.parametrize("bad", [
+    b'data: {"a":[1,\n\ndata: 2]}\n\n',          # two halves of one object: one value where two events were
+    b'data: {"a":1} {"b":2}\n\ndata: {}\n\n',    # one event that is two values
+])
+def test_a_read_of_several_events_holds_each_event_to_one_value(bad: bytes) -> None:
+    """Each event of a several-event read is one JSON value by itself: not two, not the
+    half of one that the next event completes."""
+    with pytest.raises(BadEvent):
+        EventChecker().feed(CHUNK * 3 + bad)
+
+
+@pytest.mark.parametrize("odd", [b'data: 7\n\n', b'data: \n\n', b'data: {"a":1}\n\ndata: [DONE]\n\n'])
+def test_events_the_quick_reading_cannot_take_are_passed_by_the_general_one(odd: bytes) -> None:
+    # (a number is JSON; an empty data line is no event to SSE; [DONE] ends a stream)
+    read = CHUNK * 2 + odd + CHUNK
+    assert EventChecker().feed(read) == read
+
+
+@pytest.mark.parametrize("read,errors", [
+    (CHUNK * 2 + b'data: {"\\u0065rror":{"message":"boom"}}\n\n', 1),   # a key spelled with an escape
+    (CHUNK + b'data: {"type":"response.failed","response":{}}\n\n' + CHUNK + b"data: [DONE]\n\n", 1),
+    (CHUNK + b'data: {"text":"an \\"error\\" in the text"}\n\n', 0),
+])
+def test_error_events_among_several_are_found_however_spelled(read: bytes, errors: int) -> None:
+    chk = EventChecker()
+    assert chk.feed(read) == read
+    assert chk.error_events == errors
+    if errors:
+        assert chk.first_error.startswith(b'{"') and chk.first_error != CHUNK[6:-2]
