@@ -117,7 +117,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     ttfb = getattr(handler, "_ttfb", None)
     gw.access_log.record({
         "method": req.method, "path": req.path,
-        "status": 499 if getattr(handler, "_gone", False) else handler.get_status(),
+        "status": (handler.client_status() if hasattr(handler, "client_status")
+                   else 499 if getattr(handler, "_gone", False) else handler.get_status()),
         "ms": round(1000.0 * req.request_time(), 2),
         "model": getattr(handler, "model_id", "") or None,
         "provider": getattr(handler, "provider_name", "") or None,

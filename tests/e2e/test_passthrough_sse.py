@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import logging
+import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -233,3 +234,44 @@ def test_an_error_as_the_first_event_fails_over(harness: LoopThread, route: Rout
     assert status == 200 and body == as_client_sees(data)
     assert len(up.requests) == 2
     assert metric(gw, f'tornado_proxy_upstream_errors_total{{kind="{kind}",provider="up"}}') == 1.0
+
+
+def served(gw: Any, status: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in gw.metrics_text().splitlines()
+               if line.startswith("tornado_proxy_requests_total{") and 'route="chat_completions"' in line
+               and f'status="{status}"' in line)
+
+
+def wait_for(check: Any) -> None:
+    for _ in range(100):  # the gateway hears of the hang-up a moment after the client left
+        if check():
+            return
+        time.sleep(0.02)
+    assert check()
+
+
+def test_a_client_that_hangs_up_after_done_was_served_whole(harness: LoopThread) -> None:
+    """The openai SDK closes the connection as soon as it reads ``[DONE]``, and an
+    upstream's chunked body ends with bytes after that event (its terminator; here never
+    sent): a stream whose end marker the client had is a success, counted as a 200
+    with its tokens and the account's success, not a 499."""
+    route = ROUTES[0]
+    data = fixture_bytes(route.fixture)
+    up, gw = gateway(harness, route, Reply.sse(data, hang=True))
+    c = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0, timeout=20)
+    text = "".join(ch.choices[0].delta.content or "" for ch in
+                   c.chat.completions.create(model="m", messages=MSGS, stream=True) if ch.choices)
+    assert text == "Hello! How can I help you today?"
+    wait_for(lambda: served(gw, "200") == 1.0)
+    assert served(gw, "499") == 0.0
+    assert metric(gw, 'tornado_proxy_account_requests_total{account="a1",outcome="success",provider="up"}') == 1.0
+    assert metric(gw, 'tornado_proxy_tokens_total{direction="in",model="m",provider="up"}') == 19.0
+
+    # One that leaves before the end is still a 499, and no success of the account's.
+    up.push(Reply.sse(data, delay=0.05, hang=True))
+    stream = c.chat.completions.create(model="m", messages=MSGS, stream=True)
+    next(iter(stream))
+    stream.close()
+    wait_for(lambda: served(gw, "499") == 1.0)
+    assert served(gw, "200") == 1.0
+    assert metric(gw, 'tornado_proxy_account_requests_total{account="a1",outcome="success",provider="up"}') == 1.0

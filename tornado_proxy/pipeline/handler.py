@@ -88,6 +88,9 @@ class LLMHandler(BaseHandler):
     _size = 0
     _too_large = False
     _gone = False
+    # The client went only after it had the whole answer (a pass-through stream's end
+    # marker): served, not a 499 (SDKs hang up as soon as they read ``[DONE]``).
+    _had_all = False
     _first_sent = False
     _transfer: Transfer | None = None
     _decoder: Any = None
@@ -342,6 +345,12 @@ class LLMHandler(BaseHandler):
             self._transfer = None
             self.gw.metrics.observe_upstream_ttfb(provider.name, res.ttfb or 0.0)
             if self._gone:
+                if passthrough and self._pt_error is None and self._ended(provider):
+                    # It hung up after the end marker, before the upstream's last bytes
+                    # (a chunked body's terminator): the answer was served whole.
+                    self._had_all = True
+                    lease.success(res.ttfb or 0.0, res.headers)
+                    self._usage = usage_from_tail(self._tail(), provider.usage_of)
                 return
             if res.error is None and not (200 <= res.status < 300):
                 raise provider.classify_error(res.status, res.headers, res.body)
@@ -369,11 +378,9 @@ class LLMHandler(BaseHandler):
             lease.success(res.ttfb or 0.0, res.headers)
             try:
                 if passthrough:
-                    marker = provider.stream_complete_marker()
-                    tail = self._tail()
-                    if marker is not None and marker not in tail:
+                    if not self._ended(provider, none_is_ended=True):
                         raise ProxyError(ErrorKind.UPSTREAM_STREAM_CUT, "upstream stream ended before it finished")
-                    self._usage = usage_from_tail(tail, provider.usage_of)
+                    self._usage = usage_from_tail(self._tail(), provider.usage_of)
                     if not self._first_sent:
                         self._start_stream()
                     self.finish()
@@ -599,6 +606,14 @@ class LLMHandler(BaseHandler):
             data = rw.feed(data)
         self._send(data)
 
+    def _ended(self, provider: Provider, none_is_ended: bool = False) -> bool:
+        """The passed-through stream's end marker has gone out (``none_is_ended``: what
+        to say for an upstream format that has none)."""
+        marker = provider.stream_complete_marker()
+        if marker is None:
+            return none_is_ended
+        return marker in self._tail()
+
     def _tail(self) -> bytes:
         """The last reads passed through: ``TAIL_BYTES`` at least (all of them when fewer),
         starting at an event (the checker hands over whole events), so the last event is
@@ -696,6 +711,10 @@ class LLMHandler(BaseHandler):
             self._mark_first()
         self.finish(extra + self._encoder.fail(err))
 
+    def client_status(self) -> int:
+        """The status to log and count: 499 for a client that left before its answer."""
+        return 499 if self._gone and not self._had_all else self.get_status()
+
     def on_connection_close(self) -> None:
         self._gone = True
         super().on_connection_close()
@@ -725,6 +744,6 @@ class LLMHandler(BaseHandler):
         self._done()
         if self._trace is not None:
             self._trace.end(self)
-        status = 499 if self._gone else self.get_status()
+        status = self.client_status()
         self.gw.metrics.observe_request(self.route_name, self.model_id, self.provider_name, status,
                                         self.error_kind, time.monotonic() - self._t0, self._ttfb)
