@@ -8,15 +8,16 @@ sends that ACK up to 40 ms late.  A stream's chunks then reach the client in bur
 must have TCP_NODELAY on the client's socket and on the upstream's.
 
 The fake upstream here paces its events 5 ms apart and notes when it wrote each one
-and when each request had wholly arrived; the client, a raw socket, sends four streamed
+and when each request had wholly arrived; the client, a raw socket, sends seven streamed
 requests on one connection (each with a 60 kB body, which goes upstream in several
 writes) and notes when each event arrived.  Both run in this process, on one clock.
 With Nagle on the client socket every reused stream shows one gap ~35 ms beyond the
 upstream's own (its first events held until the delayed ACK), and with Nagle on the
 upstream socket every reused request reaches the upstream ~40 ms late; without either,
 both stay within a few ms.  A stall shows on every reused stream, a busy machine's
-hiccup on one now and then: the test fails when two of the three reused streams show
-one (half a delayed ACK, 20 ms, beyond the upstream's gap; 30 ms for a request).
+hiccup on one or two now and then (a CI machine running other tests beside this one):
+the test fails when most of the six reused streams show one (half a delayed ACK, 20 ms,
+beyond the upstream's gap; 30 ms for a request).
 This is a test for a stall, not a speed test.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.e2e.harness import LoopThread, simple_config
 
 EVENTS = 30
 PACE_S = 0.005          # the upstream's own gap between events
-STREAMS = 4             # on one connection: the first fresh, the others on it reused
+STREAMS = 7             # on one connection: the first fresh, the others on it reused
 STALL_S = 0.040         # what a delayed ACK costs
 BODY_TEXT = "x" * 60000  # a request body that goes upstream in several writes
 EVENT_INDEX = re.compile(rb'"content": ?"<(\d+)>"')
@@ -149,7 +150,8 @@ def test_streams_on_a_reused_connection_have_no_stall(harness: LoopThread) -> No
             stalled.append(n)
         if reach > STALL_S * 3 / 4:
             late.append(n)
-    # A stall shows on every reused stream; a busy machine may delay one.
+    # A stall shows on every reused stream; a busy machine may delay one or two.
     what = "\n".join(seen)
-    assert len(stalled) < 2, f"streams {stalled} stalled between events (Nagle on the client socket?)\n{what}"
-    assert len(late) < 2, f"requests of streams {late} reached the upstream late (Nagle upstream?)\n{what}"
+    most = (STREAMS - 1) // 2 + 1
+    assert len(stalled) < most, f"streams {stalled} stalled between events (Nagle on the client socket?)\n{what}"
+    assert len(late) < most, f"requests of streams {late} reached the upstream late (Nagle upstream?)\n{what}"
