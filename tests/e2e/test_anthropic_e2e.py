@@ -405,3 +405,29 @@ def test_vendor_example_config_is_just_configuration(harness: LoopThread) -> Non
     assert up.requests[0].json()["output_format"] == {"type": "json_schema", "schema": {
         "type": "object", "properties": {"t": {"type": "number"}}}}
     assert betas[1] == ["context-1m-2025-08-07", "fine-grained-tool-streaming-2025-05-14"]
+
+
+def test_a_long_passed_through_stream_counts_the_input_tokens_of_its_message_start(harness: LoopThread) -> None:
+    """Anthropic reports input tokens in message_start, the stream's first event, and its
+    message_delta (here, as in the API reference's example) only the output tokens.
+    However long the stream, both reach the token metrics."""
+    import time
+
+    fixture = fixture_bytes("anthropic/text.sse")
+    head, sep, rest = fixture.partition(b"event: content_block_delta")
+    delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":'
+             b'{"type":"text_delta","text":"word "}}\n\n')
+    data = head + delta * 300 + sep + rest  # ~35 KiB of deltas between message_start and the end
+    up = harness.upstream().push(Reply.sse(data, delay=0.001))  # (read by read, as a model writes them)
+    gw = harness.gateway(claude_config(up))
+    with ant(gw).messages.stream(model="claude", max_tokens=64, messages=MSGS) as s:
+        final = s.get_final_message()
+    assert final.content[0].text.startswith("word " * 300)  # type: ignore[union-attr]
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 6)
+    want = ['tornado_proxy_tokens_total{direction="in",model="claude",provider="anth"} 11.0',
+            'tornado_proxy_tokens_total{direction="out",model="claude",provider="anth"} 6.0']
+    deadline = time.monotonic() + 5  # (recorded as the upstream transfer ends, a moment after the client's last read)
+    while not all(w in gw.metrics_text() for w in want) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    text = gw.metrics_text()
+    assert all(w in text for w in want), [line for line in text.splitlines() if "tokens_total{" in line]

@@ -46,27 +46,34 @@ def test_usage_from_tail(name: str, provider: str, tail: bytes, expected: dict[s
     assert usage_from_tail(tail, PROVIDERS[provider].usage_of) == expected
 
 
-def test_a_stream_of_small_reads_keeps_only_its_last_4_kib() -> None:
-    """What a held pass-through stream keeps of what it relayed: whole reads covering the
-    last TAIL_BYTES (never less, the last read whole) however many small reads came, so a
-    slow stream does not hold up to twice that for minutes."""
+def test_a_stream_of_small_reads_keeps_only_its_last_reads_and_its_first_usage() -> None:
+    """What a held pass-through stream keeps of what it relayed: its last TAIL_READS
+    reads, whole, and the first read that named usage (Anthropic's message_start, with
+    the input tokens), however many reads came; a slow stream holds ~1 KiB for minutes,
+    not 4 KiB and more."""
     from types import SimpleNamespace
 
     from tornado_proxy.pipeline.handler import LLMHandler
-    from tornado_proxy.pipeline.passthrough import TAIL_BYTES
+    from tornado_proxy.pipeline.passthrough import TAIL_READS
 
     sent: list[bytes] = []
-    h = SimpleNamespace(_tails=[], _tails_len=0, _rewrite=None, _send=sent.append)
-    reads = [b'data: {"choices":[{"delta":{"content":"w%03d"}}]}\n\n' % i + b" " * 200 for i in range(100)]
+    h = SimpleNamespace(_tails=[], _first_usage=None, _rewrite=None, _send=sent.append)
+    start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","usage":'
+             b'{"input_tokens":321,"output_tokens":1}}}\n\n')
+    deltas = [b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":'
+              b'{"type":"text_delta","text":"w%03d"}}\n\n' % i for i in range(300)]
+    end = (b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+           b'"usage":{"output_tokens":300}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+    reads = [start, *deltas, end]
     for i, data in enumerate(reads):
         LLMHandler._relay(h, data)  # type: ignore[arg-type]
-        held = sum(len(t) for t in h._tails)
-        assert held == h._tails_len
-        assert held <= TAIL_BYTES + len(data), f"read {i}: {held} bytes held"
-        if sum(len(r) for r in reads[:i + 1]) >= TAIL_BYTES:
-            assert held >= TAIL_BYTES
+        assert len(h._tails) <= TAIL_READS and h._tails[-1] is data
+        assert h._first_usage is start
+        held = sum(len(t) for t in h._tails if t is not start) + len(start)
+        assert held <= len(start) + TAIL_READS * max(len(r) for r in reads), f"read {i}: {held} bytes held"
     assert sent == reads
     tail = LLMHandler._tail(h)  # type: ignore[arg-type]
-    whole = b"".join(reads)
-    assert whole.endswith(tail) and len(tail) >= TAIL_BYTES
-    assert tail.startswith(b"data: ")  # whole reads (whole events): the first line is not cut
+    assert tail == start + b"".join(reads[-TAIL_READS:])
+    assert b"message_stop" in tail
+    assert usage_from_tail(tail, PROVIDERS["anthropic"].usage_of) == {
+        "prompt_tokens": 321, "completion_tokens": 300, "total_tokens": 621}

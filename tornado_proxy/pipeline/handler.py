@@ -31,7 +31,7 @@ from tornado_proxy import fieldpolicy, jsonutil
 from tornado_proxy.observability import redact
 from tornado_proxy.errors import ErrorKind, ProxyError
 from tornado_proxy.handlers.base import BaseHandler
-from tornado_proxy.pipeline.passthrough import MODEL_KEYS, TAIL_BYTES, ModelRewrite, usage_from_tail
+from tornado_proxy.pipeline.passthrough import MODEL_KEYS, TAIL_READS, ModelRewrite, usage_from_tail
 from tornado_proxy.pipeline.sse import BadEvent, EventChecker, SSEDecoder
 from tornado_proxy.pipeline.text_lane import FusedSSEDecoder
 from tornado_proxy.pipeline.upstream import Transfer
@@ -97,7 +97,7 @@ class LLMHandler(BaseHandler):
     _translator: Any = None
     _encoder: Any = None
     _usage: dict[str, Any] | None = None
-    _tails_len = 0
+    _first_usage: bytes | None = None  # the first read passed through that names usage
     _checker: EventChecker | None = None
     # A pass-through stream's error event, read by the upstream's own translator:
     # the client has the event as it came; the account and the metrics hear of it.
@@ -320,7 +320,7 @@ class LLMHandler(BaseHandler):
         if up.stream:
             if passthrough:
                 on_data = self._on_passthrough
-                self._tails, self._tails_len = [], 0  # (of an attempt that failed over)
+                self._tails, self._first_usage = [], None  # (of an attempt that failed over)
                 self._rewrite = self._model_rewrite(ctx)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
                 self._checker = EventChecker(self.gw.upstream.max_body_bytes)
@@ -587,15 +587,15 @@ class LLMHandler(BaseHandler):
         self._midstream_failure(provider, lease, err, against_account=True)
 
     def _relay(self, data: bytes) -> None:
-        # Keep the last reads, 4 KiB at least and the last one whole: the end marker and
-        # the usage event live there.  A list, joined once at the end (``_tail``): not a
-        # copy per read.  Trimmed at every read: a slow stream of small reads holds ~4 KiB.
+        # Keep the last reads (whole events each: the end marker and the last usage are
+        # there, however long an event; a list joined once at the end, ``_tail``) and the
+        # first read that names usage: a slow stream of small reads holds ~1 KiB.
         tails = self._tails
         tails.append(data)
-        n = self._tails_len + len(data)
-        while n - len(tails[0]) >= TAIL_BYTES:  # (never the last read: n - its length < TAIL_BYTES)
-            n -= len(tails.pop(0))
-        self._tails_len = n
+        if len(tails) > TAIL_READS:
+            del tails[0]
+        if self._first_usage is None and b'"usage' in data:
+            self._first_usage = data
         # The upstream may quote a key (ours or another account's) in an error event:
         # one regex search per read; the model name, when it is not the client's, is
         # replaced the same way.  The checker hands over whole events only, so neither
@@ -615,11 +615,17 @@ class LLMHandler(BaseHandler):
         return marker in self._tail()
 
     def _tail(self) -> bytes:
-        """The last reads passed through: ``TAIL_BYTES`` at least (all of them when fewer),
-        starting at an event (the checker hands over whole events), so the last event is
-        whole however long: a Responses stream's ``response.completed`` repeats the whole
-        answer (and its instructions) before its usage, often far more than 4 KiB."""
-        return b"".join(self._tails)
+        """The last ``TAIL_READS`` reads passed through, after the first that named usage
+        when it is not among them.  Each read is whole events (the checker hands over no
+        less), so the last event is whole however long: a Responses stream's
+        ``response.completed`` repeats the whole answer (and its instructions) before its
+        usage, often far more than 4 KiB; Anthropic's ``message_start``, with the input
+        tokens, is kept from the start of a long stream."""
+        tails = self._tails
+        first = self._first_usage
+        if first is not None and all(first is not t for t in tails):
+            return b"".join([first, *tails])
+        return b"".join(tails)
 
     def _relay_rest(self) -> None:
         """The end of a passed-through stream: its last event, if no blank line followed it."""

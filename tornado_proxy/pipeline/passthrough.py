@@ -8,7 +8,10 @@ from typing import Any, Callable
 
 from tornado_proxy import jsonutil
 
-TAIL_BYTES = 4096  # what a passed-through stream keeps of its end, at least (whole events: its last one whole)
+# What a passed-through stream keeps of its end: its last reads, each whole events (the
+# end marker and the last usage live there), and the first read that carried usage
+# (Anthropic's message_start: the input tokens), however long the stream.
+TAIL_READS = 4
 
 
 def usage_from_tail(tail: bytes, usage_of: Callable[[Any], dict[str, Any] | None]) -> dict[str, Any] | None:
