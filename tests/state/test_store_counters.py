@@ -86,3 +86,28 @@ def test_a_failed_write_keeps_its_counts_for_the_next(tmp_path: Path) -> None:
         return during, after, stored
 
     assert asyncio.run(run()) == (2.0, 2.0, 2.0)
+
+
+def test_a_scrape_does_not_wait_long_on_a_write_that_hangs(tmp_path: Path) -> None:
+    """A store that takes its time over a write: the scrape's refresh gives up after the
+    store's timeout and reports the counts all the same (the sync's deadline, not the
+    scrape, decides whether the store is down)."""
+    async def run() -> tuple[float, float]:
+        backend = SlowWrites(str(tmp_path / "state.db"))
+        # (the sync gives a write max(timeout, sync_interval): 5 s here)
+        st = SharedStateStore(backend, sync_interval=5.0, timeout=0.2)
+        await st.start()
+        acct = st.record("up/a1", lambda: AccountState("up", Account(id="a1", api_key="k")))
+        acct.outcomes["success"] = 3
+        st.kick()
+        await asyncio.wait_for(backend.writing.wait(), 5)
+        t0 = asyncio.get_running_loop().time()
+        await st.refresh_counters()
+        waited = asyncio.get_running_loop().time() - t0
+        seen = st.counter_totals()["up/a1"]["o:success"]
+        backend.gate.set()
+        await st.close()
+        return waited, seen
+
+    waited, seen = asyncio.run(run())
+    assert waited < 1.0 and seen == 3.0

@@ -408,13 +408,22 @@ class SharedStateStore(MemoryStateStore):
         so any worker's scrape reports the same, non-decreasing numbers."""
         if not self.up:
             return
+        self._queue_counters()
+        lock = self._flush_lock
         try:
-            self._queue_counters()
-            async with self._flush_lock:  # after a write in flight: the store then has it
-                await asyncio.wait_for(self._flush_now(), self.timeout)
-                self._totals = await asyncio.wait_for(self.backend.counters(), self.timeout)
+            # After a write in flight (the store then has it), but a scrape does not wait
+            # on a slow store for long: the sync's own deadline judges the store, and the
+            # scrape reports what it knows (counter_totals: a write in flight included).
+            await asyncio.wait_for(lock.acquire(), self.timeout)
+        except asyncio.TimeoutError:
+            return
+        try:
+            await asyncio.wait_for(self._flush_now(), self.timeout)
+            self._totals = await asyncio.wait_for(self.backend.counters(), self.timeout)
         except Exception as e:
             self._down(e)
+        finally:
+            lock.release()
 
     def counter_totals(self) -> dict[str, dict[str, float]]:
         """The store's totals as last read, plus what this process counted and the store
