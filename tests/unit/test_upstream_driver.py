@@ -20,6 +20,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from providers.base import UpstreamRequest
 from tornado_proxy.errors import ErrorKind
+from tornado_proxy.pipeline import upstream as upstream_mod
 from tornado_proxy.pipeline.upstream import Upstream
 
 JSON_BODY = b'{"id":"x","choices":[{"message":{"role":"assistant","content":"hi"}}]}'
@@ -144,6 +145,43 @@ def test_concurrent_fetches_beyond_max_clients_queue_and_all_finish() -> None:
         assert len(up.http._curls) == 3 and len(up.http._free_list) == 3
 
     run(body, max_clients=3)
+
+
+def test_handles_a_burst_left_idle_are_closed_down_to_what_traffic_needs() -> None:
+    """Each idle handle keeps libcurl's 16 KiB send buffer until it is closed: the ones
+    no transfer needed for a whole trim period go, down to ``keep`` beyond the period's
+    peak; the longest idle first; traffic after a trim makes handles again as needed."""
+    async def body(fake: FakeUpstream, up: Upstream) -> None:
+        http = up.http
+
+        async def burst(n: int) -> None:
+            rs = await asyncio.gather(*(up.fetch(post(fake.url("/json"))) for _ in range(n)))
+            assert all(r.error is None and r.status == 200 for r in rs)
+
+        await burst(60)
+        assert len(http._curls) == 60 and len(http._free_list) == 60
+        assert http.trim_idle(keep=8) == 0, "all 60 were needed in this period"
+        # A quiet period: all but 8 go, the longest idle first.
+        newest = http._free_list[-8:]
+        assert http.trim_idle(keep=8) == 52
+        assert http._free_list == newest and http._curls == newest
+        # A period that needed 20 at once: 20 + 8 stay (the pool grows back as needed).
+        await burst(20)
+        assert len(http._curls) == 20
+        assert http.trim_idle(keep=8) == 0
+        await burst(5)
+        assert http.trim_idle(keep=8) == 20 - 5 - 8
+        assert len(http._free_list) == len(http._curls) == 13
+        await burst(40)
+        assert len(http._curls) == 40 and not up.active
+        # The sweeper trims once per TRIM_SECONDS, keeping IDLE_HANDLES_KEPT.
+        await burst(100)
+        period = upstream_mod.TRIM_SECONDS * upstream_mod.TICKS_PER_SECOND
+        for _ in range(2 * period - up.tick % period):
+            up._sweep()
+        assert len(http._curls) == len(http._free_list) == upstream_mod.IDLE_HANDLES_KEPT
+
+    run(body)
 
 
 def test_streaming_transfer_hands_bytes_to_on_data() -> None:

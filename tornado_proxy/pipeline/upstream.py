@@ -37,6 +37,7 @@ which it last received bytes (an int copy per chunk, no clock read on the hot pa
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import select
 from typing import Any, Callable
@@ -53,6 +54,28 @@ from tornado_proxy.errors import ErrorKind, ProxyError
 log = logging.getLogger("tornado_proxy.pipeline.upstream")
 
 TICKS_PER_SECOND = 4
+# Idle easy handles beyond what the traffic needed: each keeps its send buffer (16 KiB,
+# libcurl 8 frees it only with the handle; bench/curl_send_buffer.py), so after a burst
+# of 10 000 streams the idle pool would hold ~200 MiB for good.  Every TRIM_SECONDS the
+# handles that stayed idle the whole time are closed, down to IDLE_HANDLES_KEPT.
+TRIM_SECONDS = 30
+IDLE_HANDLES_KEPT = 64
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None (another libc).  Closed handles free their
+    buffers to malloc, which keeps 16 KiB blocks in its heap: without a trim the
+    process's RSS would not come down at all."""
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+MALLOC_TRIM = _malloc_trim()
 
 # curl error numbers we give a meaning to
 _E_COULDNT_RESOLVE = (5, 6)        # proxy, host
@@ -70,7 +93,8 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
 
     Tornado creates all ``max_clients`` easy handles up front: 10 000 of them (what
     10 000 concurrent streams need) cost about 40 MiB before the first request.
-    Here they are created as the queue needs them, up to ``max_clients``, and kept.
+    Here they are created as the queue needs them, up to ``max_clients``, and those a
+    burst left idle are closed again (:meth:`trim_idle`).
 
     Our :class:`Transfer` objects do not go through Tornado's per-request machinery,
     which costs more than the rest of the curl layer: an ``info`` dict with a header
@@ -95,6 +119,7 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
         self._ep = select.epoll()
         super().initialize(max_clients=0, defaults=defaults, max_body_size=max_body_size)
         self._max_handles = max_clients
+        self._free_low = 0  # the fewest free handles since the last trim_idle
         # Transfers that received body bytes during the current socket action.
         self.dirty: list[Transfer] = []
         self._aio = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
@@ -129,9 +154,12 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
             free = self._free_list
             if free:
                 curl = free.pop()
+                if len(free) < self._free_low:
+                    self._free_low = len(free)
             elif len(self._curls) < self._max_handles:
                 curl = self._curl_create()
                 self._curls.append(curl)
+                self._free_low = 0
             else:
                 curl = None
             if curl is not None:
@@ -139,6 +167,23 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
                     self._kick()
                 return
         self._requests.append((t, None, 0.0))  # type: ignore[arg-type]
+
+    def trim_idle(self, keep: int = IDLE_HANDLES_KEPT) -> int:
+        """Close the free handles no transfer needed since the last call, beyond ``keep``
+        (the longest idle first: the free list is taken from its end).  Returns how many."""
+        free = self._free_list
+        surplus = min(self._free_low, len(free)) - keep
+        if surplus > 0:
+            gone = free[:surplus]
+            del free[:surplus]
+            closed = {id(c) for c in gone}
+            self._curls = [c for c in self._curls if id(c) not in closed]
+            for c in gone:
+                c.close()
+            if MALLOC_TRIM is not None:
+                MALLOC_TRIM(0)  # give the freed pages back (a few ms, at most once per trim period)
+        self._free_low = len(free)
+        return max(surplus, 0)
 
     def _start(self, curl: pycurl.Curl, t: "Transfer", kick: bool) -> bool:
         try:
@@ -231,6 +276,7 @@ class GatewayCurlClient(CurlAsyncHTTPClient):
                 curl = self._curl_create()
                 self._curls.append(curl)
                 free.append(curl)
+            self._free_low = 0  # (a queue: every free handle is needed)
             if requests[0][1] is None:  # one of our transfers
                 # Not kicked: this may run inside a socket action's aftermath or an abort;
                 # libcurl's 0 ms timer starts it on the next turn, as Tornado would.
@@ -653,6 +699,10 @@ class Upstream:
     def _sweep(self) -> None:
         self.tick += 1
         tick = self.tick
+        if tick % (TRIM_SECONDS * TICKS_PER_SECOND) == 0:
+            trim = getattr(self.http, "trim_idle", None)  # (ours; Tornado's client keeps all)
+            if trim is not None:
+                trim()
         expired: list[tuple[Transfer, ErrorKind]] = []
         for t in self.active:
             if not t.started:
