@@ -326,6 +326,10 @@ class Provider(ABC):
         """Bytes whose presence near the end of a passed-through stream means it finished."""
         return None
 
+    # The format's first stream event carries usage the last ones may not (Anthropic's
+    # message_start: the input tokens): a passed-through stream keeps its first read.
+    usage_in_first_event = False
+
     def usage_of(self, obj: Any) -> dict[str, Any] | None:
         """Usage in pivot terms from one of this upstream's own answers or stream
         events, passed through to a client of the same format (for metrics).  The

@@ -128,6 +128,8 @@ class AnthropicProvider(Provider):
     def stream_complete_marker(self) -> bytes | None:
         return b"message_stop"
 
+    usage_in_first_event = True  # message_start's input tokens (message_delta may give only the output)
+
     def usage_of(self, obj: Any) -> dict[str, Any] | None:
         # A Message's ``usage``, message_start's ``message.usage``, message_delta's ``usage``.
         u = usage_in(obj, "message")

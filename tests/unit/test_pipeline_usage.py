@@ -48,16 +48,16 @@ def test_usage_from_tail(name: str, provider: str, tail: bytes, expected: dict[s
 
 def test_a_stream_of_small_reads_keeps_only_its_last_reads_and_its_first_usage() -> None:
     """What a held pass-through stream keeps of what it relayed: its last TAIL_READS
-    reads, whole, and the first read that named usage (Anthropic's message_start, with
-    the input tokens), however many reads came; a slow stream holds ~1 KiB for minutes,
-    not 4 KiB and more."""
+    reads, whole, and, in a format that puts usage in its first event (Anthropic's
+    message_start, with the input tokens), its first read, however many reads came; a
+    slow stream holds ~1 KiB for minutes, not 4 KiB and more."""
     from types import SimpleNamespace
 
     from tornado_proxy.pipeline.handler import LLMHandler
     from tornado_proxy.pipeline.passthrough import TAIL_READS
 
     sent: list[bytes] = []
-    h = SimpleNamespace(_tails=[], _first_usage=None, _rewrite=None, _send=sent.append)
+    h = SimpleNamespace(_tails=[], _first_usage=None, _want_first=True, _rewrite=None, _send=sent.append)
     start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","usage":'
              b'{"input_tokens":321,"output_tokens":1}}}\n\n')
     deltas = [b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":'

@@ -97,7 +97,8 @@ class LLMHandler(BaseHandler):
     _translator: Any = None
     _encoder: Any = None
     _usage: dict[str, Any] | None = None
-    _first_usage: bytes | None = None  # the first read passed through that names usage
+    _first_usage: bytes | None = None  # the first read passed through, when it names usage
+    _want_first = False  # the next read is a pass-through stream's first, and its format puts usage there
     _checker: EventChecker | None = None
     # A pass-through stream's error event, read by the upstream's own translator:
     # the client has the event as it came; the account and the metrics hear of it.
@@ -321,6 +322,7 @@ class LLMHandler(BaseHandler):
             if passthrough:
                 on_data = self._on_passthrough
                 self._tails, self._first_usage = [], None  # (of an attempt that failed over)
+                self._want_first = provider.usage_in_first_event
                 self._rewrite = self._model_rewrite(ctx)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
                 self._checker = EventChecker(self.gw.upstream.max_body_bytes)
@@ -588,14 +590,17 @@ class LLMHandler(BaseHandler):
 
     def _relay(self, data: bytes) -> None:
         # Keep the last reads (whole events each: the end marker and the last usage are
-        # there, however long an event; a list joined once at the end, ``_tail``) and the
-        # first read that names usage: a slow stream of small reads holds ~1 KiB.
+        # there, however long an event; a list joined once at the end, ``_tail``) and, in
+        # a format that puts usage in its first event, the first read: a slow stream of
+        # small reads holds ~1 KiB.
         tails = self._tails
         tails.append(data)
         if len(tails) > TAIL_READS:
             del tails[0]
-        if self._first_usage is None and b'"usage' in data:
-            self._first_usage = data
+        if self._want_first:
+            self._want_first = False
+            if b'"usage' in data:
+                self._first_usage = data
         # The upstream may quote a key (ours or another account's) in an error event:
         # one regex search per read; the model name, when it is not the client's, is
         # replaced the same way.  The checker hands over whole events only, so neither
@@ -615,8 +620,8 @@ class LLMHandler(BaseHandler):
         return marker in self._tail()
 
     def _tail(self) -> bytes:
-        """The last ``TAIL_READS`` reads passed through, after the first that named usage
-        when it is not among them.  Each read is whole events (the checker hands over no
+        """The last ``TAIL_READS`` reads passed through, after the first (when its format
+        puts usage there and it is not among them).  Each read is whole events (the checker hands over no
         less), so the last event is whole however long: a Responses stream's
         ``response.completed`` repeats the whole answer (and its instructions) before its
         usage, often far more than 4 KiB; Anthropic's ``message_start``, with the input

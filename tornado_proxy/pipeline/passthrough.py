@@ -9,8 +9,8 @@ from typing import Any, Callable
 from tornado_proxy import jsonutil
 
 # What a passed-through stream keeps of its end: its last reads, each whole events (the
-# end marker and the last usage live there), and the first read that carried usage
-# (Anthropic's message_start: the input tokens), however long the stream.
+# end marker and the last usage live there), and, in a format that puts usage in its
+# first event (Anthropic's message_start: the input tokens), its first read.
 TAIL_READS = 4
 
 
