@@ -260,10 +260,11 @@ def test_one_refresh_per_rotation_under_concurrent_load(harness: LoopThread, tmp
         # replicas with a file each: only the store can tell one the other rotated
         cfg_a = {**cfg, "accounts_file": str(files[0])}
         cfg_b = {**cfg, "accounts_file": str(files[1])}
-        urls = [start(tmp_path, c, 1, stack).url for c in (cfg_a, cfg_b)]
+        gws = [start(tmp_path, c, 1, stack) for c in (cfg_a, cfg_b)]
+        urls = [g.url for g in gws]
     else:
         topo = Topology(shape, tmp_path, {**cfg, "accounts_file": str(files[0])}, stack)
-        urls = topo.urls
+        gws, urls = topo.gateways, topo.urls
     statuses: list[int] = []
     lock = threading.Lock()
     end = time.monotonic() + 5.0
@@ -279,7 +280,10 @@ def test_one_refresh_per_rotation_under_concurrent_load(harness: LoopThread, tmp
         t.start()
     for t in threads:
         t.join(30)
-    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    # (on failure: each gateway's log without its access lines, which would drown the rest)
+    logs = "\n".join(f"--- {g.url}\n" + "\n".join(line for line in g.stderr().splitlines()
+                                                if "access:" not in line)[-4000:] for g in gws)
+    assert statuses and set(statuses) == {200}, ({s: statuses.count(s) for s in set(statuses)}, logs)
     used = [b["refresh_token"] for b in srv.bodies]
     assert len(used) >= 2, used           # it did rotate under the load...
     assert len(used) == len(set(used)), used  # ...and no refresh token was spent twice
