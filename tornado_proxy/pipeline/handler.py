@@ -84,7 +84,7 @@ class LLMHandler(BaseHandler):
     _trace: Any = None  # this request's tracing.RequestTrace when tracing is on
     # Per-request state whose start value is immutable lives here, on the class: a
     # request writes only what it changes into its own __dict__ (initialize() makes
-    # three lists instead of 25 stores; a held stream's instance dict starts smaller).
+    # two lists instead of 25 stores; a held stream's instance dict starts smaller).
     _size = 0
     _too_large = False
     _gone = False
@@ -100,6 +100,7 @@ class LLMHandler(BaseHandler):
     _first_usage: bytes | None = None  # the first read passed through, when it names usage
     _want_first = False  # the next read is a pass-through stream's first, and its format puts usage there
     _checker: EventChecker | None = None
+    _tails: list[bytes]  # a pass-through stream's last reads (``_tail``): made by attempt()
     # A pass-through stream's error event, read by the upstream's own translator:
     # the client has the event as it came; the account and the metrics hear of it.
     _pt_error: ProxyError | None = None
@@ -117,7 +118,6 @@ class LLMHandler(BaseHandler):
     def initialize(self, gw: Any) -> None:  # type: ignore[override]
         super().initialize(gw)
         self._chunks: list[bytes] = []
-        self._tails: list[bytes] = []  # the last reads passed through (``_tail``)
         # The parsed request (client body, pivot): needed until the first byte goes to
         # the client (a failover rebuilds the upstream request from it), not after.
         self._held: list[dict[str, Any]] = []
@@ -321,7 +321,7 @@ class LLMHandler(BaseHandler):
         if up.stream:
             if passthrough:
                 on_data = self._on_passthrough
-                self._tails, self._first_usage = [], None  # (of an attempt that failed over)
+                self._tails, self._first_usage = [], None  # (afresh: an attempt that failed over had its own)
                 self._want_first = provider.usage_in_first_event
                 self._rewrite = self._model_rewrite(ctx)
                 self._encoder = fmt.new_encoder(ctx)  # for the error frame only
@@ -626,11 +626,11 @@ class LLMHandler(BaseHandler):
 
     def _tail(self) -> bytes:
         """The last ``TAIL_READS`` reads passed through, after the first (when its format
-        puts usage there and it is not among them).  Each read is whole events (the checker hands over no
-        less), so the last event is whole however long: a Responses stream's
-        ``response.completed`` repeats the whole answer (and its instructions) before its
-        usage, often far more than 4 KiB; Anthropic's ``message_start``, with the input
-        tokens, is kept from the start of a long stream."""
+        puts usage there and it is not among them).  Each read is whole events (the
+        checker hands over no less), so the last event is whole however long: a Responses
+        stream's ``response.completed`` repeats the whole answer (and its instructions)
+        before its usage, often far more than 4 KiB; Anthropic's ``message_start``, with
+        the input tokens, is kept from the start of a long stream."""
         tails = self._tails
         first = self._first_usage
         if first is not None and all(first is not t for t in tails):
