@@ -306,3 +306,60 @@ def test_another_process_rotated_token_is_picked_up(lt, tmp_path):
     sched._next_poll = 0  # the next poll is due
     assert prepared(lt, sched) == "at-9"
     assert srv.calls == 0
+
+
+def test_tokens_taken_from_a_poll_while_waiting_for_the_lock_are_not_refreshed_again(lt, tmp_path):
+    # The Redis-workers flake: worker A waited for the refresh lock while worker B
+    # rotated; A's poll of the file took B's tokens meanwhile, so under the lock the
+    # file told A nothing new, and A refreshed the fresh tokens again.
+    sched, srv, path = oauth_setup(lt, tmp_path, expires_in=100)  # due for a refresh
+
+    async def go():
+        other = AccountsFile(str(path))
+        async with other.refresh_lock("o1"):  # another process is refreshing
+            lease = sched.acquire("p")
+            task = asyncio.ensure_future(lease.prepare())
+            await asyncio.sleep(0.2)
+            assert not task.done()  # waiting for the lock
+            other.save_tokens("o1", "at-9", "rt-9", time.time() + 3600)
+            sched._next_poll = 0
+            sched.acquire("p").release()  # a poll of the file: we hold rt-9 now
+        await asyncio.wait_for(task, 5)
+        lease.release()
+        return lease.account.api_key
+
+    assert lt.run(go()) == "at-9"
+    assert srv.calls == 0
+    assert file_entry(path)["refresh_token"] == "rt-9"
+
+
+def test_invalid_grant_for_a_token_rotated_elsewhere_takes_the_newer_one(lt, tmp_path):
+    # Our refresh token was spent by another holder, which saved its rotation to the
+    # file after we read it: that is not a dead account.
+    srv = TokenServer(first_refresh="rt-5").start(lt)
+    sched, _, path = oauth_setup(lt, tmp_path, expires_in=100, srv=srv)  # holds rt-0, which the server refuses
+
+    real = oauth.refresh
+
+    async def refresh_after_rotation(conf, token, wall, proxy=None):
+        AccountsFile(str(path)).save_tokens("o1", "at-5", "rt-5", time.time() + 3600)
+        return await real(conf, token, wall, proxy)
+
+    oauth.refresh = refresh_after_rotation
+    try:
+        assert prepared(lt, sched) == "at-5"
+    finally:
+        oauth.refresh = real
+    assert [b["refresh_token"] for b in srv.bodies] == ["rt-0"]
+    snap = lt.call(sched.snapshot)[0]
+    assert snap["state"] == "active", snap
+    assert file_entry(path)["refresh_token"] == "rt-5"
+
+
+def test_invalid_grant_with_no_newer_token_anywhere_still_disables(lt, tmp_path):
+    srv = TokenServer(first_refresh="rt-5").start(lt)
+    sched, _, path = oauth_setup(lt, tmp_path, expires_in=1, srv=srv)
+    with pytest.raises(ProxyError):
+        prepared(lt, sched)
+    snap = lt.call(sched.snapshot)[0]
+    assert snap["state"] == "disabled" and "invalid_grant" in snap["disabled_reason"]

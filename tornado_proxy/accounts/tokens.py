@@ -73,8 +73,11 @@ class TokenRefresh:
         try:
             # Across replicas (Redis: a lock with a TTL and a fencing token), then across
             # this machine's processes (the accounts file's flock).
-            async with (shared_lock(key) if shared_lock is not None else contextlib.nullcontext()) as fence, \
-                    f.refresh_lock(st.id):
+            # The lock outlives the slowest refresh (its timeout) with room to spare: a
+            # holder that outlived its lock would rotate beside the next one.
+            hold = st.oauth.timeout + 30.0
+            async with (shared_lock(key, hold, hold) if shared_lock is not None else contextlib.nullcontext()) \
+                    as fence, f.refresh_lock(st.id):
                 doc = f.load()  # recovers a write that a killed process left half-done
                 entry = find(doc, st.id)
                 if entry is None or not entry.get("refresh_token"):
@@ -86,9 +89,16 @@ class TokenRefresh:
                     theirs = await self.store.load_tokens(key)  # type: ignore[attr-defined]
                     if theirs and theirs.get("refresh_token") and \
                             theirs.get("refresh_token") != entry.get("refresh_token"):
-                        f.save_tokens(st.id, theirs.get("access_token"), theirs["refresh_token"],
-                                      theirs.get("expires_at"))
-                        entry = {**entry, **theirs}
+                        if _newer(theirs, entry):
+                            f.save_tokens(st.id, theirs.get("access_token"), theirs["refresh_token"],
+                                          theirs.get("expires_at"))
+                            entry = {**entry, **theirs}
+                        else:
+                            # a process of ours rotated while it could not reach the store:
+                            # the file's tokens are the valid ones; the other replicas hear now
+                            await self.store.save_tokens(key, fence, {  # type: ignore[attr-defined]
+                                "access_token": entry.get("access_token"),
+                                "refresh_token": entry["refresh_token"], "expires_at": entry.get("expires_at")})
                 held = st.unsaved_tokens
                 if held is not None:
                     # an earlier rotation could not be saved: its refresh token is the only
@@ -100,13 +110,23 @@ class TokenRefresh:
                 wall = self.wall_clock()
                 # Another process may have refreshed while we waited for the lock: its
                 # token is in the file, and its refresh token is the only valid one now.
-                if self._adopt_tokens(st, entry) and st.expires_at is not None \
+                # (We may have taken it already, from a poll of the file while we waited:
+                # it is just as fresh then, and refreshing again would rotate for nothing.)
+                self._adopt_tokens(st, entry)
+                if not st.needs_refresh and st.account.api_key and st.expires_at is not None \
                         and st.expires_at - st.oauth.refresh_ahead > wall:
                     return
+                spent = str(entry["refresh_token"])
                 try:
-                    tokens = await oauth.refresh(st.oauth, str(entry["refresh_token"]), wall, lease.proxy)
+                    tokens = await oauth.refresh(st.oauth, spent, wall, lease.proxy)
                 except oauth.RefreshError as e:
                     st.refresh_failed += 1
+                    if e.dead and e.code == "invalid_grant" and await self._rotated_meanwhile(st, key, spent):
+                        # not spent by a lost answer: another holder rotated it (a lock it
+                        # outlived); its tokens are the valid ones, and we now hold them
+                        log.warning("account '%s': its refresh token had been rotated elsewhere; "
+                                    "using the newer one", st.id)
+                        return
                     if e.dead:
                         # invalid_grant for the refresh token we hold: it was used already (a
                         # rotation whose answer was lost) or revoked; only a new login helps
@@ -148,3 +168,29 @@ class TokenRefresh:
         except (AccountsFileError, LockTimeout, OSError) as e:
             # not the request's fault: another account may serve it
             raise ProxyError(ErrorKind.UPSTREAM_ERROR, f"account '{st.id}': {redact.text(str(e))}") from None
+
+    async def _rotated_meanwhile(self, st: AccountState, key: str, spent: str) -> bool:
+        """After invalid_grant for ``spent``: do the file or the store hold another
+        refresh token (then it is the valid one: we take it, and the account is fine)?"""
+        f = self._file
+        assert f is not None
+        entry = find(f.load(), st.id)
+        if entry is not None and entry.get("refresh_token") and entry["refresh_token"] != spent:
+            self._adopt_tokens(st, entry)
+            return True
+        theirs = await self.store.load_tokens(key) if hasattr(self.store, "load_tokens") else None  # type: ignore[attr-defined]
+        if theirs and theirs.get("refresh_token") and theirs["refresh_token"] != spent:
+            f.save_tokens(st.id, theirs.get("access_token"), theirs["refresh_token"], theirs.get("expires_at"))
+            self._adopt_tokens(st, theirs)
+            return True
+        return False
+
+
+def _newer(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> bool:
+    """Are the store's tokens a later rotation than the file's?  A rotation issues an
+    access token that expires later; tokens without an expiry count as newer (the store
+    is where replicas hear of each other's rotations)."""
+    a, b = theirs.get("expires_at"), ours.get("expires_at")
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return True
+    return a >= b

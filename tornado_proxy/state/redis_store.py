@@ -9,7 +9,7 @@ below (atomic merges, capped writes) may touch them together.
     <p>ctr                hash   "<account key> <field>" -> counter (summed by every process)
     <p>resp:<id>          string a stored Response, expiring after the store's TTL
     <p>resp:idx / :size   zset / hash of the stored ids (write time, size) and <p>resp:bytes
-    <p>lock:<key>         the OAuth refresh lock (value: its fencing token, with a TTL)
+    <p>lock:<key>         the OAuth refresh lock (value: its fencing token, drawn when granted; a TTL)
     <p>fence:<key>        the fencing counter;  <p>tok:<key>: the tokens last saved, with their fence
     <p>changes            the pub/sub channel every write is announced on
 """
@@ -83,6 +83,16 @@ redis.call('HDEL', KEYS[2], ARGV[2])
 return n
 """
 
+# The fence is drawn when the lock is granted, not when it is asked for: a waiter that
+# asked first but got the lock after a newer holder must not carry the lower fence, or
+# its save would lose to tokens that its own refresh has just spent.
+LOCK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local f = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], f, 'PX', ARGV[1])
+return f
+"""
+
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -122,7 +132,7 @@ class RedisBackend(Backend):
                                         socket_connect_timeout=self.timeout, decode_responses=False)
         await self.r.ping()
         for name, src in (("merge", MERGE), ("resp_put", RESP_PUT), ("resp_delete", RESP_DELETE),
-                          ("unlock", UNLOCK), ("save_tokens", SAVE_TOKENS)):
+                          ("lock", LOCK), ("unlock", UNLOCK), ("save_tokens", SAVE_TOKENS)):
             self._scripts[name] = self.r.register_script(src)
 
     def _pin_key(self, provider: str, session: str) -> str:
@@ -224,9 +234,11 @@ class RedisBackend(Backend):
     @contextlib.asynccontextmanager
     async def refresh_lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[int | None]:
         lock = self.p + "lock:" + key
-        fence = int(await self.r.incr(self.p + "fence:" + key))
         deadline = time.monotonic() + wait
-        while not await self.r.set(lock, fence, nx=True, px=int(ttl * 1000)):
+        while True:
+            fence = int(await self._scripts["lock"](keys=[lock, self.p + "fence:" + key], args=[int(ttl * 1000)]))
+            if fence:
+                break
             if time.monotonic() > deadline:
                 raise LockTimeout(f"timed out waiting for the refresh lock of '{key}'")
             await asyncio.sleep(0.05)
