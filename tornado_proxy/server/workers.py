@@ -180,6 +180,14 @@ def serve(config: Config, host: str | None = None, port: int | None = None, work
     return _prefork(config, host, port, workers)
 
 
+# The young generation's threshold.  Python's default (700) counts objects made minus
+# objects freed, and the requests in flight alone hold more than 700: at 16 concurrent
+# non-stream requests it ran a young pass every 16 requests, each freeing nothing
+# (3.4 us of 150 us per request; 0 passes at 20 000 over 40 000 requests, so requests
+# leave no cycles behind).  A pass over 20 000 young objects takes about 0.6 ms.
+GC_YOUNG = 20_000
+
+
 async def _worker_main(config: Config, host: str, port: int, sockets: Any,
                        parent_watch: int | None = None) -> None:
     import gc
@@ -191,8 +199,8 @@ async def _worker_main(config: Config, host: str, port: int, sockets: Any,
     # every stream in flight.
     gc.collect()
     gc.freeze()
-    g0, g1, _ = gc.get_threshold()
-    gc.set_threshold(g0, g1, 100)
+    _, g1, _ = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, g1, 100)
     server.warn_open()
     log.info("tornado-proxy listening on http://%s:%s (%d provider(s), %d model route(s))",
              server.host, server.port, len(server.gw.providers), len(config.models))
