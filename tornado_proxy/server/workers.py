@@ -183,9 +183,11 @@ def serve(config: Config, host: str | None = None, port: int | None = None, work
 # The young generation's threshold.  Python's default (700) counts objects made minus
 # objects freed, and the requests in flight alone hold more than 700: at 16 concurrent
 # non-stream requests it ran a young pass every 16 requests, each freeing nothing
-# (3.4 us of 150 us per request; 0 passes at 20 000 over 40 000 requests, so requests
-# leave no cycles behind).  A pass over 20 000 young objects takes about 0.6 ms.
-GC_YOUNG = 20_000
+# (3.4 us of 150 us per request).  At 5000: no pass over 40 000 requests at 16
+# concurrent, one or two a second at 64, so requests leave no cycles behind.  Higher
+# is no faster and makes the older generation's passes longer: ramping up to 10 000
+# slow streams, the first bytes' median wait was 32-34 ms at 5000, 47-102 ms at 20 000.
+GC_YOUNG = 5000
 
 
 async def _worker_main(config: Config, host: str, port: int, sockets: Any,
