@@ -96,6 +96,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self._status_code = 200
         self._reason = "OK"
 
+    def own_header(self, name: str, value: str) -> None:
+        """``set_header`` for a canonical name and a value the gateway made itself (ASCII,
+        no control characters).  Tornado's checks each value (a type chain, a regex):
+        0.4 us for a string, 0.6 us for an int, against 0.1 us here; a non-stream answer
+        sets three."""
+        self._headers[name] = value
+
     def initialize(self, gw: "Gateway") -> None:  # type: ignore[override]
         self.gw = gw
         # Tornado calls set_default_headers() before initialize(); now gw is known.

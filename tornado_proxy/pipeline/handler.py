@@ -270,7 +270,7 @@ class LLMHandler(BaseHandler):
         # What a {request_id} header template sends upstream: the client is told it too, so
         # one id names the request on both sides (every route reaches an upstream here).
         self.request_id = ctx.id
-        self.set_header("X-Request-Id", ctx.id)
+        self.own_header("X-Request-Id", ctx.id)
         model = ctx.model_entry or {}  # (every route hands over the entry it resolved)
         for attempt in range(max(1, policy.max_tries)):
             try:
@@ -476,7 +476,8 @@ class LLMHandler(BaseHandler):
             body = jsonutil.dumpb(self.client_format.render_response(pivot, ctx))
             ctype = "application/json"
         self._usage = usage
-        self.set_header("Content-Type", ctype)
+        self.set_header("Content-Type", ctype)  # (the upstream's value: checked)
+        self.own_header("Content-Length", str(len(body)))  # what finish() would set, unchecked
         self._mark_first()
         self.finish(body)
 
