@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.state.conftest import RedisServer, need_redis
-from tests.unit.test_oauth import TokenServer, file_entry
+from tests.unit.test_oauth import TokenServer, file_entry, prepared
 from tornado_proxy.accounts.file import AccountsFile
 from tornado_proxy.accounts.scheduler import Scheduler
 from tornado_proxy.state.redis_store import RedisBackend
@@ -102,6 +102,18 @@ def _scheduler(lt: Any, tmp_path: Path, url: str, pfx: str, srv: TokenServer,
     return lt.run(make()), path
 
 
+async def _store_tokens(url: str, pfx: str, save: dict[str, Any] | None = None) -> Any:
+    """The store's tokens for p/o1 (saved first, with fence 1, when ``save`` is given)."""
+    b = RedisBackend(url, pfx)
+    await b.open()
+    try:
+        if save is not None:
+            await b.save_tokens("p/o1", 1, save)
+        return await b.load_tokens("p/o1")
+    finally:
+        await b.close()
+
+
 def test_file_tokens_newer_than_the_stores_are_kept_and_published(harness: Any, tmp_path: Path,
                                                                     redis_url: str) -> None:
     # One worker rotated rt-1 -> rt-2 while it could not reach Redis: the file has rt-2,
@@ -109,36 +121,15 @@ def test_file_tokens_newer_than_the_stores_are_kept_and_published(harness: Any, 
     pfx = prefix()
     srv = TokenServer(first_refresh="rt-2").start(harness)
     now = time.time()
-
-    async def seed() -> None:
-        b = RedisBackend(redis_url, pfx)
-        await b.open()
-        await b.save_tokens("p/o1", 1, {"access_token": "at-1", "refresh_token": "rt-1", "expires_at": now - 60})
-        await b.close()
-    harness.run(seed())
+    harness.run(_store_tokens(redis_url, pfx, {"access_token": "at-1", "refresh_token": "rt-1",
+                                                "expires_at": now - 60}))
     sched, path = _scheduler(harness, tmp_path, redis_url, pfx, srv,
                              {"access_token": "at-2", "refresh_token": "rt-2", "expires_at": now + 100})
 
-    async def prepared() -> str:
-        lease = sched.acquire("p")
-        try:
-            await lease.prepare()
-            return str(lease.account.api_key)
-        finally:
-            lease.release()
-
-    assert harness.run(prepared()) == "at-3"
+    assert prepared(harness, sched) == "at-3"
     assert [b["refresh_token"] for b in srv.bodies] == ["rt-2"]
     assert file_entry(path)["refresh_token"] == "rt-3"
-
-    async def stored() -> Any:
-        b = RedisBackend(redis_url, pfx)
-        await b.open()
-        try:
-            return await b.load_tokens("p/o1")
-        finally:
-            await b.close()
-    assert harness.run(stored())["refresh_token"] == "rt-3"
+    assert harness.run(_store_tokens(redis_url, pfx))["refresh_token"] == "rt-3"
     assert harness.call(sched.snapshot)[0]["state"] == "active"
 
 
@@ -147,24 +138,11 @@ def test_store_tokens_newer_than_the_files_are_taken(harness: Any, tmp_path: Pat
     pfx = prefix()
     srv = TokenServer(first_refresh="rt-2").start(harness)
     now = time.time()
-
-    async def seed() -> None:
-        b = RedisBackend(redis_url, pfx)
-        await b.open()
-        await b.save_tokens("p/o1", 1, {"access_token": "at-2", "refresh_token": "rt-2", "expires_at": now + 3600})
-        await b.close()
-    harness.run(seed())
+    harness.run(_store_tokens(redis_url, pfx, {"access_token": "at-2", "refresh_token": "rt-2",
+                                                "expires_at": now + 3600}))
     sched, path = _scheduler(harness, tmp_path, redis_url, pfx, srv,
                              {"access_token": "at-1", "refresh_token": "rt-1", "expires_at": now + 100})
 
-    async def prepared() -> str:
-        lease = sched.acquire("p")
-        try:
-            await lease.prepare()
-            return str(lease.account.api_key)
-        finally:
-            lease.release()
-
-    assert harness.run(prepared()) == "at-2"
+    assert prepared(harness, sched) == "at-2"
     assert srv.calls == 0
     assert file_entry(path)["refresh_token"] == "rt-2"
